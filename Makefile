@@ -1,0 +1,65 @@
+# libmario: MarioTCP 0.9.9 core in Rust.
+#
+#   make            libmario.a (target/release/libmario.a) + c-examples/maritcp
+#                   + c-examples/mario_client
+#   make run        build, then run maritcp in the foreground from c-examples/
+#   make test       everything above, then the whole test suite
+#   make header     regenerate include/mario/mario.h after changing src/ffi/
+#   make lint       cargo fmt --check + cargo clippy -D warnings
+#   make install    PREFIX=/usr/local: header + library
+#   make clean
+
+CARGO   ?= cargo
+CC      ?= gcc
+PREFIX  ?= /usr/local
+LIB     := target/release/libmario.a
+CFLAGS  ?= -std=c99 -O2 -g -Wall -Wextra -DLINUX64
+# The whole link line of a MarioTCP application against libmario:
+LDLIBS  := -lpthread -ldl -lm
+
+EX      := c-examples
+APP_SRC := $(EX)/mario.c $(EX)/config.c $(EX)/function.c $(EX)/collect.c
+APP_HDR := $(wildcard $(EX)/*.h) include/mario/mario.h
+
+.PHONY: all lib examples run test lint header install clean
+
+all: lib examples
+
+lib: $(LIB)
+
+# cargo decides what is stale; always ask it.
+$(LIB): FORCE
+	$(CARGO) build --release --lib
+FORCE:
+
+examples: $(EX)/maritcp $(EX)/mario_client
+
+$(EX)/maritcp: $(APP_SRC) $(APP_HDR) $(LIB)
+	$(CC) $(CFLAGS) -Werror -Iinclude -o $@ $(APP_SRC) $(LIB) $(LDLIBS)
+
+$(EX)/mario_client: $(EX)/mario_client.c
+	$(CC) $(CFLAGS) -Werror -o $@ $<
+
+# Build, then run the sample server in the foreground (Ctrl-C stops it).
+run: all
+	cd $(EX) && ./maritcp -f
+
+test: all
+	$(CARGO) test --all-targets -- --test-threads=4
+	$(CARGO) test --doc
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+header:
+	MARIO_WRITE_HEADER=1 $(CARGO) build --lib
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/include/mario $(DESTDIR)$(PREFIX)/lib
+	install -m 644 include/mario/*.h $(DESTDIR)$(PREFIX)/include/mario/
+	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libmario.a
+
+clean:
+	$(CARGO) clean
+	rm -f $(EX)/maritcp $(EX)/mario_client $(EX)/*.o

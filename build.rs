@@ -1,0 +1,30 @@
+//! Generates the C header `mario.h` with cbindgen from `src/ffi/` and the
+//! hand-written parts in `cbindgen.toml`.
+//!
+//! The header is always written to `$OUT_DIR/mario.h`; the test suite
+//! compares it with the committed `include/mario/mario.h` and fails when the
+//! committed one is stale. `make header` (which sets `MARIO_WRITE_HEADER=1`)
+//! writes it into `include/mario/` as well.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=src/ffi");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
+    println!("cargo:rerun-if-env-changed=MARIO_WRITE_HEADER");
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("cbindgen.toml");
+    let bindings = match cbindgen::Builder::new()
+        .with_crate(&dir)
+        .with_config(config)
+        .generate()
+    {
+        Ok(b) => b,
+        Err(e) => panic!("cbindgen failed: {e}"),
+    };
+    bindings.write_to_file(out.join("mario.h"));
+    if std::env::var_os("MARIO_WRITE_HEADER").is_some_and(|v| v != "0") {
+        bindings.write_to_file(dir.join("include/mario/mario.h"));
+    }
+}

@@ -1,0 +1,27 @@
+/*
+ * config.h
+ *
+ * The settings of the maritcp sample server, read from ./init.conf.
+ */
+
+#ifndef CONFIG_H_
+#define CONFIG_H_
+
+#include "mario/mario.h"
+
+typedef struct _CONF {
+	int port;			/* PORT: listening port, 1..65535, required */
+	int timeout;		/* TIMEOUT: read/write timeout in seconds, 0 = none */
+	uint32 workernum;	/* WORKERNUM: number of worker threads */
+	uint32 connnum;		/* CONNNUM: connections per worker */
+	uint32 usernum;		/* USERNUM: read and printed, not used otherwise */
+	uint32 filenum;		/* FILENUM: read and printed, not used otherwise */
+} CONF;
+
+extern CONF conf;
+
+/* read ./init.conf into conf and print it; 0 on success, -1 on error
+ * (the reason is printed on stderr) */
+sint32 init_conf(void);
+
+#endif /* CONFIG_H_ */

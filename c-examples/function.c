@@ -1,0 +1,51 @@
+/*
+ * function.c
+ *
+ * Packet handlers of the maritcp sample server. They run on the worker
+ * thread that owns the connection.
+ */
+
+#include "mario/mario.h"
+#include "function.h"
+#include "protocol.h"
+#include "collect.h"
+
+/* c->user points here while the connection is logged in */
+static char logged_in_marker;
+
+sint32 login(CONN *c) {
+	HEAD *h = (HEAD *) c->in_buf;
+	HEAD *rsp;
+
+	if (h->pkglen != LOGIN_REQ_LEN) {
+		const ubyte *ip = (const ubyte *) &c->cip;	/* network byte order */
+
+		slog_err_t(c->owner->qlog,
+				"invalid login packet: pkglen %u from %u.%u.%u.%u:%u",
+				(unsigned) h->pkglen, ip[0], ip[1], ip[2], ip[3],
+				(unsigned) ntohs(c->cport));
+		close_err_conn(c);
+		return -1;
+	}
+
+	/* a second LOGIN on the same connection is answered but not counted */
+	if (c->user == NULL) {
+		online_add(c->owner->ind);
+		c->user = &logged_in_marker;
+	}
+
+	rsp = (HEAD *) c->out_buf;
+	rsp->stx = h->stx;
+	rsp->akg_id = h->akg_id;
+	rsp->pkglen = LOGIN_RSP_LEN;
+	bufferevent_write(c->bufev, c->out_buf, LOGIN_RSP_LEN);
+	return 0;
+}
+
+sint32 logout(CONN *c) {
+	if (c->user == &logged_in_marker) {
+		online_sub(c->owner->ind);
+		c->user = NULL;
+	}
+	return 0;
+}

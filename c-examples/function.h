@@ -1,0 +1,18 @@
+/*
+ * function.h
+ *
+ * Packet handlers of the maritcp sample server.
+ */
+
+#ifndef FUNCTION_H_
+#define FUNCTION_H_
+
+#include "mario/mario.h"
+
+/* LOGIN (CMD_FUNCTION_LOGIN): count the user online, reply with a HEAD */
+sint32 login(CONN *c);
+
+/* disconnected (timeout, closed, error): uncount a logged-in user */
+sint32 logout(CONN *c);
+
+#endif /* FUNCTION_H_ */

@@ -1,0 +1,457 @@
+//! The C ABI of MarioTCP 0.9.9 (`include/mario/mario.h`): thin `extern "C"`
+//! shims that check their arguments and call the safe core. No panic
+//! crosses into C: every entry point runs inside [`guard`], which aborts the
+//! process on a panic (the C library is also built with `panic = "abort"`).
+//!
+//! The header's types, constants, structs and macros are hand-written in
+//! `cbindgen.toml`; cbindgen adds the prototypes of this module.
+
+#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case)]
+
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::conn::{Conn, ConnId};
+use crate::layout::{CServer, CWorker};
+use crate::logq::{self, LogQueue};
+use crate::proto::{AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Head};
+use crate::server::{self, Config, ServerShared, Service, Verdict};
+use crate::worker;
+
+/// `uint16`.
+pub type uint16 = u16;
+/// `uint32`.
+pub type uint32 = u32;
+/// `sint32`.
+pub type sint32 = i32;
+/// `CONN`: the connection record.
+pub type CONN = Conn;
+/// `WORKER`.
+pub type WORKER = CWorker;
+/// `SERVER`.
+pub type SERVER = CServer;
+/// `LOG_QUEUE`.
+pub type LOG_QUEUE = LogQueue;
+/// `FUNC_PTR`: a packet or event handler.
+pub type FUNC_PTR = Option<unsafe extern "C" fn(c: *mut CONN) -> sint32>;
+/// `sighandler_t`.
+pub type sighandler_t = Option<unsafe extern "C" fn(c_int)>;
+
+/// libevent's `struct bufferevent`, only ever used by pointer.
+#[repr(C)]
+pub struct bufferevent {
+    _private: [u8; 0],
+}
+
+/// Runs `f`, aborting the process if it panics: a panic must never unwind
+/// into C.
+fn guard<R>(name: &str, f: impl FnOnce() -> R) -> R {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            eprintln!("libmario: panic in {name}; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// The packet id passed to the connected callback.
+#[unsafe(no_mangle)]
+pub static g_akg_connected_id: uint16 = AKG_CONNECTED;
+/// Close reason: timeout.
+#[unsafe(no_mangle)]
+pub static g_akg_timeout_id: uint16 = AKG_TIMEOUT;
+/// Close reason: closed by the peer, bad input or server stop.
+#[unsafe(no_mangle)]
+pub static g_akg_closed_id: uint16 = AKG_CLOSED;
+/// Close reason: error.
+#[unsafe(no_mangle)]
+pub static g_akg_error_id: uint16 = AKG_ERROR;
+
+/// The registered packet magic (`DEFAULT_STX` until `regist_stx`).
+#[unsafe(no_mangle)]
+pub static mut g_stx: uint32 = DEFAULT_STX;
+
+/// The handler table, indexable by any `uint16`.
+#[unsafe(no_mangle)]
+pub static mut AKG_FUNC: [FUNC_PTR; 65536] = [None; 65536];
+
+fn akg(id: u16) -> FUNC_PTR {
+    // SAFETY: `AKG_FUNC` has 65536 entries, so any u16 indexes it. Entries
+    // are written by the application before `start_server` (or atomically
+    // enough: a pointer-sized aligned store); a volatile read sees them.
+    unsafe { (&raw const AKG_FUNC).cast::<FUNC_PTR>().add(id as usize).read_volatile() }
+}
+
+fn set_akg(id: u16, f: FUNC_PTR) {
+    // SAFETY: as in `akg`; registration happens before the server runs.
+    unsafe { (&raw mut AKG_FUNC).cast::<FUNC_PTR>().add(id as usize).write_volatile(f) }
+}
+
+/// Calls the C handler `id` on `c`, if one is registered.
+fn call(id: u16, c: &mut Conn) -> Option<sint32> {
+    // SAFETY: the function pointer was registered by the application with
+    // the `FUNC_PTR` signature and `c` is a live connection record.
+    akg(id).map(|f| unsafe { f(c as *mut Conn) })
+}
+
+/// The service of C applications: dispatch through `AKG_FUNC`.
+struct CService;
+
+impl Service for CService {
+    fn connected(&self, c: &mut Conn) {
+        call(AKG_CONNECTED, c);
+    }
+    fn packet(&self, c: &mut Conn, head: Head, _pkt: &mut [u8]) -> Verdict {
+        match call(head.akg_id, c) {
+            None => Verdict::NoHandler,
+            Some(0) => Verdict::Continue,
+            Some(_) => Verdict::Stop,
+        }
+    }
+    fn closed(&self, c: &mut Conn, reason: u16) {
+        call(reason, c);
+    }
+}
+
+fn shared(s: *mut SERVER) -> Option<Arc<ServerShared>> {
+    if s.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null `SERVER *` comes from `init_server`, whose records
+    // live for the rest of the process.
+    let p = unsafe { (*s).mario };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` came from `Arc::into_raw` in `init_server`, whose count is
+    // never given back, so the server is alive; we take one more count
+    // for the returned `Arc`.
+    unsafe {
+        Arc::increment_strong_count(p);
+        Some(Arc::from_raw(p))
+    }
+}
+
+/// Creates a server for `port` with `workernum` worker threads of at most
+/// `connnum` connections each, closing connections idle for `read_timeout`
+/// seconds or whose output makes no progress for `write_timeout` seconds
+/// (0 disables either). Nothing listens until `start_server`. Returns NULL
+/// (with a message on stderr) on bad arguments or failure.
+#[unsafe(no_mangle)]
+pub extern "C" fn init_server(
+    port: c_int,
+    workernum: uint16,
+    connnum: uint32,
+    read_timeout: c_int,
+    write_timeout: c_int,
+) -> *mut SERVER {
+    guard("init_server", || {
+        logq::install_logger();
+        let Ok(port) = u16::try_from(port) else {
+            eprintln!("init_server: bad port {port}");
+            return std::ptr::null_mut();
+        };
+        if workernum == 0 || connnum == 0 {
+            eprintln!("init_server: workernum and connnum must be at least 1");
+            return std::ptr::null_mut();
+        }
+        let cfg = Config {
+            port,
+            workers: workernum,
+            conns_per_worker: connnum,
+            read_timeout: read_timeout.max(0) as u32,
+            write_timeout: write_timeout.max(0) as u32,
+            ..Config::default()
+        };
+        match ServerShared::new(cfg, Arc::new(CService)) {
+            Ok(s) => {
+                let records = s.records.server;
+                // Servers made from C live for the process: C code may read
+                // `SERVER` fields at any time, even after a stop.
+                let _ = Arc::into_raw(s);
+                records
+            }
+            Err(e) => {
+                eprintln!("init_server: {e}");
+                std::ptr::null_mut()
+            }
+        }
+    })
+}
+
+/// Binds `0.0.0.0:port`, starts the workers, prints
+/// `--------------start server ok--------------` and accepts connections on
+/// the calling thread until `mario_stop_server`. Returns `(void *)0` after
+/// a stop, `(void *)-1` if the server cannot start.
+#[unsafe(no_mangle)]
+pub extern "C" fn start_server(arg: *mut c_void) -> *mut c_void {
+    guard("start_server", || {
+        let s = arg.cast::<SERVER>();
+        let Some(srv) = shared(s) else {
+            eprintln!("start_server: not a server from init_server");
+            return -1isize as *mut c_void;
+        };
+        // SAFETY: `g_stx` is written by the application before start.
+        let stx = unsafe { (&raw const g_stx).read_volatile() };
+        srv.configure(|c| c.stx = stx);
+        // SAFETY: `s` is a live record (checked by `shared`).
+        unsafe { (*s).ret = -1 };
+        match srv.run() {
+            Ok(()) => {
+                // SAFETY: as above.
+                unsafe { (*s).ret = 0 };
+                std::ptr::null_mut()
+            }
+            Err(e) => {
+                eprintln!("start server error: {e}");
+                -1isize as *mut c_void
+            }
+        }
+    })
+}
+
+/// Stops a server started with `start_server`: stops accepting, closes
+/// every connection (each close callback runs once), joins the workers;
+/// `start_server` then returns `(void *)0`. Waits for all that unless
+/// called from one of the server's own threads. Safe from any thread; a
+/// call before `start_server` makes it return at once.
+#[unsafe(no_mangle)]
+pub extern "C" fn mario_stop_server(s: *mut SERVER) {
+    guard("mario_stop_server", || {
+        if let Some(srv) = shared(s) {
+            srv.stop();
+        }
+    })
+}
+
+/// Sets the cap on a connection's pending output (default 4 MiB); over it
+/// the connection is closed as an error. Takes effect at `start_server`.
+#[unsafe(no_mangle)]
+pub extern "C" fn mario_set_output_limit(s: *mut SERVER, bytes: usize) {
+    guard("mario_set_output_limit", || {
+        if let Some(srv) = shared(s) {
+            srv.configure(|c| c.output_limit = bytes.max(1));
+        }
+    })
+}
+
+fn conn_ref(c: *mut CONN) -> Option<(*const CWorker, ConnId)> {
+    if c.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null `CONN *` handed out by the library points to a
+    // slot record, which lives until its server is gone; `owner` never
+    // changes and `bufev` is atomic.
+    unsafe {
+        let owner = (*c).owner;
+        let id = (*std::ptr::addr_of!((*c).bufev)).load(Ordering::Acquire) as u64;
+        Some((owner, ConnId::from_raw(id)?))
+    }
+}
+
+/// Closes `c`: sets `c->err_type = akg_id`, calls `AKG_FUNC[akg_id](c)` if
+/// set, closes the socket and frees the slot. Runs the callback at most
+/// once per connection (a second call is a no-op). From a thread other than
+/// the connection's worker, the close is handed to that worker.
+#[unsafe(no_mangle)]
+pub extern "C" fn close_conn(c: *mut CONN, akg_id: uint16) {
+    guard("close_conn", || {
+        let Some((owner, id)) = conn_ref(c) else { return };
+        let done = worker::on_owner(owner, |ctx| {
+            // SAFETY: on the owner thread the record is ours to use; the
+            // worker holds no reference to it across a callback.
+            ctx.close(unsafe { &mut *c }, akg_id)
+        });
+        if done.is_none() {
+            server::close_id(id, akg_id);
+        }
+    })
+}
+
+/// `close_conn(c, g_akg_closed_id)`.
+#[unsafe(no_mangle)]
+pub extern "C" fn close_err_conn(c: *mut CONN) {
+    close_conn(c, AKG_CLOSED)
+}
+
+/// Registers the handler for packet id `id`.
+#[unsafe(no_mangle)]
+pub extern "C" fn regist_akg_func(id: uint16, func: FUNC_PTR) {
+    set_akg(id, func)
+}
+
+/// Registers the callback run on each new connection.
+#[unsafe(no_mangle)]
+pub extern "C" fn regist_connected_func(func: FUNC_PTR) {
+    set_akg(AKG_CONNECTED, func)
+}
+
+/// Registers one callback for timeout, closed and error.
+#[unsafe(no_mangle)]
+pub extern "C" fn regist_disconnected_func(func: FUNC_PTR) {
+    set_akg(AKG_TIMEOUT, func);
+    set_akg(AKG_CLOSED, func);
+    set_akg(AKG_ERROR, func);
+}
+
+/// Registers the timeout callback.
+#[unsafe(no_mangle)]
+pub extern "C" fn regist_timeout_func(func: FUNC_PTR) {
+    set_akg(AKG_TIMEOUT, func)
+}
+
+/// Registers the closed callback.
+#[unsafe(no_mangle)]
+pub extern "C" fn regist_closed_func(func: FUNC_PTR) {
+    set_akg(AKG_CLOSED, func)
+}
+
+/// Registers the error callback.
+#[unsafe(no_mangle)]
+pub extern "C" fn regist_error_func(func: FUNC_PTR) {
+    set_akg(AKG_ERROR, func)
+}
+
+/// Sets the packet magic every head must carry (before `start_server`).
+#[unsafe(no_mangle)]
+pub extern "C" fn regist_stx(stx: uint32) {
+    // SAFETY: plain store to the exported global, before the server runs.
+    unsafe { (&raw mut g_stx).write_volatile(stx) }
+}
+
+/// Queues `size` bytes at `data` for the connection whose `bufev` this is.
+/// Safe from any thread. Returns 0, or -1 if the connection is gone, its
+/// output is over its cap, or the arguments are bad. A `bufev` that is not
+/// one of ours is passed on to libevent's `bufferevent_write` when libevent
+/// is linked into the program.
+#[unsafe(no_mangle)]
+pub extern "C" fn mario_bufferevent_write(bufev: *mut bufferevent, data: *const c_void, size: usize) -> c_int {
+    guard("bufferevent_write", || {
+        let Some(id) = ConnId::from_raw(bufev as usize as u64) else {
+            return forward_to_libevent(bufev, data, size);
+        };
+        if size == 0 {
+            return 0;
+        }
+        if data.is_null() {
+            return -1;
+        }
+        // SAFETY: the caller passes `size` readable bytes at `data`.
+        let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) };
+        if server::send_to(id, bytes) { 0 } else { -1 }
+    })
+}
+
+type BevWrite = unsafe extern "C" fn(*mut bufferevent, *const c_void, usize) -> c_int;
+
+fn forward_to_libevent(bufev: *mut bufferevent, data: *const c_void, size: usize) -> c_int {
+    if bufev.is_null() {
+        return -1;
+    }
+    static REAL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let f = *REAL.get_or_init(|| {
+        // SAFETY: `dlsym` with a NUL-terminated name; a null result is
+        // handled.
+        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"bufferevent_write".as_ptr()) as usize }
+    });
+    if f == 0 {
+        return -1;
+    }
+    // SAFETY: the symbol is libevent's `bufferevent_write`, whose signature
+    // is `int (struct bufferevent *, const void *, size_t)`.
+    unsafe { std::mem::transmute::<usize, BevWrite>(f)(bufev, data, size) }
+}
+
+/// Creates a log queue: a bounded ring one thread writes to with
+/// `record_log`, drained by the log thread. Never returns NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn create_log_queue() -> *mut LOG_QUEUE {
+    guard("create_log_queue", || LogQueue::create() as *const LogQueue as *mut LogQueue)
+}
+
+/// Queues one formatted log line of `len` bytes for `fd` (used by the
+/// header's `record_log`). Returns 0, or -1 if the queue is full or NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn mario_record_log_line(queue: *mut LOG_QUEUE, fd: c_int, line: *const c_char, len: usize) -> sint32 {
+    guard("record_log", || {
+        if queue.is_null() || (line.is_null() && len > 0) {
+            return -1;
+        }
+        // SAFETY: queues come from `create_log_queue` and live forever.
+        let q = unsafe { &*queue };
+        let bytes = if len == 0 {
+            &[][..]
+        } else {
+            // SAFETY: the caller passes `len` readable bytes at `line`.
+            unsafe { std::slice::from_raw_parts(line.cast::<u8>(), len) }
+        };
+        match q.push(fd, bytes) {
+            Ok(()) => 0,
+            Err(_) => -1,
+        }
+    })
+}
+
+/// Starts the thread that writes every log queue to its descriptors.
+/// Returns 0 (also when it already runs).
+#[unsafe(no_mangle)]
+pub extern "C" fn start_log_thread() -> sint32 {
+    guard("start_log_thread", || match logq::start_log_thread() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("start_log_thread: {e}");
+            -1
+        }
+    })
+}
+
+/// Sleeps `ns` nanoseconds.
+#[unsafe(no_mangle)]
+pub extern "C" fn nsleep(ns: uint32) {
+    std::thread::sleep(std::time::Duration::from_nanos(u64::from(ns)));
+}
+
+/// Sleeps `s` seconds plus `us` microseconds.
+#[unsafe(no_mangle)]
+pub extern "C" fn susleep(s: uint32, us: uint32) {
+    std::thread::sleep(std::time::Duration::from_secs(u64::from(s)) + std::time::Duration::from_micros(u64::from(us)));
+}
+
+/// Installs `handler` for `sig` with `sigaction` (empty mask, no flags).
+#[unsafe(no_mangle)]
+pub extern "C" fn signal_handler(sig: c_int, handler: sighandler_t) {
+    // SAFETY: a zeroed `sigaction` is valid; the handler is the caller's
+    // (or NULL, which is SIG_DFL).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler.map_or(libc::SIG_DFL, |h| h as usize);
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Turns the process into a daemon: forks, the parent exits 0, the child
+/// starts a new session and ignores SIGHUP, SIGTERM and SIGPIPE.
+#[unsafe(no_mangle)]
+pub extern "C" fn run_daemon() {
+    // SAFETY: `fork` in a process that has not started our threads yet (as
+    // applications call it first); `exit` runs C atexit handlers.
+    unsafe {
+        let pid = libc::fork();
+        if pid < 0 {
+            libc::perror(c"daemon can't fork".as_ptr());
+            libc::exit(1);
+        } else if pid != 0 {
+            libc::exit(0);
+        }
+        libc::setsid();
+        for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGPIPE] {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = libc::SIG_IGN;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The classic MarioTCP frame: an 8-byte packed `HEAD` in host byte order
+//! followed by the body. `pkglen` counts the whole packet, head included.
+
+/// Size of the packed `HEAD` (`SIZE_OF_HEAD`).
+pub const SIZE_OF_HEAD: usize = 8;
+/// Largest accepted packet, head included (`MAX_PKG_LEN`).
+pub const MAX_PKG_LEN: usize = 1500;
+/// Magic used until one is registered (`DEFAULT_STX`).
+pub const DEFAULT_STX: u32 = 0xffff_ffff;
+/// Id passed to the close callback when the connection is first seen.
+pub const AKG_CONNECTED: u16 = 0xfffc;
+/// Close reason: read or write timeout.
+pub const AKG_TIMEOUT: u16 = 0xfffd;
+/// Close reason: peer closed, bad input, or server stop.
+pub const AKG_CLOSED: u16 = 0xfffe;
+/// Close reason: socket error, output over its cap, or a handler that
+/// failed without closing.
+pub const AKG_ERROR: u16 = 0xffff;
+
+/// A decoded packet head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Magic; must equal the server's registered stx.
+    pub stx: u32,
+    /// Whole packet length, head included.
+    pub pkglen: u16,
+    /// Packet id selecting the handler.
+    pub akg_id: u16,
+}
+
+impl Head {
+    /// Decodes the first 8 bytes of `b` (host byte order, as the C struct).
+    /// Returns `None` if fewer than 8 bytes are given.
+    pub fn parse(b: &[u8]) -> Option<Head> {
+        let b: &[u8; 8] = b.get(..SIZE_OF_HEAD)?.try_into().ok()?;
+        Some(Head {
+            stx: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            pkglen: u16::from_ne_bytes([b[4], b[5]]),
+            akg_id: u16::from_ne_bytes([b[6], b[7]]),
+        })
+    }
+
+    /// Encodes this head as the 8 bytes that go on the wire.
+    pub fn to_bytes(self) -> [u8; 8] {
+        let mut o = [0u8; 8];
+        o[..4].copy_from_slice(&self.stx.to_ne_bytes());
+        o[4..6].copy_from_slice(&self.pkglen.to_ne_bytes());
+        o[6..].copy_from_slice(&self.akg_id.to_ne_bytes());
+        o
+    }
+
+    /// Builds a whole frame: a head for `akg_id` followed by `body`.
+    /// Panics if the frame would exceed `u16::MAX` bytes.
+    pub fn frame(stx: u32, akg_id: u16, body: &[u8]) -> Vec<u8> {
+        let len = SIZE_OF_HEAD + body.len();
+        let pkglen = u16::try_from(len).expect("frame longer than 65535 bytes");
+        let mut v = Vec::with_capacity(len);
+        v.extend_from_slice(&Head { stx, pkglen, akg_id }.to_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+}
+
+/// Why a head is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadHead {
+    /// `pkglen < 8` or `pkglen > MAX_PKG_LEN`, or the magic differs.
+    Malformed,
+    /// `akg_id` is one of the reserved ids `0xfffc..=0xffff`.
+    ReservedId,
+}
+
+/// Checks a head against the framing rules of MarioTCP.
+pub fn check_head(h: &Head, stx: u32) -> Result<(), BadHead> {
+    let len = h.pkglen as usize;
+    if !(SIZE_OF_HEAD..=MAX_PKG_LEN).contains(&len) || h.stx != stx {
+        return Err(BadHead::Malformed);
+    }
+    if h.akg_id >= AKG_CONNECTED {
+        return Err(BadHead::ReservedId);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_roundtrip_and_checks() {
+        let h = Head { stx: 0x8eb69af7, pkglen: 10, akg_id: 0x6101 };
+        assert_eq!(Head::parse(&h.to_bytes()), Some(h));
+        assert_eq!(Head::parse(&[0; 7]), None);
+        assert_eq!(check_head(&h, 0x8eb69af7), Ok(()));
+        assert_eq!(check_head(&h, 1), Err(BadHead::Malformed));
+        for bad in [0u16, 7, 1501, 0xffff] {
+            let b = Head { pkglen: bad, ..h };
+            assert_eq!(check_head(&b, h.stx), Err(BadHead::Malformed));
+        }
+        for id in 0xfffcu16..=0xffff {
+            let b = Head { akg_id: id, ..h };
+            assert_eq!(check_head(&b, h.stx), Err(BadHead::ReservedId));
+        }
+        let f = Head::frame(7, 3, b"ab");
+        assert_eq!(Head::parse(&f), Some(Head { stx: 7, pkglen: 10, akg_id: 3 }));
+    }
+}

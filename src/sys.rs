@@ -1,0 +1,190 @@
+//! Thin, safe wrappers over the few socket system calls the reactor makes
+//! directly on raw descriptors (`accept4`, `recv`, `send` with
+//! `MSG_NOSIGNAL`, `close`, listening-socket setup).
+//!
+//! The reactor works on raw descriptors rather than `std` streams because a
+//! C host must never receive `SIGPIPE` (every send uses `MSG_NOSIGNAL`) and
+//! because the C `CONN.fd` field is the socket itself.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Result of a non-blocking read or write.
+pub(crate) enum Io {
+    /// `n` bytes were transferred (0 on read means the peer closed).
+    Done(usize),
+    /// The socket is not ready (`EAGAIN`).
+    WouldBlock,
+    /// Any other error.
+    Err(io::Error),
+}
+
+fn classify(ret: isize) -> Option<Io> {
+    if ret >= 0 {
+        return Some(Io::Done(ret as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINTR) => None,
+        Some(libc::EAGAIN) => Some(Io::WouldBlock),
+        _ => Some(Io::Err(e)),
+    }
+}
+
+/// `recv(2)` into `buf`, retrying `EINTR`.
+pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> Io {
+    loop {
+        // SAFETY: `buf` is a valid, writable slice of `buf.len()` bytes for
+        // the duration of the call; the kernel writes at most that many.
+        let ret = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if let Some(r) = classify(ret) {
+            return r;
+        }
+    }
+}
+
+/// `send(2)` with `MSG_NOSIGNAL` (a C host keeps the default `SIGPIPE`
+/// disposition), retrying `EINTR`.
+pub(crate) fn send(fd: RawFd, buf: &[u8]) -> Io {
+    loop {
+        // SAFETY: `buf` is a valid readable slice of `buf.len()` bytes.
+        let ret = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if let Some(r) = classify(ret) {
+            return r;
+        }
+    }
+}
+
+/// Closes a descriptor we own. `EINTR` is not retried: on Linux the
+/// descriptor is released even when `close` reports it.
+pub(crate) fn close(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and never uses it again.
+    unsafe { libc::close(fd) };
+}
+
+/// Closes with a reset (`SO_LINGER` 0): used when a connection is refused
+/// for lack of capacity so no `TIME_WAIT` state piles up on our side.
+pub(crate) fn close_reset(fd: RawFd) {
+    let lg = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `lg` is a valid `linger` value and the size passed matches it.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lg as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    close(fd);
+}
+
+/// An accepted client: descriptor, IPv4 address and port, both in network
+/// byte order (as the C `CONN.cip` / `CONN.cport` fields want them).
+#[derive(Clone, Copy)]
+pub(crate) struct Accepted {
+    pub fd: RawFd,
+    pub ip: u32,
+    pub port: u16,
+}
+
+/// `accept4(2)` with `SOCK_NONBLOCK | SOCK_CLOEXEC`, retrying `EINTR`.
+pub(crate) fn accept(listen_fd: RawFd) -> Result<Accepted, io::Error> {
+    loop {
+        // SAFETY: an all-zero `sockaddr_storage` is a valid value.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `ss` and `len` are valid for writes and `len` holds the
+        // size of `ss`.
+        let fd = unsafe {
+            libc::accept4(
+                listen_fd,
+                (&mut ss as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            let (ip, port) = if ss.ss_family as i32 == libc::AF_INET {
+                // SAFETY: the family says the storage holds a `sockaddr_in`,
+                // which is smaller than and aligned within `sockaddr_storage`.
+                let sin = unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+                (sin.sin_addr.s_addr, sin.sin_port)
+            } else {
+                (0, 0)
+            };
+            return Ok(Accepted { fd, ip, port });
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Creates a non-blocking IPv4 listening socket on `0.0.0.0:port`
+/// (`SO_REUSEADDR`, close-on-exec) with the given backlog. Returns the
+/// descriptor and the port actually bound (useful when `port` is 0).
+pub(crate) fn listen_v4(port: u16, backlog: i32) -> io::Result<(RawFd, u16)> {
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fail = |fd| {
+        let e = io::Error::last_os_error();
+        close(fd);
+        Err(e)
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a valid c_int and its size is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return fail(fd);
+    }
+    // SAFETY: an all-zero `sockaddr_in` is valid; fields are set below.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = port.to_be();
+    sin.sin_addr.s_addr = libc::INADDR_ANY;
+    let slen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `sin` is a valid `sockaddr_in` of `slen` bytes.
+    if unsafe { libc::bind(fd, (&sin as *const libc::sockaddr_in).cast(), slen) } != 0 {
+        return fail(fd);
+    }
+    // SAFETY: `fd` is a bound stream socket.
+    if unsafe { libc::listen(fd, backlog) } != 0 {
+        return fail(fd);
+    }
+    let mut got = sin;
+    let mut glen = slen;
+    // SAFETY: `got`/`glen` are valid for writes and `glen` is their size.
+    if unsafe { libc::getsockname(fd, (&mut got as *mut libc::sockaddr_in).cast(), &mut glen) } != 0 {
+        return fail(fd);
+    }
+    Ok((fd, u16::from_be(got.sin_port)))
+}

@@ -1,0 +1,746 @@
+//! A worker: one thread, one `mio::Poll`, one slab of connections, one
+//! timing wheel. Connections never leave their worker.
+//!
+//! Inside a turn of the loop the worker reads every ready socket into its
+//! one read buffer until the kernel has nothing more, dispatches complete
+//! packets in place, collects replies in per-connection output queues, and
+//! at the end of the turn sends each dirty connection's output with one
+//! `send`. Other threads talk to the worker only through its queues.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::{ArrayQueue, SegQueue};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::conn::{Conn, ConnId, MAX_SLOTS, State};
+use crate::layout::CWorker;
+use crate::proto::{self, AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, BadHead, Head, SIZE_OF_HEAD};
+use crate::server::{Config, Service, Verdict};
+use crate::sys::{self, Io};
+use crate::wheel::{NOT_FILED, Wheel};
+
+const WAKER: Token = Token(usize::MAX);
+/// Size of the per-worker read buffer.
+const RBUF: usize = 64 * 1024;
+/// At most this many reads per connection per turn before others get a go.
+const READS_PER_TURN: usize = 16;
+/// Size of the per-worker scratch area behind `CONN.out_buf`.
+pub(crate) const SCRATCH: usize = 2048;
+/// Output buffers kept for reuse, and the largest capacity kept.
+const POOL_MAX: usize = 256;
+const POOL_BUF_MAX: usize = 16 * 1024;
+/// Cap on bytes queued by other threads for one worker and not yet taken.
+const CMD_BYTES_MAX: usize = 64 << 20;
+
+/// Commands other threads send to a worker.
+pub(crate) enum Cmd {
+    Write(ConnId, Vec<u8>),
+    Close(ConnId, u16),
+    Stop,
+}
+
+/// The part of a worker other threads see.
+pub(crate) struct WorkerShared {
+    pub index: usize,
+    /// New connections from the acceptor.
+    pub accept_q: ArrayQueue<sys::Accepted>,
+    /// Cross-thread writes and closes, and stop.
+    cmds: SegQueue<Cmd>,
+    /// Bytes inside `cmds` not yet taken by the worker.
+    cmd_bytes: AtomicUsize,
+    /// True while the worker is (about to be) blocked in `poll`.
+    sleeping: AtomicBool,
+    waker: Waker,
+    /// Live connections, including those handed over and not yet taken.
+    pub count: AtomicU32,
+    /// Wake-ups performed on this worker (for tests and benchmarks).
+    pub wakes: AtomicUsize,
+}
+
+impl WorkerShared {
+    /// Wakes the worker if it may be asleep. Call after pushing to a queue.
+    pub(crate) fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+            self.wakes.fetch_add(1, Ordering::Relaxed);
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Queues a command and wakes the worker if needed. Writes are refused
+    /// (returns false) when the worker already holds too many bytes from
+    /// other threads.
+    pub(crate) fn command(&self, cmd: Cmd) -> bool {
+        if let Cmd::Write(_, ref data) = cmd {
+            let n = data.len();
+            if self.cmd_bytes.fetch_add(n, Ordering::Relaxed) + n > CMD_BYTES_MAX {
+                self.cmd_bytes.fetch_sub(n, Ordering::Relaxed);
+                return false;
+            }
+        }
+        self.cmds.push(cmd);
+        self.notify();
+        true
+    }
+}
+
+/// Creates a worker's poll and shared state.
+pub(crate) fn new_worker(index: usize) -> std::io::Result<(Poll, Arc<WorkerShared>)> {
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    let shared = Arc::new(WorkerShared {
+        index,
+        accept_q: ArrayQueue::new(4096),
+        cmds: SegQueue::new(),
+        cmd_bytes: AtomicUsize::new(0),
+        sleeping: AtomicBool::new(false),
+        waker,
+        count: AtomicU32::new(0),
+        wakes: AtomicUsize::new(0),
+    });
+    Ok((poll, shared))
+}
+
+thread_local! {
+    /// The worker context of the current thread, while its loop runs.
+    static CURRENT: Cell<*const Ctx> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Runs `f` with the current thread's worker context if `owner` is the
+/// worker running on this thread.
+pub(crate) fn on_owner<R>(owner: *const CWorker, f: impl FnOnce(&Ctx) -> R) -> Option<R> {
+    let p = CURRENT.with(|c| c.get());
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `CURRENT` is set only by a running worker loop to its own
+    // context, which lives (boxed, never moved) until the loop clears it.
+    let ctx = unsafe { &*p };
+    (ctx.cworker as *const CWorker == owner).then(|| f(ctx))
+}
+
+/// Runs `f` on the owning worker's context with `c`. A `&mut Conn` only
+/// exists inside a callback on its owner (`Conn` is neither `Send` nor
+/// `Sync`), so the owner is always the current thread.
+pub(crate) fn with_owner<R>(c: &mut Conn, f: impl FnOnce(&Ctx, &mut Conn) -> R) -> R {
+    let owner = c.owner;
+    on_owner(owner, |ctx| f(ctx, c)).expect("a Conn is only reachable on its worker thread")
+}
+
+/// Runs `f` with the current thread's worker context, if this thread is a
+/// worker of server `server_id`, worker `worker`.
+pub(crate) fn on_worker<R>(server_id: usize, worker: usize, f: impl FnOnce(&Ctx) -> R) -> Option<R> {
+    let p = CURRENT.with(|c| c.get());
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: see `on_owner`.
+    let ctx = unsafe { &*p };
+    (ctx.server_id == server_id && ctx.shared.index == worker).then(|| f(ctx))
+}
+
+/// The worker state that callbacks may reach again (through `Conn` methods
+/// or the C functions): output, closing, and the lists the loop drains.
+/// Everything mutable is in `Cell`/`RefCell`, and no borrow is held while a
+/// callback runs.
+pub(crate) struct Ctx {
+    pub shared: Arc<WorkerShared>,
+    pub server_id: usize,
+    cworker: *mut CWorker,
+    service: Arc<dyn Service>,
+    stx: u32,
+    out_cap: usize,
+    read_timeout: u32,
+    write_timeout: u32,
+    /// Slot index -> connection record (boxed, so addresses are stable).
+    slab: RefCell<Vec<*mut Conn>>,
+    free: RefCell<Vec<u32>>,
+    dirty: RefCell<Vec<u32>>,
+    to_free: RefCell<Vec<u32>>,
+    wheel: RefCell<Wheel>,
+    now: Cell<u32>,
+    pool: RefCell<Vec<Vec<u8>>>,
+    /// The scratch area every `CONN.out_buf` of this worker points to.
+    scratch: Box<[std::cell::UnsafeCell<u8>]>,
+}
+
+impl Ctx {
+    /// The server's stx.
+    pub(crate) fn stx(&self) -> u32 {
+        self.stx
+    }
+
+    fn conn(&self, slot: u32) -> Option<*mut Conn> {
+        self.slab.borrow().get(slot as usize).copied()
+    }
+
+    /// Finds the live connection named by `id` on this worker.
+    pub(crate) fn lookup(&self, id: ConnId) -> Option<*mut Conn> {
+        let p = self.conn(id.slot())?;
+        // SAFETY: slab pointers stay valid for the worker's life.
+        let c = unsafe { &*p };
+        (c.state == State::Open && c.generation & 0xff_ffff == id.generation()).then_some(p)
+    }
+
+    fn file_timer(&self, c: &mut Conn, due: u32) {
+        if c.wheel_due == NOT_FILED || due < c.wheel_due {
+            c.wheel_due = self.wheel.borrow_mut().file(c.ind, due);
+        }
+    }
+
+    /// Appends `data` to `c`'s output (see [`Conn::send`]).
+    pub(crate) fn append(&self, c: &mut Conn, data: &[u8]) -> bool {
+        if c.state != State::Open && c.state != State::Closing {
+            return false;
+        }
+        let pending = c.out.len() - c.out_pos as usize;
+        if pending + data.len() > self.out_cap {
+            log::warn!(
+                "output of connection {} over its cap ({} bytes pending, cap {}): closing",
+                c.ind,
+                pending + data.len(),
+                self.out_cap
+            );
+            self.close(c, AKG_ERROR);
+            return false;
+        }
+        if pending == 0 {
+            c.last_write = self.now.get();
+            if self.write_timeout > 0 {
+                let due = c.last_write + self.write_timeout + 1;
+                self.file_timer(c, due);
+            }
+        }
+        if c.out.capacity() == 0 {
+            if let Some(b) = self.pool.borrow_mut().pop() {
+                c.out = b;
+            }
+        }
+        c.out.extend_from_slice(data);
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.borrow_mut().push(c.ind);
+        }
+        true
+    }
+
+    fn release_out(&self, c: &mut Conn) {
+        let mut b = std::mem::take(&mut c.out);
+        c.out_pos = 0;
+        b.clear();
+        let mut pool = self.pool.borrow_mut();
+        if b.capacity() <= POOL_BUF_MAX && pool.len() < POOL_MAX {
+            pool.push(b);
+        }
+    }
+
+    /// Sends as much pending output as the socket takes now.
+    fn flush(&self, c: &mut Conn) {
+        while (c.out_pos as usize) < c.out.len() {
+            match sys::send(c.fd, &c.out[c.out_pos as usize..]) {
+                Io::Done(n) => {
+                    c.out_pos += n as u32;
+                    c.last_write = self.now.get();
+                }
+                Io::WouldBlock => break,
+                Io::Err(e) => {
+                    log::debug!("send on connection {}: {}", c.ind, e);
+                    self.close(c, AKG_ERROR);
+                    return;
+                }
+            }
+        }
+        if c.out_pos as usize == c.out.len() {
+            self.release_out(c);
+        } else if c.out_pos as usize > c.out.len() / 2 {
+            c.out.drain(..c.out_pos as usize);
+            c.out_pos = 0;
+        }
+    }
+
+    /// Closes `c` with `reason`: runs the close callback once, flushes what
+    /// the socket takes, closes the socket; the slot is freed at the end of
+    /// the turn. A second call does nothing.
+    pub(crate) fn close(&self, c: &mut Conn, reason: u16) {
+        if c.state != State::Open {
+            return;
+        }
+        c.err_type = reason;
+        c.in_buf_len = 0;
+        // `Closing` during the callback: it may still queue a last reply,
+        // and a nested close is a no-op.
+        c.state = State::Closing;
+        self.service.closed(c, reason);
+        c.state = State::Closed;
+        if (c.out_pos as usize) < c.out.len() && reason != AKG_ERROR {
+            let _ = sys::send(c.fd, &c.out[c.out_pos as usize..]);
+        }
+        sys::close(c.fd);
+        c.fd = -1;
+        self.release_out(c);
+        c.partial = Vec::new();
+        self.to_free.borrow_mut().push(c.ind);
+    }
+}
+
+/// The worker loop's own state.
+pub(crate) struct Worker {
+    ctx: Ctx,
+    poll: Poll,
+    rbuf: Box<[u8]>,
+    /// Connections that still had data when their read budget ran out.
+    again: Vec<(u32, u32)>,
+    start: Instant,
+    stopping: bool,
+    expired: Vec<u32>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        poll: Poll,
+        shared: Arc<WorkerShared>,
+        server_id: usize,
+        cworker: *mut CWorker,
+        service: Arc<dyn Service>,
+        cfg: &Config,
+    ) -> Box<Worker> {
+        Box::new(Worker {
+            ctx: Ctx {
+                shared,
+                server_id,
+                cworker,
+                service,
+                stx: cfg.stx,
+                out_cap: cfg.output_limit,
+                read_timeout: cfg.read_timeout,
+                write_timeout: cfg.write_timeout,
+                slab: RefCell::new(Vec::new()),
+                free: RefCell::new(Vec::new()),
+                dirty: RefCell::new(Vec::new()),
+                to_free: RefCell::new(Vec::new()),
+                wheel: RefCell::new(Wheel::new(256)),
+                now: Cell::new(0),
+                pool: RefCell::new(Vec::new()),
+                scratch: (0..SCRATCH).map(|_| std::cell::UnsafeCell::new(0)).collect(),
+            },
+            poll,
+            rbuf: vec![0u8; RBUF].into_boxed_slice(),
+            again: Vec::new(),
+            start: Instant::now(),
+            stopping: false,
+            expired: Vec::new(),
+        })
+    }
+
+    /// Runs the loop until a stop command; then closes every connection.
+    pub(crate) fn run(mut self: Box<Self>) {
+        CURRENT.with(|c| c.set(&self.ctx as *const Ctx));
+        let mut events = Events::with_capacity(1024);
+        while !self.stopping {
+            self.take_new();
+            self.take_cmds();
+            if self.stopping {
+                break;
+            }
+            let timeout = self.timeout();
+            let sleep = timeout != Some(Duration::ZERO);
+            if sleep {
+                self.ctx.shared.sleeping.store(true, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+            }
+            let pending = !self.ctx.shared.accept_q.is_empty() || !self.ctx.shared.cmds.is_empty();
+            let timeout = if pending { Some(Duration::ZERO) } else { timeout };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("worker {} poll failed: {}", self.ctx.shared.index, e);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            if sleep {
+                self.ctx.shared.sleeping.store(false, Ordering::Relaxed);
+            }
+            self.ctx.now.set(self.start.elapsed().as_secs() as u32);
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == WAKER {
+                    continue;
+                }
+                let (slot, generation) = (t.0 as u32, (t.0 >> 32) as u32);
+                let Some(p) = self.live(slot, generation) else { continue };
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.read(p, generation);
+                }
+                if ev.is_writable() {
+                    // SAFETY: `p` is a live slab pointer; no other reference
+                    // to the connection exists outside this statement.
+                    let c = unsafe { &mut *p };
+                    if c.state == State::Open && (c.out_pos as usize) < c.out.len() {
+                        self.ctx.flush(c);
+                    }
+                }
+            }
+            for (slot, generation) in std::mem::take(&mut self.again) {
+                if let Some(p) = self.live(slot, generation) {
+                    self.read(p, generation);
+                }
+            }
+            self.expire();
+            self.end_turn();
+        }
+        self.shutdown();
+        CURRENT.with(|c| c.set(std::ptr::null()));
+    }
+
+    fn live(&self, slot: u32, generation: u32) -> Option<*mut Conn> {
+        let p = self.ctx.conn(slot)?;
+        // SAFETY: slab pointers are valid for the worker's life.
+        let c = unsafe { &*p };
+        (c.state == State::Open && c.generation == generation).then_some(p)
+    }
+
+    /// How long `poll` may sleep: not at all if work is waiting, until the
+    /// next tick if timers are filed, else indefinitely.
+    fn timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        if self.ctx.wheel.borrow().is_empty() {
+            return None;
+        }
+        let next = Duration::from_secs(u64::from(self.ctx.now.get()) + 1);
+        Some(next.saturating_sub(self.start.elapsed()) + Duration::from_millis(1))
+    }
+
+    /// Sends pending output of every dirty connection and frees the slots
+    /// closed during the turn.
+    fn end_turn(&mut self) {
+        loop {
+            let list = std::mem::take(&mut *self.ctx.dirty.borrow_mut());
+            if list.is_empty() {
+                break;
+            }
+            for slot in &list {
+                let Some(p) = self.ctx.conn(*slot) else { continue };
+                // SAFETY: live slab pointer, no other reference held.
+                let c = unsafe { &mut *p };
+                c.dirty = false;
+                if c.state == State::Open {
+                    self.ctx.flush(c);
+                }
+            }
+            let mut d = self.ctx.dirty.borrow_mut();
+            if d.is_empty() {
+                *d = list;
+                d.clear();
+                break;
+            }
+        }
+        let list = std::mem::take(&mut *self.ctx.to_free.borrow_mut());
+        for slot in list {
+            let Some(p) = self.ctx.conn(slot) else { continue };
+            // SAFETY: live slab pointer, no other reference held.
+            let c = unsafe { &mut *p };
+            if c.state != State::Closed {
+                continue;
+            }
+            c.state = State::Free;
+            c.dirty = false;
+            c.wheel_due = NOT_FILED;
+            self.ctx.free.borrow_mut().push(slot);
+            self.ctx.shared.count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Takes connections handed over by the acceptor.
+    fn take_new(&mut self) {
+        while let Some(a) = self.ctx.shared.accept_q.pop() {
+            if self.stopping {
+                sys::close_reset(a.fd);
+                self.ctx.shared.count.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            self.open(a);
+        }
+    }
+
+    fn open(&mut self, a: sys::Accepted) {
+        let ctx = &self.ctx;
+        let slot = match ctx.free.borrow_mut().pop() {
+            Some(s) => s,
+            None => {
+                let mut slab = ctx.slab.borrow_mut();
+                if slab.len() as u32 >= MAX_SLOTS {
+                    drop(slab);
+                    log::error!("worker {}: connection table full", ctx.shared.index);
+                    sys::close_reset(a.fd);
+                    ctx.shared.count.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+                let s = slab.len() as u32;
+                let mut c = Box::new(Conn::new(s, ctx.cworker));
+                c.out_buf = ctx.scratch.as_ptr() as *mut std::ffi::c_char;
+                slab.push(Box::into_raw(c));
+                s
+            }
+        };
+        let p = ctx.conn(slot).expect("slot just allocated");
+        // SAFETY: live slab pointer, no other reference held.
+        let c = unsafe { &mut *p };
+        c.generation = c.generation.wrapping_add(1) & 0xff_ffff;
+        let id = ConnId::new(ctx.server_id, ctx.shared.index, slot, c.generation);
+        c.bufev.store(id.as_raw() as usize, Ordering::Release);
+        c.fd = a.fd;
+        c.cip = a.ip;
+        c.cport = a.port;
+        c.err_type = 0;
+        c.user = std::ptr::null_mut();
+        c.in_buf = std::ptr::null_mut();
+        c.in_buf_len = 0;
+        c.out_buf_len = 0;
+        c.next = std::ptr::null_mut();
+        c.state = State::Open;
+        c.last_read = ctx.now.get();
+        c.wheel_due = NOT_FILED;
+        let token = Token(slot as usize | ((c.generation as usize) << 32));
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&a.fd),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::error!("register connection: {}", e);
+            c.state = State::Closed;
+            sys::close(a.fd);
+            c.fd = -1;
+            ctx.to_free.borrow_mut().push(slot);
+            return;
+        }
+        if ctx.read_timeout > 0 {
+            let due = c.last_read + ctx.read_timeout + 1;
+            ctx.file_timer(c, due);
+        }
+        ctx.service.connected(c);
+    }
+
+    fn take_cmds(&mut self) {
+        while let Some(cmd) = self.ctx.shared.cmds.pop() {
+            match cmd {
+                Cmd::Write(id, data) => {
+                    self.ctx.shared.cmd_bytes.fetch_sub(data.len(), Ordering::Relaxed);
+                    if let Some(p) = self.ctx.lookup(id) {
+                        // SAFETY: live slab pointer, no other reference held.
+                        self.ctx.append(unsafe { &mut *p }, &data);
+                    }
+                }
+                Cmd::Close(id, reason) => {
+                    if let Some(p) = self.ctx.lookup(id) {
+                        // SAFETY: live slab pointer, no other reference held.
+                        self.ctx.close(unsafe { &mut *p }, reason);
+                    }
+                }
+                Cmd::Stop => self.stopping = true,
+            }
+        }
+    }
+
+    /// Reads everything the socket has, dispatching complete packets.
+    fn read(&mut self, p: *mut Conn, generation: u32) {
+        for _ in 0..READS_PER_TURN {
+            // SAFETY: live slab pointer; the reference is dropped before any
+            // callback runs (dispatch works from the raw pointer).
+            let c = unsafe { &mut *p };
+            if c.state != State::Open {
+                return;
+            }
+            let carried = c.partial.len();
+            if carried > 0 {
+                self.rbuf[..carried].copy_from_slice(&c.partial);
+                c.partial.clear();
+            }
+            let n = match sys::recv(c.fd, &mut self.rbuf[carried..]) {
+                Io::Done(0) => {
+                    self.ctx.close(c, AKG_CLOSED);
+                    return;
+                }
+                Io::Done(n) => n,
+                Io::WouldBlock => {
+                    if carried > 0 {
+                        c.partial.extend_from_slice(&self.rbuf[..carried]);
+                    }
+                    return;
+                }
+                Io::Err(e) => {
+                    log::debug!("recv on connection {}: {}", c.ind, e);
+                    self.ctx.close(c, AKG_ERROR);
+                    return;
+                }
+            };
+            c.last_read = self.ctx.now.get();
+            let avail = carried + n;
+            let Some(used) = self.dispatch(p, avail) else { return };
+            // SAFETY: as above; the callbacks have returned.
+            let c = unsafe { &mut *p };
+            if used < avail {
+                let rest = &self.rbuf[used..avail];
+                let want = Head::parse(rest).map_or(SIZE_OF_HEAD, |h| h.pkglen as usize);
+                c.partial.reserve_exact(want.max(rest.len()));
+                c.partial.extend_from_slice(rest);
+            } else if c.partial.capacity() > 0 {
+                c.partial = Vec::new();
+            }
+            if n < RBUF - carried {
+                // A short read drained the socket; edge-triggered readiness
+                // reports any later data as a new event.
+                return;
+            }
+        }
+        // SAFETY: live slab pointer, read only.
+        let slot = unsafe { (*p).ind };
+        self.again.push((slot, generation));
+    }
+
+    /// Dispatches the complete packets at the start of the read buffer.
+    /// Returns the bytes consumed, or `None` if the connection closed or
+    /// stopped being served.
+    fn dispatch(&mut self, p: *mut Conn, avail: usize) -> Option<usize> {
+        let mut off = 0;
+        while avail - off >= SIZE_OF_HEAD {
+            let h = Head::parse(&self.rbuf[off..avail]).expect("8 bytes available");
+            // SAFETY: live slab pointer; only this reference exists until
+            // the callback, which receives it.
+            let c = unsafe { &mut *p };
+            match proto::check_head(&h, self.ctx.stx) {
+                Ok(()) => {}
+                Err(BadHead::Malformed) => {
+                    log::error!(
+                        "pkg error, length: {} pkglen: {} stx: 0x{:x}",
+                        avail - off,
+                        h.pkglen,
+                        h.stx
+                    );
+                    self.ctx.close(c, AKG_CLOSED);
+                    return None;
+                }
+                Err(BadHead::ReservedId) => {
+                    log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
+                    self.ctx.close(c, AKG_CLOSED);
+                    return None;
+                }
+            }
+            let len = h.pkglen as usize;
+            if avail - off < len {
+                break;
+            }
+            c.in_buf = self.rbuf[off..].as_mut_ptr().cast();
+            c.in_buf_len = (avail - off).min(u16::MAX as usize) as u16;
+            let verdict = self.ctx.service.packet(c, h, &mut self.rbuf[off..off + len]);
+            // SAFETY: the callback has returned; re-borrow.
+            let c = unsafe { &mut *p };
+            c.in_buf_len = 0;
+            if c.state != State::Open {
+                return None;
+            }
+            match verdict {
+                Verdict::Continue => off += len,
+                Verdict::Stop => {
+                    self.ctx.close(c, AKG_ERROR);
+                    return None;
+                }
+                Verdict::NoHandler => {
+                    log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
+                    self.ctx.close(c, AKG_CLOSED);
+                    return None;
+                }
+            }
+        }
+        Some(off)
+    }
+
+    /// Times out connections whose deadline has passed.
+    fn expire(&mut self) {
+        let now = self.ctx.now.get();
+        let ctx = &self.ctx;
+        let mut wheel = ctx.wheel.borrow_mut();
+        let mut due_now = std::mem::take(&mut self.expired);
+        wheel.expire(now, &mut Vec::new(), |wheel, slot, tick| {
+            let Some(p) = ctx.conn(slot) else { return };
+            // SAFETY: live slab pointer; no callback runs in here.
+            let c = unsafe { &mut *p };
+            if c.state != State::Open || c.wheel_due != tick {
+                return;
+            }
+            let mut due = u32::MAX;
+            if ctx.read_timeout > 0 {
+                due = due.min(c.last_read + ctx.read_timeout + 1);
+            }
+            if ctx.write_timeout > 0 && (c.out_pos as usize) < c.out.len() {
+                due = due.min(c.last_write + ctx.write_timeout + 1);
+            }
+            if due == u32::MAX {
+                c.wheel_due = NOT_FILED;
+            } else if due <= now {
+                c.wheel_due = NOT_FILED;
+                due_now.push(slot);
+            } else {
+                c.wheel_due = wheel.file(slot, due);
+            }
+        });
+        drop(wheel);
+        for &slot in &due_now {
+            if let Some(p) = self.ctx.conn(slot) {
+                // SAFETY: live slab pointer, no other reference held.
+                self.ctx.close(unsafe { &mut *p }, AKG_TIMEOUT);
+            }
+        }
+        due_now.clear();
+        self.expired = due_now;
+    }
+
+    /// Closes every connection (callbacks run) and releases the slab.
+    fn shutdown(&mut self) {
+        let n = self.ctx.slab.borrow().len();
+        for slot in 0..n as u32 {
+            if let Some(p) = self.ctx.conn(slot) {
+                // SAFETY: live slab pointer, no other reference held.
+                self.ctx.close(unsafe { &mut *p }, AKG_CLOSED);
+            }
+        }
+        self.take_new();
+        while let Some(cmd) = self.ctx.shared.cmds.pop() {
+            if let Cmd::Write(_, d) = cmd {
+                self.ctx.shared.cmd_bytes.fetch_sub(d.len(), Ordering::Relaxed);
+            }
+        }
+        self.end_turn();
+        for p in self.ctx.slab.borrow_mut().drain(..) {
+            // SAFETY: every slab entry came from `Box::into_raw` and no
+            // reference to it remains once the loop is done.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
+/// Memory figures of one worker, for reports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WorkerMemory {
+    /// Connection records allocated (live and free).
+    pub slots: usize,
+    /// Bytes in connection records, buffers, slab and wheel.
+    pub bytes: usize,
+}
+
+impl Ctx {
+    #[allow(dead_code)]
+    pub(crate) fn memory(&self) -> WorkerMemory {
+        let slab = self.slab.borrow();
+        let mut bytes = slab.capacity() * 8 + self.free.borrow().capacity() * 4 + self.wheel.borrow().heap_bytes();
+        for &p in slab.iter() {
+            // SAFETY: live slab pointer, read only.
+            bytes += std::mem::size_of::<Conn>() + unsafe { (*p).heap_bytes() };
+        }
+        WorkerMemory { slots: slab.len(), bytes }
+    }
+}
