@@ -44,7 +44,7 @@ $(EX)/mario_client: $(EX)/mario_client.c
 run: all
 	cd $(EX) && ./maritcp -f
 
-test: all
+test: all ctests
 	$(CARGO) test --all-targets -- --test-threads=4
 	$(CARGO) test --doc
 
@@ -63,3 +63,19 @@ install: all
 clean:
 	$(CARGO) clean
 	rm -f $(EX)/maritcp $(EX)/mario_client $(EX)/*.o
+
+# C test programs, built with AddressSanitizer + UBSan (run by `make test`).
+CTEST_DIR := target/ctests
+CTEST_FLAGS := -std=c99 -O1 -g -Wall -Wextra -Werror -DLINUX64 -fsanitize=address,undefined \
+	-fno-omit-frame-pointer -fno-sanitize-recover=undefined -Iinclude
+.PHONY: ctests
+CTESTS := $(patsubst tests/c/%.c,$(CTEST_DIR)/%,$(wildcard tests/c/*.c))
+ctests: $(CTESTS) $(CTEST_DIR)/maritcp-asan
+
+$(CTEST_DIR)/%: tests/c/%.c include/mario/mario.h $(LIB)
+	@mkdir -p $(CTEST_DIR)
+	$(CC) $(CTEST_FLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+$(CTEST_DIR)/maritcp-asan: $(APP_SRC) $(APP_HDR) $(LIB)
+	@mkdir -p $(CTEST_DIR)
+	$(CC) $(CTEST_FLAGS) -o $@ $(APP_SRC) $(LIB) $(LDLIBS)

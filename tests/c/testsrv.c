@@ -1,0 +1,342 @@
+/*
+ * testsrv.c: an instrumented MarioTCP application for the test suite.
+ *
+ * It is written against the unmodified MarioTCP 0.9.9 interface (plus
+ * mario_stop_server / mario_set_output_limit) and checks, on every
+ * callback, the promises libmario makes: connected first, packets next,
+ * exactly one close callback, all on the connection's own worker thread,
+ * `user`/`err_type`/`in_buf_len` cleared on a reused slot. Each broken
+ * promise counts as a violation; at SIGTERM it prints
+ *     SUMMARY connected=N closed=N packets=N violations=N
+ * and exits 1 if there was any violation.
+ *
+ * Environment: TS_PORT (required), TS_WORKERS (2), TS_CONNNUM (1024),
+ * TS_RTIMEOUT (0), TS_WTIMEOUT (0), TS_OUTLIMIT (bytes, optional),
+ * TS_STX (hex; unset: regist_stx is never called, so DEFAULT_STX applies).
+ *
+ * Packet ids:
+ *   0x0001 ECHO        reply with the whole packet
+ *   0x0002 CLOSE0      close_err_conn(c), return 0
+ *   0x0003 CLOSEM1     close_conn(c, closed), return -1
+ *   0x0004 FAIL        return -1 without closing
+ *   0x0005 INFO        reply id 0x0005, body: uint32 serial, uint32 slot,
+ *                      uint16 worker, uint16 workers
+ *   0x0007 SUBSCRIBE   the blaster thread starts sending this connection
+ *                      frames (id 0x0007, body uint32 serial) from outside
+ *                      the workers, and closes it after body[0] (uint32)
+ *                      frames if body[1] (uint32) is non-zero
+ *   0x0008 FLOOD       reply body uint32 n: n frames of 1500 bytes
+ * Close events are logged as
+ *   EV close serial=S reason=R packets=P worker=W slot=I
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "mario/mario.h"
+
+#define ID_ECHO 0x0001
+#define ID_CLOSE0 0x0002
+#define ID_CLOSEM1 0x0003
+#define ID_FAIL 0x0004
+#define ID_INFO 0x0005
+#define ID_SUB 0x0007
+#define ID_FLOOD 0x0008
+
+typedef struct {
+	uint32 magic;
+	uint32 serial;
+	uint32 packets;
+	int state;		/* 1 connected, 2 closed */
+	int subscribed;
+	uint32 blast_left;
+	int blast_close;
+} ST;
+
+#define ST_MAGIC 0x5eed1e55u
+
+static SERVER *server;
+static uint32 stx_used;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static uint32 next_serial = 1;
+static unsigned long n_connected, n_closed, n_packets, n_violations;
+static volatile int stopping;
+
+/* The blaster's set of subscribed connections (guarded by lock). */
+#define MAX_SUBS 65536
+static CONN *subs[MAX_SUBS];
+static int n_subs;
+
+static void violation(CONN *c, const char *what) {
+	__atomic_fetch_add(&n_violations, 1, __ATOMIC_RELAXED);
+	fprintf(stderr, "VIOLATION %s (slot %u)\n", what, c ? c->ind : 0);
+}
+
+static void check_thread(CONN *c) {
+	if (!pthread_equal(pthread_self(), c->owner->thread_id))
+		violation(c, "callback off the owning worker thread");
+}
+
+static ST *state_of(CONN *c) {
+	ST *st = (ST *) c->user;
+	if (st == NULL || st->magic != ST_MAGIC) {
+		violation(c, "callback without connected state");
+		return NULL;
+	}
+	return st;
+}
+
+static sint32 on_connected(CONN *c) {
+	check_thread(c);
+	if (c->user != NULL)
+		violation(c, "user not cleared on a new connection");
+	if (c->err_type != 0)
+		violation(c, "err_type not cleared on a new connection");
+	if (c->in_buf_len != 0)
+		violation(c, "in_buf_len not cleared on a new connection");
+	ST *st = (ST *) calloc(1, sizeof(ST));
+	if (st == NULL)
+		return -1;
+	st->magic = ST_MAGIC;
+	st->state = 1;
+	pthread_mutex_lock(&lock);
+	st->serial = next_serial++;
+	n_connected++;
+	pthread_mutex_unlock(&lock);
+	c->user = st;
+	return 0;
+}
+
+static void unsubscribe(CONN *c) {
+	for (int i = 0; i < n_subs; i++) {
+		if (subs[i] == c) {
+			subs[i] = subs[--n_subs];
+			return;
+		}
+	}
+}
+
+static sint32 on_close(CONN *c) {
+	check_thread(c);
+	ST *st = state_of(c);
+	if (st == NULL)
+		return 0;
+	if (st->state != 1)
+		violation(c, "second close callback");
+	if (c->err_type != g_akg_timeout_id && c->err_type != g_akg_closed_id && c->err_type != g_akg_error_id)
+		violation(c, "close callback with an unexpected err_type");
+	st->state = 2;
+	pthread_mutex_lock(&lock);
+	if (st->subscribed)
+		unsubscribe(c);
+	n_closed++;
+	pthread_mutex_unlock(&lock);
+	slog_info(c->owner->qlog, "EV close serial=%u reason=%u packets=%u worker=%u slot=%u", st->serial,
+			c->err_type, st->packets, c->owner->ind, c->ind);
+	st->magic = 0;
+	free(st);
+	/* c->user is deliberately left dangling: the library must clear it. */
+	return 0;
+}
+
+static ST *packet_state(CONN *c) {
+	check_thread(c);
+	ST *st = state_of(c);
+	if (st == NULL)
+		return NULL;
+	if (st->state != 1)
+		violation(c, "packet after close");
+	HEAD *h = (HEAD *) c->in_buf;
+	if (c->in_buf_len < h->pkglen)
+		violation(c, "packet not contiguous");
+	if (h->stx != stx_used)
+		violation(c, "packet with a wrong stx dispatched");
+	st->packets++;
+	__atomic_fetch_add(&n_packets, 1, __ATOMIC_RELAXED);
+	return st;
+}
+
+static sint32 on_echo(CONN *c) {
+	if (packet_state(c) == NULL)
+		return -1;
+	HEAD *h = (HEAD *) c->in_buf;
+	if (bufferevent_write(c->bufev, c->in_buf, h->pkglen) != 0)
+		return -1;
+	return 0;
+}
+
+static sint32 on_close0(CONN *c) {
+	packet_state(c);
+	close_err_conn(c);
+	close_err_conn(c); /* a second close is a no-op */
+	return 0;
+}
+
+static sint32 on_closem1(CONN *c) {
+	packet_state(c);
+	close_conn(c, g_akg_closed_id);
+	return -1;
+}
+
+static sint32 on_fail(CONN *c) {
+	packet_state(c);
+	return -1;
+}
+
+static void put_head(char *p, uint16 len, uint16 id) {
+	HEAD h;
+	h.stx = stx_used;
+	h.pkglen = len;
+	h.akg_id = id;
+	memcpy(p, &h, sizeof(h));
+}
+
+static sint32 on_info(CONN *c) {
+	ST *st = packet_state(c);
+	if (st == NULL)
+		return -1;
+	char *o = c->out_buf;
+	uint32 slot = c->ind;
+	uint16 w = c->owner->ind, nw = server->workers->size;
+	put_head(o, 20, ID_INFO);
+	memcpy(o + 8, &st->serial, 4);
+	memcpy(o + 12, &slot, 4);
+	memcpy(o + 16, &w, 2);
+	memcpy(o + 18, &nw, 2);
+	return bufferevent_write(c->bufev, o, 20) == 0 ? 0 : -1;
+}
+
+static sint32 on_sub(CONN *c) {
+	ST *st = packet_state(c);
+	HEAD *h = (HEAD *) c->in_buf;
+	if (st == NULL || h->pkglen != 16)
+		return -1;
+	uint32 n, cl;
+	memcpy(&n, c->in_buf + 8, 4);
+	memcpy(&cl, c->in_buf + 12, 4);
+	pthread_mutex_lock(&lock);
+	if (!st->subscribed && n_subs < MAX_SUBS) {
+		st->subscribed = 1;
+		st->blast_left = n;
+		st->blast_close = cl != 0;
+		subs[n_subs++] = c;
+	}
+	pthread_mutex_unlock(&lock);
+	return 0;
+}
+
+static sint32 on_flood(CONN *c) {
+	if (packet_state(c) == NULL)
+		return -1;
+	HEAD *h = (HEAD *) c->in_buf;
+	uint32 n = 0;
+	if (h->pkglen >= 12)
+		memcpy(&n, c->in_buf + 8, 4);
+	char *o = c->out_buf;
+	memset(o, 'x', MAX_PKG_LEN);
+	put_head(o, MAX_PKG_LEN, ID_FLOOD);
+	for (uint32 i = 0; i < n; i++)
+		if (bufferevent_write(c->bufev, o, MAX_PKG_LEN) != 0)
+			return -1; /* over the output cap: the library closed it */
+	return 0;
+}
+
+/* Sends frames to subscribed connections from a thread that is not a
+ * worker, and closes some of them from here too. */
+static void *blaster(void *arg) {
+	(void) arg;
+	unsigned int seed = 12345;
+	while (!stopping) {
+		pthread_mutex_lock(&lock);
+		for (int k = 0; k < 64 && n_subs > 0; k++) {
+			int i = (int) (rand_r(&seed) % (unsigned) n_subs);
+			CONN *c = subs[i];
+			ST *st = (ST *) c->user;
+			char f[12];
+			put_head(f, 12, ID_SUB);
+			memcpy(f + 8, &st->serial, 4);
+			if (st->blast_left > 0) {
+				bufferevent_write(c->bufev, f, sizeof(f));
+				st->blast_left--;
+			}
+			if (st->blast_left == 0) {
+				subs[i] = subs[--n_subs];
+				st->subscribed = 0;
+				if (st->blast_close)
+					close_conn(c, g_akg_closed_id);
+			}
+		}
+		pthread_mutex_unlock(&lock);
+		nsleep(200000);
+	}
+	return NULL;
+}
+
+static int env_int(const char *name, int def) {
+	const char *v = getenv(name);
+	return v && *v ? atoi(v) : def;
+}
+
+static void *stopper(void *arg) {
+	sigset_t *set = (sigset_t *) arg;
+	int sig;
+	sigwait(set, &sig);
+	stopping = 1;
+	mario_stop_server(server);
+	return NULL;
+}
+
+int main(void) {
+	int port = env_int("TS_PORT", 0);
+	if (port <= 0) {
+		fprintf(stderr, "TS_PORT is required\n");
+		return 2;
+	}
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+	server = init_server(port, (uint16) env_int("TS_WORKERS", 2), (uint32) env_int("TS_CONNNUM", 1024),
+			env_int("TS_RTIMEOUT", 0), env_int("TS_WTIMEOUT", 0));
+	if (server == NULL)
+		return 2;
+	if (getenv("TS_OUTLIMIT"))
+		mario_set_output_limit(server, (size_t) atol(getenv("TS_OUTLIMIT")));
+	const char *sx = getenv("TS_STX");
+	if (sx && *sx) {
+		stx_used = (uint32) strtoul(sx, NULL, 16);
+		regist_stx(stx_used);
+	} else {
+		stx_used = DEFAULT_STX;
+	}
+	regist_connected_func(on_connected);
+	regist_disconnected_func(on_close);
+	regist_akg_func(ID_ECHO, on_echo);
+	regist_akg_func(ID_CLOSE0, on_close0);
+	regist_akg_func(ID_CLOSEM1, on_closem1);
+	regist_akg_func(ID_FAIL, on_fail);
+	regist_akg_func(ID_INFO, on_info);
+	regist_akg_func(ID_SUB, on_sub);
+	regist_akg_func(ID_FLOOD, on_flood);
+	if (start_log_thread() != 0)
+		return 2;
+
+	pthread_t st, bt;
+	pthread_create(&st, NULL, stopper, &set);
+	pthread_create(&bt, NULL, blaster, NULL);
+	void *r = start_server(server);
+	if (r != NULL) {
+		fprintf(stderr, "start_server failed\n");
+		return 3;
+	}
+	stopping = 1;
+	pthread_join(bt, NULL);
+	pthread_join(st, NULL);
+	printf("SUMMARY connected=%lu closed=%lu packets=%lu violations=%lu\n", n_connected, n_closed, n_packets,
+			n_violations);
+	fflush(stdout);
+	if (n_connected != n_closed) {
+		fprintf(stderr, "VIOLATION connected %lu != closed %lu\n", n_connected, n_closed);
+		return 1;
+	}
+	return n_violations ? 1 : 0;
+}

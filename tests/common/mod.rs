@@ -1,0 +1,399 @@
+//! Shared support for the integration tests: builds the C programs once,
+//! starts servers on free loopback ports, and speaks the frame protocol.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use mario::Head;
+
+/// The stx of maritcp (and of testsrv when started with `TS_STX`).
+pub const STX: u32 = 0x8eb6_9af7;
+/// testsrv packet ids (see tests/c/testsrv.c).
+pub const ID_ECHO: u16 = 0x0001;
+pub const ID_CLOSE0: u16 = 0x0002;
+pub const ID_CLOSEM1: u16 = 0x0003;
+pub const ID_FAIL: u16 = 0x0004;
+pub const ID_INFO: u16 = 0x0005;
+pub const ID_SUB: u16 = 0x0007;
+pub const ID_FLOOD: u16 = 0x0008;
+/// maritcp's LOGIN.
+pub const ID_LOGIN: u16 = 0x6101;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds libmario, the examples and the sanitizer-built C test programs
+/// once per test binary (`make all ctests`).
+pub fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = Command::new("make")
+            .args(["-s", "all", "ctests"])
+            .current_dir(root())
+            .output()
+            .expect("run make");
+        assert!(
+            out.status.success(),
+            "make all ctests failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "mario-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().unwrap().port()
+}
+
+/// A server process under test, with stdout/stderr captured to files.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub out: PathBuf,
+    pub err: PathBuf,
+}
+
+/// What a stopped server left behind.
+#[derive(Debug)]
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub const ASAN_OPTIONS: &str = "detect_leaks=1:abort_on_error=0:exitcode=86:halt_on_error=1";
+pub const UBSAN_OPTIONS: &str = "print_stacktrace=1:halt_on_error=1:exitcode=87";
+
+impl Proc {
+    fn spawn(bin: &Path, args: &[&str], env: &[(&str, String)], dir: PathBuf, port: u16) -> Proc {
+        let out = dir.join("stdout.txt");
+        let err = dir.join("stderr.txt");
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .env("ASAN_OPTIONS", ASAN_OPTIONS)
+            .env("UBSAN_OPTIONS", UBSAN_OPTIONS);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        Proc {
+            child: Some(child),
+            port,
+            dir,
+            out,
+            err,
+        }
+    }
+
+    /// Starts target/ctests/testsrv with the given `TS_*` settings on a
+    /// free port and waits until it listens.
+    pub fn testsrv(env: &[(&str, &str)]) -> Proc {
+        ensure_built();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut e: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+            e.push(("TS_PORT", port.to_string()));
+            let mut p = Proc::spawn(
+                &root().join("target/ctests/testsrv"),
+                &[],
+                &e,
+                scratch_dir("testsrv"),
+                port,
+            );
+            if p.wait_started() {
+                return p;
+            }
+            let _ = p.kill();
+        }
+        panic!("testsrv did not start");
+    }
+
+    /// Starts maritcp (`asan`: the sanitizer build) in the foreground in a
+    /// scratch directory whose init.conf is `conf` plus a free PORT line.
+    pub fn maritcp(conf: &str, asan: bool) -> Proc {
+        ensure_built();
+        let bin = if asan {
+            root().join("target/ctests/maritcp-asan")
+        } else {
+            root().join("c-examples/maritcp")
+        };
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = scratch_dir("maritcp");
+            std::fs::write(dir.join("init.conf"), format!("{conf}\nPORT {port}\n")).unwrap();
+            let mut p = Proc::spawn(&bin, &["-f"], &[], dir, port);
+            if p.wait_started() {
+                return p;
+            }
+            let _ = p.kill();
+        }
+        panic!("maritcp did not start");
+    }
+
+    fn wait_started(&mut self) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if self.stdout().contains("--------------start server ok--------------") {
+                return true;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return false;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits until stdout contains `pat`.
+    pub fn wait_stdout(&self, pat: &str, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        loop {
+            if self.stdout().contains(pat) {
+                return true;
+            }
+            if t0.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The `EV close serial=S ...` line of connection `serial`, if logged.
+    pub fn close_event(&self, serial: u32) -> Option<String> {
+        let key = format!("EV close serial={serial} ");
+        self.stdout().lines().find(|l| l.contains(&key)).map(str::to_string)
+    }
+
+    /// Waits for the close event of `serial` and returns (reason, packets).
+    pub fn wait_close_event(&self, serial: u32, timeout: Duration) -> Option<(u16, u32)> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(l) = self.close_event(serial) {
+                let field = |name: &str| -> u32 {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| panic!("no {name} in {l}"))
+                };
+                return Some((field("reason=") as u16, field("packets=")));
+            }
+            if t0.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Number of `EV close` lines for `serial` (must be exactly one).
+    pub fn close_event_count(&self, serial: u32) -> usize {
+        let key = format!("EV close serial={serial} ");
+        self.stdout().lines().filter(|l| l.contains(&key)).count()
+    }
+
+    /// SIGTERM, then wait up to 15 s for exit.
+    pub fn stop(mut self) -> Stopped {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if t0.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not stop within 15 s of SIGTERM\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Stopped {
+            status,
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+
+    /// Stops the server and asserts a clean exit: status 0, no sanitizer
+    /// report, no VIOLATION line.
+    pub fn stop_clean(self) -> Stopped {
+        let s = self.stop();
+        assert!(
+            s.status.success() && !s.stderr.contains("VIOLATION") && !s.stderr.contains("Sanitizer"),
+            "unclean stop: {:?}\nstdout (tail):\n{}\nstderr:\n{}",
+            s.status,
+            tail(&s.stdout, 40),
+            s.stderr
+        );
+        s
+    }
+
+    pub fn kill(&mut self) -> io::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(n)..].join("\n")
+}
+
+/// Parses `SUMMARY connected=.. closed=.. packets=.. violations=..`.
+pub fn summary(stdout: &str, key: &str) -> u64 {
+    let l = stdout.lines().find(|l| l.starts_with("SUMMARY")).expect("SUMMARY line");
+    l.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {l}"))
+}
+
+/// A client connection with a 5 s read timeout.
+pub fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+pub fn frame(stx: u32, id: u16, body: &[u8]) -> Vec<u8> {
+    Head::frame(stx, id, body)
+}
+
+/// Reads one frame (head + body).
+pub fn read_frame(s: &mut TcpStream) -> io::Result<(Head, Vec<u8>)> {
+    let mut h = [0u8; 8];
+    s.read_exact(&mut h)?;
+    let head = Head::parse(&h).unwrap();
+    let mut body = vec![0u8; (head.pkglen as usize).saturating_sub(8)];
+    s.read_exact(&mut body)?;
+    Ok((head, body))
+}
+
+/// testsrv INFO: (serial, slot, worker, workers).
+pub fn info(s: &mut TcpStream, stx: u32) -> (u32, u32, u16, u16) {
+    s.write_all(&frame(stx, ID_INFO, &[])).unwrap();
+    let (h, b) = read_frame(s).expect("INFO reply");
+    assert_eq!(h.akg_id, ID_INFO);
+    (
+        u32::from_ne_bytes(b[0..4].try_into().unwrap()),
+        u32::from_ne_bytes(b[4..8].try_into().unwrap()),
+        u16::from_ne_bytes(b[8..10].try_into().unwrap()),
+        u16::from_ne_bytes(b[10..12].try_into().unwrap()),
+    )
+}
+
+/// True if the server closes `s` within `within` (EOF or reset), ignoring
+/// any bytes it still sends.
+pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    while t0.elapsed() < within {
+        let left = within.saturating_sub(t0.elapsed()).max(Duration::from_millis(1));
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Closes with RST.
+pub fn reset(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let lg = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: valid `linger` value and size on an open socket.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lg as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    drop(s);
+}
+
+pub fn half_close(s: &TcpStream) {
+    let _ = s.shutdown(Shutdown::Write);
+}
+
+/// The process's CPU time (user + system) in seconds, from /proc.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The process's resident set in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
