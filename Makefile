@@ -44,7 +44,7 @@ $(EX)/mario_client: $(EX)/mario_client.c
 run: all
 	cd $(EX) && ./maritcp -f
 
-test: all ctests
+test: lint all ctests
 	$(CARGO) test --all-targets -- --test-threads=4
 	$(CARGO) test --doc
 

@@ -71,8 +71,6 @@ int main(int argc, char *argv[]) {
 		 * ignored signal never reaches sigwait(): restore the default */
 		signal(SIGTERM, SIG_DFL);
 		signal(SIGINT, SIG_DFL);
-		/* the daemon ignores SIGPIPE (run_daemon); so does the foreground */
-		signal(SIGPIPE, SIG_IGN);
 	} else {
 		run_daemon();
 	}

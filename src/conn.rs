@@ -199,7 +199,14 @@ impl Conn {
         if n > f.len() {
             return self.send(&Head::frame(stx, akg_id, body));
         }
-        f[..8].copy_from_slice(&Head { stx, pkglen: n as u16, akg_id }.to_bytes());
+        f[..8].copy_from_slice(
+            &Head {
+                stx,
+                pkglen: n as u16,
+                akg_id,
+            }
+            .to_bytes(),
+        );
         f[8..n].copy_from_slice(body);
         self.send(&f[..n])
     }
@@ -210,10 +217,5 @@ impl Conn {
     /// slot freed after the current callback returns.
     pub fn close(&mut self, reason: u16) {
         crate::worker::with_owner(self, |ctx, c| ctx.close(c, reason))
-    }
-
-    /// Heap bytes owned by this connection besides the record itself.
-    pub(crate) fn heap_bytes(&self) -> usize {
-        self.partial.capacity() + self.out.capacity()
     }
 }

@@ -96,7 +96,11 @@ impl CRecords {
             (*array).size = n;
             (*array).server = server;
         }
-        CRecords { server, array, layout }
+        CRecords {
+            server,
+            array,
+            layout,
+        }
     }
 
     /// Pointer to worker `i`'s record.
@@ -105,7 +109,9 @@ impl CRecords {
         // callers pass `i < size`.
         unsafe {
             assert!(i < (*self.array).size as usize);
-            std::ptr::addr_of_mut!((*self.array).array).cast::<CWorker>().add(i)
+            std::ptr::addr_of_mut!((*self.array).array)
+                .cast::<CWorker>()
+                .add(i)
         }
     }
 }

@@ -48,7 +48,10 @@ mod wheel;
 mod worker;
 
 pub use conn::{Conn, ConnId};
-pub use proto::{AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Head, MAX_PKG_LEN, SIZE_OF_HEAD};
+pub use proto::{
+    AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Head, MAX_PKG_LEN, SIZE_OF_HEAD,
+};
 pub use server::{
-    Config, DEFAULT_OUTPUT_LIMIT, Packet, Server, ServerBuilder, Service, StopHandle, Verdict, close_id, send_to,
+    Config, DEFAULT_OUTPUT_LIMIT, Packet, Server, ServerBuilder, Service, StopHandle, Verdict, close_id,
+    send_to,
 };

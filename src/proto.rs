@@ -88,7 +88,11 @@ mod tests {
 
     #[test]
     fn head_roundtrip_and_checks() {
-        let h = Head { stx: 0x8eb69af7, pkglen: 10, akg_id: 0x6101 };
+        let h = Head {
+            stx: 0x8eb69af7,
+            pkglen: 10,
+            akg_id: 0x6101,
+        };
         assert_eq!(Head::parse(&h.to_bytes()), Some(h));
         assert_eq!(Head::parse(&[0; 7]), None);
         assert_eq!(check_head(&h, 0x8eb69af7), Ok(()));
@@ -102,6 +106,13 @@ mod tests {
             assert_eq!(check_head(&b, h.stx), Err(BadHead::ReservedId));
         }
         let f = Head::frame(7, 3, b"ab");
-        assert_eq!(Head::parse(&f), Some(Head { stx: 7, pkglen: 10, akg_id: 3 }));
+        assert_eq!(
+            Head::parse(&f),
+            Some(Head {
+                stx: 7,
+                pkglen: 10,
+                akg_id: 3
+            })
+        );
     }
 }

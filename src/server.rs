@@ -178,7 +178,9 @@ impl ServerShared {
                 reg.len() - 1
             }
             None => {
-                return Err(io::Error::other(format!("more than {MAX_SERVERS} servers at once")));
+                return Err(io::Error::other(format!(
+                    "more than {MAX_SERVERS} servers at once"
+                )));
             }
         };
         let s = Arc::new(ServerShared {
@@ -266,7 +268,8 @@ impl ServerShared {
                 return Err(e);
             }
         };
-        poll.registry().register(&mut SourceFd(&lfd), Token(0), Interest::READABLE)?;
+        poll.registry()
+            .register(&mut SourceFd(&lfd), Token(0), Interest::READABLE)?;
         // Like the original: flush the C streams, then announce.
         // SAFETY: `fflush(NULL)` flushes every C output stream.
         unsafe { libc::fflush(std::ptr::null_mut()) };
@@ -290,9 +293,18 @@ impl ServerShared {
         let mut polls = self.polls.lock().unwrap_or_else(|e| e.into_inner());
         let mut threads = Vec::new();
         for (i, w) in self.workers.iter().enumerate() {
-            let poll = polls[i].take().ok_or_else(|| io::Error::other("worker poll already taken"))?;
+            let poll = polls[i]
+                .take()
+                .ok_or_else(|| io::Error::other("worker poll already taken"))?;
             let cw = self.records.worker(i);
-            let worker = SendPtr(Worker::new(poll, w.clone(), self.id, cw, self.service.clone(), cfg));
+            let worker = SendPtr(Worker::new(
+                poll,
+                w.clone(),
+                self.id,
+                cw,
+                self.service.clone(),
+                cfg,
+            ));
             // SAFETY: the record lives as long as the server.
             let qlog = unsafe { &*(*cw).qlog };
             let t = std::thread::Builder::new()
@@ -413,7 +425,11 @@ impl ServerShared {
                 return;
             }
         }
-        if self.workers.iter().any(|w| worker::on_worker(self.id, w.index, |_| ()).is_some()) {
+        if self
+            .workers
+            .iter()
+            .any(|w| worker::on_worker(self.id, w.index, |_| ()).is_some())
+        {
             return;
         }
         let mut st = self.run.lock().unwrap_or_else(|e| e.into_inner());
@@ -435,6 +451,8 @@ unsafe impl Send for SendPtr {}
 type PacketFn = dyn Fn(&mut Conn, Packet<'_>) -> Verdict + Send + Sync;
 type ConnFn = dyn Fn(&mut Conn) + Send + Sync;
 type CloseFn = dyn Fn(&mut Conn, u16) + Send + Sync;
+/// 256 handler slots of one id page.
+type Page = Box<[Option<Arc<PacketFn>>]>;
 
 /// A packet as handed to a Rust handler.
 pub struct Packet<'a> {
@@ -464,7 +482,7 @@ impl Packet<'_> {
 /// Handlers in a two-level table indexed by packet id (256 pages of 256),
 /// so lookups are two loads and unused ranges cost nothing.
 struct Handlers {
-    pages: Vec<Option<Box<[Option<Arc<PacketFn>>]>>>,
+    pages: Vec<Option<Page>>,
     connected: Option<Arc<ConnFn>>,
     closed: Option<Arc<CloseFn>>,
 }
@@ -553,7 +571,8 @@ impl ServerBuilder {
         id: u16,
         f: impl Fn(&mut Conn, Packet<'_>) -> Verdict + Send + Sync + 'static,
     ) -> Self {
-        let page = self.handlers.pages[(id >> 8) as usize].get_or_insert_with(|| (0..256).map(|_| None).collect());
+        let page =
+            self.handlers.pages[(id >> 8) as usize].get_or_insert_with(|| (0..256).map(|_| None).collect());
         page[(id & 0xff) as usize] = Some(Arc::new(f));
         self
     }
@@ -623,12 +642,18 @@ impl Server {
 
     /// A handle that stops the server from any thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle { inner: self.inner.clone() }
+        StopHandle {
+            inner: self.inner.clone(),
+        }
     }
 
     /// Connections currently open, per worker.
     pub fn connections(&self) -> Vec<u32> {
-        self.inner.workers.iter().map(|w| w.count.load(Ordering::Relaxed)).collect()
+        self.inner
+            .workers
+            .iter()
+            .map(|w| w.count.load(Ordering::Relaxed))
+            .collect()
     }
 }
 

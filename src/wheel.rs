@@ -56,7 +56,12 @@ impl Wheel {
     /// Takes the entries of every tick up to and including `now`, in tick
     /// order, calling `f(slot, tick)` for each. `f` may file new entries
     /// (they land on later ticks). Reuses `scratch` to avoid allocation.
-    pub(crate) fn expire(&mut self, now: u32, scratch: &mut Vec<u32>, mut f: impl FnMut(&mut Wheel, u32, u32)) {
+    pub(crate) fn expire(
+        &mut self,
+        now: u32,
+        scratch: &mut Vec<u32>,
+        mut f: impl FnMut(&mut Wheel, u32, u32),
+    ) {
         while self.next <= now {
             let tick = self.next;
             let idx = (tick & self.mask()) as usize;
@@ -73,11 +78,6 @@ impl Wheel {
                 self.buckets[idx].shrink_to(64);
             }
         }
-    }
-
-    /// Heap bytes held by the buckets (for memory reports).
-    pub(crate) fn heap_bytes(&self) -> usize {
-        self.buckets.iter().map(|b| b.capacity() * 4).sum::<usize>() + self.buckets.capacity() * 24
     }
 }
 

@@ -120,7 +120,7 @@ pub(crate) fn on_owner<R>(owner: *const CWorker, f: impl FnOnce(&Ctx) -> R) -> O
     // SAFETY: `CURRENT` is set only by a running worker loop to its own
     // context, which lives (boxed, never moved) until the loop clears it.
     let ctx = unsafe { &*p };
-    (ctx.cworker as *const CWorker == owner).then(|| f(ctx))
+    std::ptr::eq(ctx.cworker, owner).then(|| f(ctx))
 }
 
 /// Runs `f` on the owning worker's context with `c`. A `&mut Conn` only
@@ -215,10 +215,10 @@ impl Ctx {
                 self.file_timer(c, due);
             }
         }
-        if c.out.capacity() == 0 {
-            if let Some(b) = self.pool.borrow_mut().pop() {
-                c.out = b;
-            }
+        if c.out.capacity() == 0
+            && let Some(b) = self.pool.borrow_mut().pop()
+        {
+            c.out = b;
         }
         c.out.extend_from_slice(data);
         if !c.dirty {
@@ -354,11 +354,11 @@ impl Worker {
             }
             let pending = !self.ctx.shared.accept_q.is_empty() || !self.ctx.shared.cmds.is_empty();
             let timeout = if pending { Some(Duration::ZERO) } else { timeout };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    log::error!("worker {} poll failed: {}", self.ctx.shared.index, e);
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                log::error!("worker {} poll failed: {}", self.ctx.shared.index, e);
+                std::thread::sleep(Duration::from_millis(10));
             }
             if sleep {
                 self.ctx.shared.sleeping.store(false, Ordering::Relaxed);
@@ -370,7 +370,9 @@ impl Worker {
                     continue;
                 }
                 let (slot, generation) = (t.0 as u32, (t.0 >> 32) as u32);
-                let Some(p) = self.live(slot, generation) else { continue };
+                let Some(p) = self.live(slot, generation) else {
+                    continue;
+                };
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                     self.read(p, generation);
                 }
@@ -580,7 +582,9 @@ impl Worker {
             };
             c.last_read = self.ctx.now.get();
             let avail = carried + n;
-            let Some(used) = self.dispatch(p, avail) else { return };
+            let Some(used) = self.dispatch(p, avail) else {
+                return;
+            };
             // SAFETY: as above; the callbacks have returned.
             let c = unsafe { &mut *p };
             if used < avail {
@@ -720,27 +724,5 @@ impl Worker {
             // reference to it remains once the loop is done.
             drop(unsafe { Box::from_raw(p) });
         }
-    }
-}
-
-/// Memory figures of one worker, for reports.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct WorkerMemory {
-    /// Connection records allocated (live and free).
-    pub slots: usize,
-    /// Bytes in connection records, buffers, slab and wheel.
-    pub bytes: usize,
-}
-
-impl Ctx {
-    #[allow(dead_code)]
-    pub(crate) fn memory(&self) -> WorkerMemory {
-        let slab = self.slab.borrow();
-        let mut bytes = slab.capacity() * 8 + self.free.borrow().capacity() * 4 + self.wheel.borrow().heap_bytes();
-        for &p in slab.iter() {
-            // SAFETY: live slab pointer, read only.
-            bytes += std::mem::size_of::<Conn>() + unsafe { (*p).heap_bytes() };
-        }
-        WorkerMemory { slots: slab.len(), bytes }
     }
 }

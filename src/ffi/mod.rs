@@ -7,6 +7,9 @@
 //! `cbindgen.toml`; cbindgen adds the prototypes of this module.
 
 #![allow(non_upper_case_globals, non_camel_case_types, non_snake_case)]
+// These are C entry points: C callers cannot see `unsafe`, and every
+// pointer they pass is checked (null) and documented in the header.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
@@ -81,12 +84,22 @@ fn akg(id: u16) -> FUNC_PTR {
     // SAFETY: `AKG_FUNC` has 65536 entries, so any u16 indexes it. Entries
     // are written by the application before `start_server` (or atomically
     // enough: a pointer-sized aligned store); a volatile read sees them.
-    unsafe { (&raw const AKG_FUNC).cast::<FUNC_PTR>().add(id as usize).read_volatile() }
+    unsafe {
+        (&raw const AKG_FUNC)
+            .cast::<FUNC_PTR>()
+            .add(id as usize)
+            .read_volatile()
+    }
 }
 
 fn set_akg(id: u16, f: FUNC_PTR) {
     // SAFETY: as in `akg`; registration happens before the server runs.
-    unsafe { (&raw mut AKG_FUNC).cast::<FUNC_PTR>().add(id as usize).write_volatile(f) }
+    unsafe {
+        (&raw mut AKG_FUNC)
+            .cast::<FUNC_PTR>()
+            .add(id as usize)
+            .write_volatile(f)
+    }
 }
 
 /// Calls the C handler `id` on `c`, if one is registered.
@@ -327,7 +340,11 @@ pub extern "C" fn regist_stx(stx: uint32) {
 /// one of ours is passed on to libevent's `bufferevent_write` when libevent
 /// is linked into the program.
 #[unsafe(no_mangle)]
-pub extern "C" fn mario_bufferevent_write(bufev: *mut bufferevent, data: *const c_void, size: usize) -> c_int {
+pub extern "C" fn mario_bufferevent_write(
+    bufev: *mut bufferevent,
+    data: *const c_void,
+    size: usize,
+) -> c_int {
     guard("bufferevent_write", || {
         let Some(id) = ConnId::from_raw(bufev as usize as u64) else {
             return forward_to_libevent(bufev, data, size);
@@ -368,13 +385,20 @@ fn forward_to_libevent(bufev: *mut bufferevent, data: *const c_void, size: usize
 /// `record_log`, drained by the log thread. Never returns NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn create_log_queue() -> *mut LOG_QUEUE {
-    guard("create_log_queue", || LogQueue::create() as *const LogQueue as *mut LogQueue)
+    guard("create_log_queue", || {
+        LogQueue::create() as *const LogQueue as *mut LogQueue
+    })
 }
 
 /// Queues one formatted log line of `len` bytes for `fd` (used by the
 /// header's `record_log`). Returns 0, or -1 if the queue is full or NULL.
 #[unsafe(no_mangle)]
-pub extern "C" fn mario_record_log_line(queue: *mut LOG_QUEUE, fd: c_int, line: *const c_char, len: usize) -> sint32 {
+pub extern "C" fn mario_record_log_line(
+    queue: *mut LOG_QUEUE,
+    fd: c_int,
+    line: *const c_char,
+    len: usize,
+) -> sint32 {
     guard("record_log", || {
         if queue.is_null() || (line.is_null() && len > 0) {
             return -1;
@@ -416,7 +440,9 @@ pub extern "C" fn nsleep(ns: uint32) {
 /// Sleeps `s` seconds plus `us` microseconds.
 #[unsafe(no_mangle)]
 pub extern "C" fn susleep(s: uint32, us: uint32) {
-    std::thread::sleep(std::time::Duration::from_secs(u64::from(s)) + std::time::Duration::from_micros(u64::from(us)));
+    std::thread::sleep(
+        std::time::Duration::from_secs(u64::from(s)) + std::time::Duration::from_micros(u64::from(us)),
+    );
 }
 
 /// Installs `handler` for `sig` with `sigaction` (empty mask, no flags).
@@ -453,5 +479,90 @@ pub extern "C" fn run_daemon() {
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    /// The C view of CONN, WORKER, WORKER_ARRAY, SERVER and LOG_QUEUE (from
+    /// the committed header, compiled by gcc) must match the Rust records
+    /// field for field.
+    #[test]
+    fn c_layout_matches_rust() {
+        let dir = std::env::temp_dir().join(format!("mario-layout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("layout.c");
+        let fields: &[(&str, &str, usize)] = &[
+            ("CONN", "fd", offset_of!(Conn, fd)),
+            ("CONN", "bufev", offset_of!(Conn, bufev)),
+            ("CONN", "ind", offset_of!(Conn, ind)),
+            ("CONN", "in_buf", offset_of!(Conn, in_buf)),
+            ("CONN", "in_buf_len", offset_of!(Conn, in_buf_len)),
+            ("CONN", "out_buf", offset_of!(Conn, out_buf)),
+            ("CONN", "out_buf_len", offset_of!(Conn, out_buf_len)),
+            ("CONN", "next", offset_of!(Conn, next)),
+            ("CONN", "owner", offset_of!(Conn, owner)),
+            ("CONN", "cip", offset_of!(Conn, cip)),
+            ("CONN", "cport", offset_of!(Conn, cport)),
+            ("CONN", "err_type", offset_of!(Conn, err_type)),
+            ("CONN", "user", offset_of!(Conn, user)),
+            ("WORKER", "thread_id", offset_of!(CWorker, thread_id)),
+            ("WORKER", "ind", offset_of!(CWorker, ind)),
+            ("WORKER", "qlog", offset_of!(CWorker, qlog)),
+            ("WORKER", "server", offset_of!(CWorker, server)),
+            ("WORKER", "mario_private", offset_of!(CWorker, mario)),
+            ("WORKER_ARRAY", "size", offset_of!(crate::layout::CWorkerArray, size)),
+            ("WORKER_ARRAY", "server", offset_of!(crate::layout::CWorkerArray, server)),
+            ("WORKER_ARRAY", "array", offset_of!(crate::layout::CWorkerArray, array)),
+            ("SERVER", "server_fd", offset_of!(CServer, server_fd)),
+            ("SERVER", "port", offset_of!(CServer, port)),
+            ("SERVER", "workers", offset_of!(CServer, workers)),
+            ("SERVER", "qlog", offset_of!(CServer, qlog)),
+            ("SERVER", "ret", offset_of!(CServer, ret)),
+            ("SERVER", "conn_count", offset_of!(CServer, conn_count)),
+            ("SERVER", "mario_private", offset_of!(CServer, mario)),
+            ("LOG_QUEUE", "size", offset_of!(LogQueue, size)),
+            ("LOG_QUEUE", "producer", offset_of!(LogQueue, producer)),
+            ("LOG_QUEUE", "consumer", offset_of!(LogQueue, consumer)),
+        ];
+        let mut c = String::from("#include <stddef.h>\n#include \"mario/mario.h\"\nint main(void) {\n");
+        for (t, f, _) in fields {
+            c += &format!("    printf(\"{t}.{f} %zu\\n\", offsetof({t}, {f}));\n");
+        }
+        c += "    printf(\"WORKER %zu\\n\", sizeof(WORKER));\n    return 0;\n}\n";
+        std::fs::write(&src, c).unwrap();
+        let exe = dir.join("layout");
+        for flag in ["-DLINUX32", "-DLINUX64", "-DNONE"] {
+            let inc = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+            let st = std::process::Command::new("gcc")
+                .args(["-std=c99", "-Wall", "-Werror", flag, "-I", inc, "-o"])
+                .arg(&exe)
+                .arg(&src)
+                .status()
+                .expect("gcc");
+            assert!(st.success(), "layout program does not compile with {flag}");
+            let out = std::process::Command::new(&exe).output().unwrap();
+            let out = String::from_utf8(out.stdout).unwrap();
+            for (t, f, off) in fields {
+                let want = format!("{t}.{f} {off}");
+                assert!(out.lines().any(|l| l == want), "{flag}: C disagrees on {want}:\n{out}");
+            }
+            assert!(out.contains(&format!("WORKER {}\n", size_of::<CWorker>())), "{flag}: sizeof(WORKER)\n{out}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An idle connection costs its record plus one slab pointer: at most
+    /// 256 bytes of ours (DESIGN.md), buffers being released when idle.
+    #[test]
+    fn idle_connection_record_is_small() {
+        let c = Conn::new(0, std::ptr::null_mut());
+        assert_eq!(c.out.capacity() + c.partial.capacity(), 0);
+        let per_conn = size_of::<Conn>() + size_of::<*mut Conn>() + size_of::<u32>();
+        eprintln!("idle connection: {} byte record + slab and wheel entries = {per_conn} bytes", size_of::<Conn>());
+        assert!(per_conn <= 256, "idle connection costs {per_conn} bytes");
     }
 }

@@ -102,7 +102,9 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         Proc {
             child: Some(child),
             port,
@@ -160,13 +162,16 @@ impl Proc {
     fn wait_started(&mut self) -> bool {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(10) {
-            if self.stdout().contains("--------------start server ok--------------") {
+            if self
+                .stdout()
+                .contains("--------------start server ok--------------")
+            {
                 return true;
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return false;
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -202,7 +207,10 @@ impl Proc {
     /// The `EV close serial=S ...` line of connection `serial`, if logged.
     pub fn close_event(&self, serial: u32) -> Option<String> {
         let key = format!("EV close serial={serial} ");
-        self.stdout().lines().find(|l| l.contains(&key)).map(str::to_string)
+        self.stdout()
+            .lines()
+            .find(|l| l.contains(&key))
+            .map(str::to_string)
     }
 
     /// Waits for the close event of `serial` and returns (reason, packets).
@@ -244,7 +252,11 @@ impl Proc {
             if t0.elapsed() > Duration::from_secs(15) {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("server did not stop within 15 s of SIGTERM\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
+                panic!(
+                    "server did not stop within 15 s of SIGTERM\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         };
@@ -291,7 +303,10 @@ pub fn tail(s: &str, n: usize) -> String {
 
 /// Parses `SUMMARY connected=.. closed=.. packets=.. violations=..`.
 pub fn summary(stdout: &str, key: &str) -> u64 {
-    let l = stdout.lines().find(|l| l.starts_with("SUMMARY")).expect("SUMMARY line");
+    let l = stdout
+        .lines()
+        .find(|l| l.starts_with("SUMMARY"))
+        .expect("SUMMARY line");
     l.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
         .and_then(|v| v.parse().ok())
@@ -345,7 +360,9 @@ pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
             Ok(0) => return true,
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return false,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return false;
+            }
             Err(_) => return true,
         }
     }
@@ -355,7 +372,10 @@ pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 /// Closes with RST.
 pub fn reset(s: TcpStream) {
     use std::os::fd::AsRawFd;
-    let lg = libc::linger { l_onoff: 1, l_linger: 0 };
+    let lg = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: valid `linger` value and size on an open socket.
     unsafe {
         libc::setsockopt(
@@ -395,5 +415,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// Open descriptors of a process.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
