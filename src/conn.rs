@@ -187,7 +187,7 @@ impl Conn {
     /// connection as an error) when the pending output would pass the
     /// server's cap, or `false` when the connection is already closed.
     pub fn send(&mut self, data: &[u8]) -> bool {
-        crate::worker::with_owner(self, |ctx, c| ctx.append(c, data))
+        crate::worker::with_owner(self, |ctx, c| ctx.append(c as *mut Conn, data))
     }
 
     /// Queues a frame `HEAD{stx, 8 + body.len(), akg_id} + body`, using the
@@ -216,6 +216,6 @@ impl Conn {
     /// the socket takes it without blocking, the socket is closed and the
     /// slot freed after the current callback returns.
     pub fn close(&mut self, reason: u16) {
-        crate::worker::with_owner(self, |ctx, c| ctx.close(c, reason))
+        crate::worker::with_owner(self, |ctx, c| ctx.close(c as *mut Conn, reason))
     }
 }

@@ -52,6 +52,5 @@ pub use proto::{
     AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Head, MAX_PKG_LEN, SIZE_OF_HEAD,
 };
 pub use server::{
-    Config, DEFAULT_OUTPUT_LIMIT, Packet, Server, ServerBuilder, Service, StopHandle, Verdict, close_id,
-    send_to,
+    Config, DEFAULT_OUTPUT_LIMIT, Packet, Server, ServerBuilder, StopHandle, Verdict, close_id, send_to,
 };

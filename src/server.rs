@@ -15,7 +15,7 @@ use crate::layout::CRecords;
 use crate::logq::{self, LogQueue};
 use crate::proto::{DEFAULT_STX, Head};
 use crate::sys;
-use crate::worker::{self, Cmd, Worker, WorkerShared};
+use crate::worker::{self, Cmd, Ctx, Worker, WorkerShared};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -71,14 +71,18 @@ pub enum Verdict {
 }
 
 /// The callbacks a server runs, all on the connection's worker thread.
-pub trait Service: Send + Sync + 'static {
+///
+/// They get the connection as a raw pointer: the worker holds no Rust
+/// reference to it while a callback runs, so a callback (C code in
+/// particular) may reach the same connection again through the library.
+pub(crate) trait Service: Send + Sync + 'static {
     /// A new connection, before any packet.
-    fn connected(&self, c: &mut Conn);
+    fn connected(&self, ctx: &Ctx, c: *mut Conn);
     /// One complete, well-formed packet: `pkt` is the whole frame (head
     /// included), also reachable as the C `in_buf`.
-    fn packet(&self, c: &mut Conn, head: Head, pkt: &mut [u8]) -> Verdict;
+    fn packet(&self, ctx: &Ctx, c: *mut Conn, head: Head, pkt: &mut [u8]) -> Verdict;
     /// The connection is closing for `reason`; runs exactly once.
-    fn closed(&self, c: &mut Conn, reason: u16);
+    fn closed(&self, ctx: &Ctx, c: *mut Conn, reason: u16);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,11 +122,12 @@ pub(crate) fn worker_of(id: ConnId) -> Option<Arc<WorkerShared>> {
 /// command queue is over its byte cap.
 pub fn send_to(id: ConnId, data: &[u8]) -> bool {
     if let Some(r) = worker::on_worker(id.server(), id.worker(), |ctx| {
-        ctx.lookup(id)
-            // SAFETY: `lookup` returns a live slab pointer of this thread's
-            // worker; no other reference to it is active here.
-            .map(|p| ctx.append(unsafe { &mut *p }, data))
-            .unwrap_or(false)
+        if ctx.is_busy(id.slot()) {
+            // A callback holds this connection: queue behind it.
+            ctx.defer(Cmd::Write(id, data.to_vec()));
+            return true;
+        }
+        ctx.lookup(id).map(|p| ctx.append(p, data)).unwrap_or(false)
     }) {
         return r;
     }
@@ -136,17 +141,16 @@ pub fn send_to(id: ConnId, data: &[u8]) -> bool {
 /// owning worker, else as a command to it. A connection that has closed
 /// meanwhile is left alone (its slot may serve another client by then).
 pub fn close_id(id: ConnId, reason: u16) {
-    if worker::on_worker(id.server(), id.worker(), |ctx| {
-        if let Some(p) = ctx.lookup(id) {
-            // SAFETY: live slab pointer of this thread's worker.
-            ctx.close(unsafe { &mut *p }, reason);
+    let done = worker::on_worker(id.server(), id.worker(), |ctx| {
+        if ctx.is_busy(id.slot()) {
+            ctx.defer(Cmd::Close(id, reason));
+        } else if let Some(p) = ctx.lookup(id) {
+            ctx.close(p, reason);
         }
-    })
-    .is_some()
+    });
+    if done.is_none()
+        && let Some(w) = worker_of(id)
     {
-        return;
-    }
-    if let Some(w) = worker_of(id) {
         w.command(Cmd::Close(id, reason));
     }
 }
@@ -487,22 +491,38 @@ struct Handlers {
     closed: Option<Arc<CloseFn>>,
 }
 
+impl Handlers {
+    /// Runs a Rust callback with `&mut Conn`. While it runs, operations on
+    /// the same connection by id (`send_to`, `close_id`) are deferred until
+    /// it returns, so no second reference to the connection is ever made.
+    fn with_conn<R>(ctx: &Ctx, c: *mut Conn, f: impl FnOnce(&mut Conn) -> R) -> R {
+        // SAFETY: `c` is a live slab pointer, or derived from the `&mut` of
+        // an enclosing callback that is not in use while this one runs.
+        let slot = unsafe { (*c).ind };
+        let prev = ctx.enter(slot);
+        // SAFETY: as above; the worker holds no reference during callbacks.
+        let r = f(unsafe { &mut *c });
+        ctx.leave(prev);
+        r
+    }
+}
+
 impl Service for Handlers {
-    fn connected(&self, c: &mut Conn) {
+    fn connected(&self, ctx: &Ctx, c: *mut Conn) {
         if let Some(f) = &self.connected {
-            f(c)
+            Handlers::with_conn(ctx, c, |c| f(c))
         }
     }
-    fn packet(&self, c: &mut Conn, head: Head, pkt: &mut [u8]) -> Verdict {
+    fn packet(&self, ctx: &Ctx, c: *mut Conn, head: Head, pkt: &mut [u8]) -> Verdict {
         let id = head.akg_id as usize;
         match self.pages[id >> 8].as_ref().and_then(|p| p[id & 0xff].as_ref()) {
-            Some(f) => f(c, Packet { head, bytes: pkt }),
+            Some(f) => Handlers::with_conn(ctx, c, |c| f(c, Packet { head, bytes: pkt })),
             None => Verdict::NoHandler,
         }
     }
-    fn closed(&self, c: &mut Conn, reason: u16) {
+    fn closed(&self, ctx: &Ctx, c: *mut Conn, reason: u16) {
         if let Some(f) = &self.closed {
-            f(c, reason)
+            Handlers::with_conn(ctx, c, |c| f(c, reason))
         }
     }
 }

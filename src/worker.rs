@@ -166,7 +166,14 @@ pub(crate) struct Ctx {
     pool: RefCell<Vec<Vec<u8>>>,
     /// The scratch area every `CONN.out_buf` of this worker points to.
     scratch: Box<[std::cell::UnsafeCell<u8>]>,
+    /// Slot borrowed by a running Rust callback, or `NOT_BUSY`.
+    busy: Cell<u32>,
+    /// Operations on the busy connection, run when its callback returns.
+    deferred: RefCell<Vec<Cmd>>,
 }
+
+/// No Rust callback holds a connection.
+pub(crate) const NOT_BUSY: u32 = u32::MAX;
 
 impl Ctx {
     /// The server's stx.
@@ -192,8 +199,62 @@ impl Ctx {
         }
     }
 
-    /// Appends `data` to `c`'s output (see [`Conn::send`]).
-    pub(crate) fn append(&self, c: &mut Conn, data: &[u8]) -> bool {
+    /// True while a Rust callback holds `&mut` to the connection in `slot`:
+    /// operations on it by id are then deferred until the callback returns.
+    pub(crate) fn is_busy(&self, slot: u32) -> bool {
+        self.busy.get() == slot
+    }
+
+    /// Marks `slot` as borrowed by a Rust callback; returns the previous
+    /// mark for [`Ctx::leave`].
+    pub(crate) fn enter(&self, slot: u32) -> u32 {
+        self.busy.replace(slot)
+    }
+
+    /// Ends a Rust callback; at the outermost one, runs what was deferred.
+    pub(crate) fn leave(&self, prev: u32) {
+        self.busy.set(prev);
+        if prev == NOT_BUSY {
+            loop {
+                let cmds = std::mem::take(&mut *self.deferred.borrow_mut());
+                if cmds.is_empty() {
+                    break;
+                }
+                for cmd in cmds {
+                    self.apply(cmd);
+                }
+            }
+        }
+    }
+
+    /// Defers an operation on a connection borrowed by a callback.
+    pub(crate) fn defer(&self, cmd: Cmd) {
+        self.deferred.borrow_mut().push(cmd);
+    }
+
+    /// Applies a write or close command to a live connection.
+    fn apply(&self, cmd: Cmd) {
+        match cmd {
+            Cmd::Write(id, data) => {
+                if let Some(p) = self.lookup(id) {
+                    self.append(p, &data);
+                }
+            }
+            Cmd::Close(id, reason) => {
+                if let Some(p) = self.lookup(id) {
+                    self.close(p, reason);
+                }
+            }
+            Cmd::Stop => {}
+        }
+    }
+
+    /// Appends `data` to the output of the connection at `p` (see
+    /// [`Conn::send`]). `p` is a live slab pointer (or derived from the
+    /// `&mut` a callback holds), and no other reference to it is in use.
+    pub(crate) fn append(&self, p: *mut Conn, data: &[u8]) -> bool {
+        // SAFETY: see the contract above; `c` is dropped before `close`.
+        let c = unsafe { &mut *p };
         if c.state != State::Open && c.state != State::Closing {
             return false;
         }
@@ -205,7 +266,7 @@ impl Ctx {
                 pending + data.len(),
                 self.out_cap
             );
-            self.close(c, AKG_ERROR);
+            self.close(p, AKG_ERROR);
             return false;
         }
         if pending == 0 {
@@ -239,7 +300,10 @@ impl Ctx {
     }
 
     /// Sends as much pending output as the socket takes now.
-    fn flush(&self, c: &mut Conn) {
+    fn flush(&self, p: *mut Conn) {
+        // SAFETY: live slab pointer, no other reference in use; `c` is not
+        // used after `close`.
+        let c = unsafe { &mut *p };
         while (c.out_pos as usize) < c.out.len() {
             match sys::send(c.fd, &c.out[c.out_pos as usize..]) {
                 Io::Done(n) => {
@@ -249,7 +313,7 @@ impl Ctx {
                 Io::WouldBlock => break,
                 Io::Err(e) => {
                     log::debug!("send on connection {}: {}", c.ind, e);
-                    self.close(c, AKG_ERROR);
+                    self.close(p, AKG_ERROR);
                     return;
                 }
             }
@@ -262,19 +326,27 @@ impl Ctx {
         }
     }
 
-    /// Closes `c` with `reason`: runs the close callback once, flushes what
-    /// the socket takes, closes the socket; the slot is freed at the end of
-    /// the turn. A second call does nothing.
-    pub(crate) fn close(&self, c: &mut Conn, reason: u16) {
-        if c.state != State::Open {
-            return;
+    /// Closes the connection at `p` with `reason`: runs the close callback
+    /// once, flushes what the socket takes, closes the socket; the slot is
+    /// freed at the end of the turn. A second call does nothing. `p`: as
+    /// for [`Ctx::append`].
+    pub(crate) fn close(&self, p: *mut Conn, reason: u16) {
+        {
+            // SAFETY: see the contract; the reference ends before the
+            // callback, which may reach the connection again.
+            let c = unsafe { &mut *p };
+            if c.state != State::Open {
+                return;
+            }
+            c.err_type = reason;
+            c.in_buf_len = 0;
+            // `Closing` during the callback: it may still queue a last
+            // reply, and a nested close is a no-op.
+            c.state = State::Closing;
         }
-        c.err_type = reason;
-        c.in_buf_len = 0;
-        // `Closing` during the callback: it may still queue a last reply,
-        // and a nested close is a no-op.
-        c.state = State::Closing;
-        self.service.closed(c, reason);
+        self.service.closed(self, p, reason);
+        // SAFETY: the callback has returned; no other reference remains.
+        let c = unsafe { &mut *p };
         c.state = State::Closed;
         if (c.out_pos as usize) < c.out.len() && reason != AKG_ERROR {
             let _ = sys::send(c.fd, &c.out[c.out_pos as usize..]);
@@ -326,6 +398,8 @@ impl Worker {
                 now: Cell::new(0),
                 pool: RefCell::new(Vec::new()),
                 scratch: (0..SCRATCH).map(|_| std::cell::UnsafeCell::new(0)).collect(),
+                busy: Cell::new(NOT_BUSY),
+                deferred: RefCell::new(Vec::new()),
             },
             poll,
             rbuf: vec![0u8; RBUF].into_boxed_slice(),
@@ -376,13 +450,11 @@ impl Worker {
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                     self.read(p, generation);
                 }
-                if ev.is_writable() {
-                    // SAFETY: `p` is a live slab pointer; no other reference
-                    // to the connection exists outside this statement.
-                    let c = unsafe { &mut *p };
-                    if c.state == State::Open && (c.out_pos as usize) < c.out.len() {
-                        self.ctx.flush(c);
-                    }
+                // SAFETY: `p` is a live slab pointer; read only.
+                let pending =
+                    unsafe { (*p).state == State::Open && ((*p).out_pos as usize) < (*p).out.len() };
+                if ev.is_writable() && pending {
+                    self.ctx.flush(p);
                 }
             }
             for (slot, generation) in std::mem::take(&mut self.again) {
@@ -428,10 +500,12 @@ impl Worker {
             for slot in &list {
                 let Some(p) = self.ctx.conn(*slot) else { continue };
                 // SAFETY: live slab pointer, no other reference held.
-                let c = unsafe { &mut *p };
-                c.dirty = false;
-                if c.state == State::Open {
-                    self.ctx.flush(c);
+                let open = unsafe {
+                    (*p).dirty = false;
+                    (*p).state == State::Open
+                };
+                if open {
+                    self.ctx.flush(p);
                 }
             }
             let mut d = self.ctx.dirty.borrow_mut();
@@ -524,26 +598,19 @@ impl Worker {
             let due = c.last_read + ctx.read_timeout + 1;
             ctx.file_timer(c, due);
         }
-        ctx.service.connected(c);
+        ctx.service.connected(ctx, p);
     }
 
     fn take_cmds(&mut self) {
         while let Some(cmd) = self.ctx.shared.cmds.pop() {
             match cmd {
-                Cmd::Write(id, data) => {
-                    self.ctx.shared.cmd_bytes.fetch_sub(data.len(), Ordering::Relaxed);
-                    if let Some(p) = self.ctx.lookup(id) {
-                        // SAFETY: live slab pointer, no other reference held.
-                        self.ctx.append(unsafe { &mut *p }, &data);
-                    }
-                }
-                Cmd::Close(id, reason) => {
-                    if let Some(p) = self.ctx.lookup(id) {
-                        // SAFETY: live slab pointer, no other reference held.
-                        self.ctx.close(unsafe { &mut *p }, reason);
-                    }
-                }
                 Cmd::Stop => self.stopping = true,
+                cmd => {
+                    if let Cmd::Write(_, ref data) = cmd {
+                        self.ctx.shared.cmd_bytes.fetch_sub(data.len(), Ordering::Relaxed);
+                    }
+                    self.ctx.apply(cmd);
+                }
             }
         }
     }
@@ -564,7 +631,7 @@ impl Worker {
             }
             let n = match sys::recv(c.fd, &mut self.rbuf[carried..]) {
                 Io::Done(0) => {
-                    self.ctx.close(c, AKG_CLOSED);
+                    self.ctx.close(p, AKG_CLOSED);
                     return;
                 }
                 Io::Done(n) => n,
@@ -576,7 +643,7 @@ impl Worker {
                 }
                 Io::Err(e) => {
                     log::debug!("recv on connection {}: {}", c.ind, e);
-                    self.ctx.close(c, AKG_ERROR);
+                    self.ctx.close(p, AKG_ERROR);
                     return;
                 }
             };
@@ -613,9 +680,6 @@ impl Worker {
         let mut off = 0;
         while avail - off >= SIZE_OF_HEAD {
             let h = Head::parse(&self.rbuf[off..avail]).expect("8 bytes available");
-            // SAFETY: live slab pointer; only this reference exists until
-            // the callback, which receives it.
-            let c = unsafe { &mut *p };
             match proto::check_head(&h, self.ctx.stx) {
                 Ok(()) => {}
                 Err(BadHead::Malformed) => {
@@ -625,12 +689,12 @@ impl Worker {
                         h.pkglen,
                         h.stx
                     );
-                    self.ctx.close(c, AKG_CLOSED);
+                    self.ctx.close(p, AKG_CLOSED);
                     return None;
                 }
                 Err(BadHead::ReservedId) => {
                     log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
-                    self.ctx.close(c, AKG_CLOSED);
+                    self.ctx.close(p, AKG_CLOSED);
                     return None;
                 }
             }
@@ -638,24 +702,32 @@ impl Worker {
             if avail - off < len {
                 break;
             }
-            c.in_buf = self.rbuf[off..].as_mut_ptr().cast();
-            c.in_buf_len = (avail - off).min(u16::MAX as usize) as u16;
-            let verdict = self.ctx.service.packet(c, h, &mut self.rbuf[off..off + len]);
-            // SAFETY: the callback has returned; re-borrow.
-            let c = unsafe { &mut *p };
-            c.in_buf_len = 0;
-            if c.state != State::Open {
+            // SAFETY: live slab pointer; the writes end before the callback.
+            unsafe {
+                (*p).in_buf = self.rbuf[off..].as_mut_ptr().cast();
+                (*p).in_buf_len = (avail - off).min(u16::MAX as usize) as u16;
+            }
+            let verdict = self
+                .ctx
+                .service
+                .packet(&self.ctx, p, h, &mut self.rbuf[off..off + len]);
+            // SAFETY: the callback has returned; no other reference remains.
+            let open = unsafe {
+                (*p).in_buf_len = 0;
+                (*p).state == State::Open
+            };
+            if !open {
                 return None;
             }
             match verdict {
                 Verdict::Continue => off += len,
                 Verdict::Stop => {
-                    self.ctx.close(c, AKG_ERROR);
+                    self.ctx.close(p, AKG_ERROR);
                     return None;
                 }
                 Verdict::NoHandler => {
                     log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
-                    self.ctx.close(c, AKG_CLOSED);
+                    self.ctx.close(p, AKG_CLOSED);
                     return None;
                 }
             }
@@ -695,8 +767,7 @@ impl Worker {
         drop(wheel);
         for &slot in &due_now {
             if let Some(p) = self.ctx.conn(slot) {
-                // SAFETY: live slab pointer, no other reference held.
-                self.ctx.close(unsafe { &mut *p }, AKG_TIMEOUT);
+                self.ctx.close(p, AKG_TIMEOUT);
             }
         }
         due_now.clear();
@@ -708,8 +779,7 @@ impl Worker {
         let n = self.ctx.slab.borrow().len();
         for slot in 0..n as u32 {
             if let Some(p) = self.ctx.conn(slot) {
-                // SAFETY: live slab pointer, no other reference held.
-                self.ctx.close(unsafe { &mut *p }, AKG_CLOSED);
+                self.ctx.close(p, AKG_CLOSED);
             }
         }
         self.take_new();

@@ -20,7 +20,7 @@ use crate::layout::{CServer, CWorker};
 use crate::logq::{self, LogQueue};
 use crate::proto::{AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Head};
 use crate::server::{self, Config, ServerShared, Service, Verdict};
-use crate::worker;
+use crate::worker::{self, Ctx};
 
 /// `uint16`.
 pub type uint16 = u16;
@@ -103,27 +103,28 @@ fn set_akg(id: u16, f: FUNC_PTR) {
 }
 
 /// Calls the C handler `id` on `c`, if one is registered.
-fn call(id: u16, c: &mut Conn) -> Option<sint32> {
+fn call(id: u16, c: *mut Conn) -> Option<sint32> {
     // SAFETY: the function pointer was registered by the application with
-    // the `FUNC_PTR` signature and `c` is a live connection record.
-    akg(id).map(|f| unsafe { f(c as *mut Conn) })
+    // the `FUNC_PTR` signature and `c` is a live connection record to which
+    // the library holds no reference during the call.
+    akg(id).map(|f| unsafe { f(c) })
 }
 
 /// The service of C applications: dispatch through `AKG_FUNC`.
 struct CService;
 
 impl Service for CService {
-    fn connected(&self, c: &mut Conn) {
+    fn connected(&self, _ctx: &Ctx, c: *mut Conn) {
         call(AKG_CONNECTED, c);
     }
-    fn packet(&self, c: &mut Conn, head: Head, _pkt: &mut [u8]) -> Verdict {
+    fn packet(&self, _ctx: &Ctx, c: *mut Conn, head: Head, _pkt: &mut [u8]) -> Verdict {
         match call(head.akg_id, c) {
             None => Verdict::NoHandler,
             Some(0) => Verdict::Continue,
             Some(_) => Verdict::Stop,
         }
     }
-    fn closed(&self, c: &mut Conn, reason: u16) {
+    fn closed(&self, _ctx: &Ctx, c: *mut Conn, reason: u16) {
         call(reason, c);
     }
 }
@@ -272,11 +273,9 @@ fn conn_ref(c: *mut CONN) -> Option<(*const CWorker, ConnId)> {
 pub extern "C" fn close_conn(c: *mut CONN, akg_id: uint16) {
     guard("close_conn", || {
         let Some((owner, id)) = conn_ref(c) else { return };
-        let done = worker::on_owner(owner, |ctx| {
-            // SAFETY: on the owner thread the record is ours to use; the
-            // worker holds no reference to it across a callback.
-            ctx.close(unsafe { &mut *c }, akg_id)
-        });
+        // On the owner thread the record is the worker's to use, and it
+        // holds no reference to it while C code runs.
+        let done = worker::on_owner(owner, |ctx| ctx.close(c, akg_id));
         if done.is_none() {
             server::close_id(id, akg_id);
         }
@@ -514,9 +513,21 @@ mod tests {
             ("WORKER", "qlog", offset_of!(CWorker, qlog)),
             ("WORKER", "server", offset_of!(CWorker, server)),
             ("WORKER", "mario_private", offset_of!(CWorker, mario)),
-            ("WORKER_ARRAY", "size", offset_of!(crate::layout::CWorkerArray, size)),
-            ("WORKER_ARRAY", "server", offset_of!(crate::layout::CWorkerArray, server)),
-            ("WORKER_ARRAY", "array", offset_of!(crate::layout::CWorkerArray, array)),
+            (
+                "WORKER_ARRAY",
+                "size",
+                offset_of!(crate::layout::CWorkerArray, size),
+            ),
+            (
+                "WORKER_ARRAY",
+                "server",
+                offset_of!(crate::layout::CWorkerArray, server),
+            ),
+            (
+                "WORKER_ARRAY",
+                "array",
+                offset_of!(crate::layout::CWorkerArray, array),
+            ),
             ("SERVER", "server_fd", offset_of!(CServer, server_fd)),
             ("SERVER", "port", offset_of!(CServer, port)),
             ("SERVER", "workers", offset_of!(CServer, workers)),
@@ -548,9 +559,15 @@ mod tests {
             let out = String::from_utf8(out.stdout).unwrap();
             for (t, f, off) in fields {
                 let want = format!("{t}.{f} {off}");
-                assert!(out.lines().any(|l| l == want), "{flag}: C disagrees on {want}:\n{out}");
+                assert!(
+                    out.lines().any(|l| l == want),
+                    "{flag}: C disagrees on {want}:\n{out}"
+                );
             }
-            assert!(out.contains(&format!("WORKER {}\n", size_of::<CWorker>())), "{flag}: sizeof(WORKER)\n{out}");
+            assert!(
+                out.contains(&format!("WORKER {}\n", size_of::<CWorker>())),
+                "{flag}: sizeof(WORKER)\n{out}"
+            );
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -562,7 +579,10 @@ mod tests {
         let c = Conn::new(0, std::ptr::null_mut());
         assert_eq!(c.out.capacity() + c.partial.capacity(), 0);
         let per_conn = size_of::<Conn>() + size_of::<*mut Conn>() + size_of::<u32>();
-        eprintln!("idle connection: {} byte record + slab and wheel entries = {per_conn} bytes", size_of::<Conn>());
+        eprintln!(
+            "idle connection: {} byte record + slab and wheel entries = {per_conn} bytes",
+            size_of::<Conn>()
+        );
         assert!(per_conn <= 256, "idle connection costs {per_conn} bytes");
     }
 }
