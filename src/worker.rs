@@ -420,6 +420,9 @@ impl Worker {
             if self.stopping {
                 break;
             }
+            // Send what the commands queued and free what they closed now:
+            // `poll` may sleep for long.
+            self.end_turn();
             let timeout = self.timeout();
             let sleep = timeout != Some(Duration::ZERO);
             if sleep {
@@ -448,7 +451,7 @@ impl Worker {
                     continue;
                 };
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.read(p, generation);
+                    self.read(p, generation, ev.is_read_closed() || ev.is_error());
                 }
                 // SAFETY: `p` is a live slab pointer; read only.
                 let pending =
@@ -459,7 +462,7 @@ impl Worker {
             }
             for (slot, generation) in std::mem::take(&mut self.again) {
                 if let Some(p) = self.live(slot, generation) {
-                    self.read(p, generation);
+                    self.read(p, generation, true);
                 }
             }
             self.expire();
@@ -616,7 +619,9 @@ impl Worker {
     }
 
     /// Reads everything the socket has, dispatching complete packets.
-    fn read(&mut self, p: *mut Conn, generation: u32) {
+    /// `hup`: the event also reported the peer's end of stream (or an
+    /// error), so reading goes on to `EOF` even after a short read.
+    fn read(&mut self, p: *mut Conn, generation: u32, hup: bool) {
         for _ in 0..READS_PER_TURN {
             // SAFETY: live slab pointer; the reference is dropped before any
             // callback runs (dispatch works from the raw pointer).
@@ -662,9 +667,9 @@ impl Worker {
             } else if c.partial.capacity() > 0 {
                 c.partial = Vec::new();
             }
-            if n < RBUF - carried {
+            if n < RBUF - carried && !hup {
                 // A short read drained the socket; edge-triggered readiness
-                // reports any later data as a new event.
+                // reports any later data (or end of stream) as a new event.
                 return;
             }
         }
