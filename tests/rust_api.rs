@@ -1,0 +1,698 @@
+//! The safe Rust API, in-process: the maritcp protocol against
+//! `examples/login_server.rs` (compiled into this test), connection
+//! callbacks and their reasons, and `ConnId`s used from other threads.
+
+mod common;
+mod protocol;
+
+#[path = "../examples/login_server.rs"]
+#[allow(dead_code)]
+mod login_server;
+
+use common::*;
+use protocol::*;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddrV4, TcpStream};
+use std::sync::{Arc, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mario::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, ConnId, Server, ServerBuilder, Verdict};
+
+// ---------------------------------------------------------------------------
+// A server running on a thread of this process.
+
+struct Running {
+    server: Arc<Server>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+    port: u16,
+}
+
+impl Running {
+    /// Builds `b` on a free port, runs it on a new thread and waits until
+    /// it listens.
+    fn start(b: ServerBuilder) -> Running {
+        let server = Arc::new(b.port(0).build().expect("build server"));
+        let s = server.clone();
+        let thread = std::thread::spawn(move || s.run());
+        let port = server
+            .wait_listening(Duration::from_secs(10))
+            .expect("server listening");
+        assert_ne!(port, 0, "port 0 must be replaced by the bound port");
+        assert_eq!(server.port(), port);
+        Running {
+            server,
+            thread: Some(thread),
+            port,
+        }
+    }
+
+    /// Stops the server from this thread: `run` must then return `Ok`
+    /// promptly.
+    fn stop(mut self) {
+        let t0 = Instant::now();
+        self.server.stop_handle().stop();
+        let t = self.thread.take().unwrap();
+        while !t.is_finished() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "run did not return after stop"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t.join()
+            .expect("server thread")
+            .expect("run returns Ok after stop");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "stop took {:?}",
+            t0.elapsed()
+        );
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            // A failed test: stop without waiting for it here.
+            let h = self.server.stop_handle();
+            std::thread::spawn(move || h.stop());
+        }
+    }
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if t0.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn local(s: &TcpStream) -> SocketAddrV4 {
+    match s.local_addr().unwrap() {
+        std::net::SocketAddr::V4(a) => a,
+        a => panic!("not IPv4: {a}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A `log` sink capturing what the servers of this process log.
+
+struct Capture;
+static RECORDS: Mutex<Vec<(log::Level, String)>> = Mutex::new(Vec::new());
+static CAPTURE: Capture = Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        RECORDS.lock().unwrap().push((r.level(), r.args().to_string()));
+    }
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&CAPTURE).expect("install the capturing logger");
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
+
+fn logged(level: log::Level, needle: &str) -> bool {
+    RECORDS
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(l, m)| *l == level && m.contains(needle))
+}
+
+// ---------------------------------------------------------------------------
+// The LOGIN server of examples/login_server.rs.
+
+fn start_login_server() -> (Running, Arc<login_server::Online>) {
+    let online = Arc::new(login_server::Online::new(login_server::WORKERS));
+    (Running::start(login_server::builder(online.clone())), online)
+}
+
+#[test]
+fn login_protocol() {
+    let (r, _) = start_login_server();
+    check_login_exact(r.port);
+    check_pipelined(r.port);
+    check_login_exact(r.port);
+    r.stop();
+}
+
+#[test]
+fn login_many_connections() {
+    let (r, online) = start_login_server();
+    check_many_connections(r.port, 4, 400, 5);
+    // All those clients are gone: every user was uncounted.
+    assert!(
+        wait_for(Duration::from_secs(5), || online.total() == 0),
+        "online {} after all clients left",
+        online.total()
+    );
+    r.stop();
+}
+
+#[test]
+fn wrong_login_length_closes_and_logs_an_error() {
+    capture_logs();
+    let (r, online) = start_login_server();
+    for len in [8u16, 9, 11, 12] {
+        let mut s = connect(r.port);
+        let me = local(&s);
+        s.write_all(&frame(STX, ID_LOGIN, &vec![0u8; len as usize - 8]))
+            .unwrap();
+        expect_closed_silently(
+            &mut s,
+            Duration::from_secs(1),
+            &format!("LOGIN with pkglen {len}"),
+        );
+        let needle = format!("pkglen {len} from {me}");
+        assert!(
+            wait_for(Duration::from_secs(2), || logged(log::Level::Error, &needle)),
+            "no error logged for {needle:?}"
+        );
+    }
+    check_wrong_length_after_good(r.port);
+    assert!(
+        wait_for(Duration::from_secs(2), || online.total() == 0),
+        "online {}",
+        online.total()
+    );
+    check_bad_frames(r.port);
+    check_login_exact(r.port);
+    r.stop();
+}
+
+/// Users are counted per worker (connections go round robin), once per
+/// connection, and uncounted when the connection closes for any reason.
+#[test]
+fn online_users_counted_per_worker() {
+    let (r, online) = start_login_server();
+    let mut socks: Vec<TcpStream> = (0..6).map(|_| connect(r.port)).collect();
+    for s in socks.iter_mut() {
+        s.write_all(&login(1)).unwrap();
+        expect_reply(s);
+    }
+    // A reply is sent after the count: no waiting needed.
+    assert_eq!(online.total(), 6);
+    assert_eq!(
+        (online.on_worker(0), online.on_worker(1)),
+        (3, 3),
+        "round robin over 2 workers"
+    );
+    // A second LOGIN on the same connection is not counted again.
+    socks[0].write_all(&login(1)).unwrap();
+    expect_reply(&mut socks[0]);
+    assert_eq!(online.total(), 6);
+    // Not logged in: not counted.
+    let idle = connect(r.port);
+    // Gone: FIN, RST, and a bad LOGIN (closed by the server).
+    drop(socks.pop());
+    reset(socks.pop().unwrap());
+    let mut bad = socks.pop().unwrap();
+    bad.write_all(&frame(STX, ID_LOGIN, &[0; 3])).unwrap();
+    expect_closed_silently(&mut bad, Duration::from_secs(1), "bad LOGIN");
+    assert!(
+        wait_for(Duration::from_secs(2), || online.total() == 3),
+        "online {}",
+        online.total()
+    );
+    // Stop closes the rest.
+    r.stop();
+    assert_eq!(online.total(), 0, "every user uncounted after stop");
+    drop(idle);
+}
+
+// ---------------------------------------------------------------------------
+// Callbacks and reasons.
+
+#[derive(Debug, Clone, PartialEq)]
+enum Ev {
+    Connect(ConnId),
+    Packet(ConnId),
+    Close(ConnId, u16),
+    /// Something a callback saw that it should not have (callbacks must
+    /// not panic on a worker thread, so they report it this way).
+    Violation(String),
+}
+
+type Log = Arc<Mutex<Vec<(SocketAddrV4, Ev)>>>;
+
+const ID_ECHO: u16 = 0x0001;
+const ID_CLOSE_CUSTOM: u16 = 0x0002;
+const ID_STOP: u16 = 0x0003;
+const ID_CLOSE_TWICE: u16 = 0x0004;
+const ID_NO_HANDLER_VERDICT: u16 = 0x0005;
+const ID_CLOSE_THEN_SEND: u16 = 0x0006;
+const CUSTOM_REASON: u16 = 0x1234;
+
+/// A server that records every callback with the client's address.
+fn recording_server(workers: u16, evs: &Log) -> ServerBuilder {
+    let rec = |evs: &Log| {
+        let evs = evs.clone();
+        move |peer: SocketAddrV4, ev: Ev| evs.lock().unwrap().push((peer, ev))
+    };
+    let (on_conn, on_close) = (rec(evs), rec(evs));
+    let mut b = Server::builder()
+        .workers(workers)
+        .stx(STX)
+        .on_connect(move |c| on_conn(c.peer(), Ev::Connect(c.id())))
+        .on_close(move |c, reason| {
+            if c.is_open() || c.close_reason() != reason {
+                let v = format!(
+                    "on_close({reason:#x}): open {}, close_reason {:#x}",
+                    c.is_open(),
+                    c.close_reason()
+                );
+                on_close(c.peer(), Ev::Violation(v));
+            }
+            on_close(c.peer(), Ev::Close(c.id(), reason))
+        });
+    // Each returns the verdict and, if it saw something wrong, a violation.
+    type Handler = fn(&mut mario::Conn, &[u8]) -> (Verdict, Option<&'static str>);
+    let handlers: [(u16, Handler); 6] = [
+        (ID_ECHO, |c, body| {
+            let ok = c.send_packet(ID_ECHO, body);
+            (Verdict::Continue, (!ok).then_some("echo send failed"))
+        }),
+        (ID_CLOSE_CUSTOM, |c, _| {
+            c.close(CUSTOM_REASON);
+            let bad = c.is_open() || c.close_reason() != CUSTOM_REASON;
+            (Verdict::Continue, bad.then_some("still open after close"))
+        }),
+        (ID_STOP, |_, _| (Verdict::Stop, None)),
+        (ID_CLOSE_TWICE, |c, _| {
+            c.close(AKG_CLOSED);
+            c.close(AKG_TIMEOUT);
+            (
+                Verdict::Stop,
+                (c.close_reason() != AKG_CLOSED).then_some("second close changed the reason"),
+            )
+        }),
+        (ID_NO_HANDLER_VERDICT, |_, _| (Verdict::NoHandler, None)),
+        (ID_CLOSE_THEN_SEND, |c, _| {
+            c.close(AKG_CLOSED);
+            (
+                Verdict::Continue,
+                c.send(b"late").then_some("send after close succeeded"),
+            )
+        }),
+    ];
+    for (id, f) in handlers {
+        let on_packet = rec(evs);
+        b = b.on_packet(id, move |c, pkt| {
+            on_packet(c.peer(), Ev::Packet(c.id()));
+            let (verdict, violation) = f(c, pkt.body());
+            if let Some(v) = violation {
+                on_packet(c.peer(), Ev::Violation(v.to_string()));
+            }
+            verdict
+        });
+    }
+    b
+}
+
+#[test]
+fn connect_and_close_callbacks_run_once_with_reasons() {
+    let evs: Log = Arc::default();
+    let r = Running::start(recording_server(2, &evs));
+    // (what the client does, the close reason(s) allowed)
+    type Act = fn(TcpStream);
+    let cases: Vec<(&str, Act, &[u16])> = vec![
+        ("peer FIN", |s| drop(s), &[AKG_CLOSED]),
+        (
+            "peer half-close",
+            |mut s| {
+                half_close(&s);
+                assert_eq!(read_until_closed(&mut s, Duration::from_secs(2)), Some(vec![]));
+            },
+            &[AKG_CLOSED],
+        ),
+        ("peer RST", reset, &[AKG_CLOSED, AKG_ERROR]),
+        (
+            "close with own reason",
+            |mut s| {
+                s.write_all(&frame(STX, ID_CLOSE_CUSTOM, &[])).unwrap();
+                expect_closed_silently(&mut s, Duration::from_secs(1), "close(0x1234)");
+            },
+            &[CUSTOM_REASON],
+        ),
+        (
+            "Verdict::Stop",
+            |mut s| {
+                s.write_all(&frame(STX, ID_STOP, &[])).unwrap();
+                expect_closed_silently(&mut s, Duration::from_secs(1), "Verdict::Stop");
+            },
+            &[AKG_ERROR],
+        ),
+        (
+            "close twice",
+            |mut s| {
+                s.write_all(&frame(STX, ID_CLOSE_TWICE, &[])).unwrap();
+                expect_closed_silently(&mut s, Duration::from_secs(1), "close twice");
+            },
+            &[AKG_CLOSED],
+        ),
+        (
+            "Verdict::NoHandler",
+            |mut s| {
+                s.write_all(&frame(STX, ID_NO_HANDLER_VERDICT, &[])).unwrap();
+                expect_closed_silently(&mut s, Duration::from_secs(1), "Verdict::NoHandler");
+            },
+            &[AKG_CLOSED],
+        ),
+        (
+            "no handler",
+            |mut s| {
+                s.write_all(&frame(STX, 0x0777, &[])).unwrap();
+                expect_closed_silently(&mut s, Duration::from_secs(1), "unregistered id");
+            },
+            &[AKG_CLOSED],
+        ),
+        (
+            "bad stx",
+            |mut s| {
+                s.write_all(&frame(1, ID_ECHO, &[])).unwrap();
+                expect_closed_silently(&mut s, Duration::from_secs(1), "bad stx");
+            },
+            &[AKG_CLOSED],
+        ),
+        (
+            "close then send",
+            |mut s| {
+                s.write_all(&frame(STX, ID_CLOSE_THEN_SEND, &[])).unwrap();
+                expect_closed_silently(&mut s, Duration::from_secs(1), "close then send");
+            },
+            &[AKG_CLOSED],
+        ),
+    ];
+    let mut expect: Vec<(SocketAddrV4, &str, &[u16], bool)> = Vec::new();
+    for (what, act, reasons) in cases {
+        let mut s = connect(r.port);
+        let me = local(&s);
+        // Every connection first echoes one packet: the connect callback
+        // has run by then.
+        s.write_all(&frame(STX, ID_ECHO, b"hi")).unwrap();
+        let (h, b) = read_frame(&mut s).unwrap();
+        assert_eq!((h.akg_id, b.as_slice()), (ID_ECHO, &b"hi"[..]));
+        act(s);
+        expect.push((me, what, reasons, false));
+    }
+    // Open when the server stops: closed as `closed`.
+    let mut at_stop: Vec<TcpStream> = (0..3).map(|_| connect(r.port)).collect();
+    for s in at_stop.iter_mut() {
+        s.write_all(&frame(STX, ID_ECHO, b"x")).unwrap();
+        read_frame(s).unwrap();
+        expect.push((local(s), "open at stop", &[AKG_CLOSED], true));
+    }
+    // Wait for the closes of the first group, then stop.
+    let closes = |evs: &Log| {
+        evs.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| matches!(e, Ev::Close(..)))
+            .count()
+    };
+    let n_first = expect.len() - at_stop.len();
+    assert!(
+        wait_for(Duration::from_secs(5), || closes(&evs) >= n_first),
+        "only {} close callbacks: {:?}",
+        closes(&evs),
+        evs.lock().unwrap()
+    );
+    r.stop();
+    for s in at_stop.iter_mut() {
+        assert_eq!(
+            read_until_closed(s, Duration::from_secs(2)),
+            Some(vec![]),
+            "closed at stop"
+        );
+    }
+
+    let evs = evs.lock().unwrap().clone();
+    let violations: Vec<_> = evs
+        .iter()
+        .filter(|(_, e)| matches!(e, Ev::Violation(_)))
+        .collect();
+    assert!(violations.is_empty(), "{violations:?}");
+    let mut by_peer: HashMap<SocketAddrV4, Vec<Ev>> = HashMap::new();
+    for (p, e) in &evs {
+        by_peer.entry(*p).or_default().push(e.clone());
+    }
+    assert_eq!(
+        by_peer.len(),
+        expect.len(),
+        "one set of callbacks per client: {evs:?}"
+    );
+    for (peer, what, reasons, _) in &expect {
+        let v = by_peer
+            .get(peer)
+            .unwrap_or_else(|| panic!("{what}: no callbacks for {peer}"));
+        let Some(Ev::Connect(id)) = v.first().cloned() else {
+            panic!("{what}: first callback is not connect: {v:?}");
+        };
+        assert_eq!(
+            v.iter().filter(|e| matches!(e, Ev::Connect(_))).count(),
+            1,
+            "{what}: {v:?}"
+        );
+        let closes: Vec<_> = v.iter().filter(|e| matches!(e, Ev::Close(..))).collect();
+        assert_eq!(closes.len(), 1, "{what}: exactly one close callback: {v:?}");
+        let Some(Ev::Close(cid, reason)) = v.last().cloned() else {
+            panic!("{what}: last callback is not close: {v:?}");
+        };
+        assert_eq!(cid, id, "{what}: same ConnId at connect and close");
+        assert!(
+            reasons.contains(&reason),
+            "{what}: reason {reason:#x}, expected one of {reasons:x?}"
+        );
+        assert!(v.iter().all(|e| match e {
+            Ev::Packet(p) => *p == id,
+            _ => true,
+        }));
+    }
+    // Distinct connections have distinct ids.
+    let mut ids: Vec<u64> = evs
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Ev::Connect(id) => Some(id.as_raw()),
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), expect.len());
+}
+
+// ---------------------------------------------------------------------------
+// ConnId from other threads.
+
+/// A server whose connect callback hands each ConnId to the test.
+fn id_server(workers: u16) -> (Running, std::sync::mpsc::Receiver<(SocketAddrV4, ConnId)>, Log) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    let evs: Log = Arc::default();
+    let evs2 = evs.clone();
+    let b = Server::builder()
+        .workers(workers)
+        .stx(STX)
+        .read_timeout(0)
+        .on_connect(move |c| {
+            let _ = tx.lock().unwrap().send((c.peer(), c.id()));
+        })
+        .on_close(move |c, reason| evs2.lock().unwrap().push((c.peer(), Ev::Close(c.id(), reason))))
+        .on_packet(ID_ECHO, |c, pkt| {
+            c.send_packet(ID_ECHO, pkt.body());
+            Verdict::Continue
+        });
+    (Running::start(b), rx, evs)
+}
+
+fn id_of(rx: &std::sync::mpsc::Receiver<(SocketAddrV4, ConnId)>, s: &TcpStream) -> ConnId {
+    let me = local(s);
+    let t0 = Instant::now();
+    loop {
+        let left = Duration::from_secs(5).saturating_sub(t0.elapsed());
+        let (peer, id) = rx.recv_timeout(left).expect("connect callback");
+        if peer == me {
+            return id;
+        }
+    }
+}
+
+#[test]
+fn conn_id_send_to_and_close_id_from_other_threads() {
+    // One worker: a new connection reuses the slot of a closed one.
+    let (r, rx, evs) = id_server(1);
+    let mut a = connect(r.port);
+    let id_a = id_of(&rx, &a);
+
+    // send_to from this thread and from several others: every frame
+    // arrives whole.
+    assert!(mario::send_to(id_a, &frame(STX, 0x0100, b"first")));
+    let (h, b) = read_frame(&mut a).unwrap();
+    assert_eq!((h.akg_id, b.as_slice()), (0x0100, &b"first"[..]));
+    let senders: Vec<_> = (0..4u16)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..100u16 {
+                    assert!(mario::send_to(id_a, &frame(STX, 0x0200 + t, &i.to_ne_bytes())));
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let mut next = [0u16; 4];
+    for _ in 0..400 {
+        let (h, b) = read_frame(&mut a).unwrap();
+        let t = (h.akg_id - 0x0200) as usize;
+        assert!(t < 4, "unexpected frame {h:?}");
+        assert_eq!(b, next[t].to_ne_bytes(), "frames of one sender arrive in order");
+        next[t] += 1;
+    }
+    expect_quiet(&mut a, Duration::from_millis(100));
+
+    // close_id from another thread: the client sees EOF, the close
+    // callback gets the reason.
+    std::thread::spawn(move || mario::close_id(id_a, 0x4321))
+        .join()
+        .unwrap();
+    expect_closed_silently(&mut a, Duration::from_secs(2), "close_id");
+    assert!(wait_for(Duration::from_secs(2), || !evs
+        .lock()
+        .unwrap()
+        .is_empty()));
+    assert_eq!(evs.lock().unwrap()[0].1, Ev::Close(id_a, 0x4321));
+
+    // The id is now inert: a new client (on the same worker, likely the
+    // same slot) never gets its bytes, nor is it closed by it.
+    let mut b = connect(r.port);
+    let id_b = id_of(&rx, &b);
+    assert_ne!(id_b, id_a);
+    let sent = std::thread::spawn(move || mario::send_to(id_a, b"STALE BYTES"))
+        .join()
+        .unwrap();
+    let sent_here = mario::send_to(id_a, b"STALE AGAIN");
+    std::thread::spawn(move || mario::close_id(id_a, AKG_ERROR))
+        .join()
+        .unwrap();
+    mario::close_id(id_a, AKG_ERROR);
+    b.write_all(&frame(STX, ID_ECHO, b"b")).unwrap();
+    let (h, body) = read_frame(&mut b).expect("echo on the new connection");
+    assert_eq!(
+        (h, body.as_slice()),
+        (
+            Head {
+                stx: STX,
+                pkglen: 9,
+                akg_id: ID_ECHO
+            },
+            &b"b"[..]
+        )
+    );
+    expect_quiet(&mut b, Duration::from_millis(200));
+    assert_eq!(
+        evs.lock().unwrap().len(),
+        1,
+        "no close callback for the new client"
+    );
+    assert!(mario::send_to(id_b, b"ok"));
+    let mut two = [0u8; 2];
+    b.read_exact(&mut two).unwrap();
+    assert_eq!(&two, b"ok");
+    eprintln!("send_to on a closed id returned {sent} (other thread), {sent_here} (test thread)");
+
+    // Stop: the remaining connection is closed once.
+    r.stop();
+    assert_eq!(read_until_closed(&mut b, Duration::from_secs(2)), Some(vec![]));
+    let evs = evs.lock().unwrap().clone();
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    assert_eq!(evs[1].1, Ev::Close(id_b, AKG_CLOSED));
+}
+
+/// send_to and close_id called from inside a handler of another
+/// connection (possibly on another worker).
+#[test]
+fn conn_id_used_from_a_handler() {
+    let target: Arc<Mutex<Option<ConnId>>> = Arc::default();
+    let t2 = target.clone();
+    let b = Server::builder()
+        .workers(2)
+        .stx(STX)
+        .on_packet(0x0010, move |c, _| {
+            *t2.lock().unwrap() = Some(c.id());
+            c.send_packet(0x0010, &[]);
+            Verdict::Continue
+        })
+        .on_packet(0x0011, {
+            let target = target.clone();
+            move |c, pkt| {
+                let id = target.lock().unwrap().expect("target registered");
+                let ok = mario::send_to(id, &frame(STX, 0x0012, pkt.body()));
+                c.send_packet(0x0011, &[ok as u8]);
+                Verdict::Continue
+            }
+        })
+        .on_packet(0x0013, move |c, _| {
+            let id = target.lock().unwrap().expect("target registered");
+            mario::close_id(id, CUSTOM_REASON);
+            c.send_packet(0x0013, &[]);
+            Verdict::Continue
+        });
+    let r = Running::start(b);
+    let mut t = connect(r.port);
+    t.write_all(&frame(STX, 0x0010, &[])).unwrap();
+    assert_eq!(read_frame(&mut t).unwrap().0.akg_id, 0x0010);
+    // Two other clients: with round robin over 2 workers, one of them is
+    // on the target's worker and one is not.
+    for _ in 0..2 {
+        let mut o = connect(r.port);
+        o.write_all(&frame(STX, 0x0011, b"via")).unwrap();
+        let (h, b) = read_frame(&mut o).unwrap();
+        assert_eq!(
+            (h.akg_id, b.as_slice()),
+            (0x0011, &[1u8][..]),
+            "send_to from a handler"
+        );
+        let (h, b) = read_frame(&mut t).unwrap();
+        assert_eq!((h.akg_id, b.as_slice()), (0x0012, &b"via"[..]));
+    }
+    let mut o = connect(r.port);
+    o.write_all(&frame(STX, 0x0013, &[])).unwrap();
+    assert_eq!(read_frame(&mut o).unwrap().0.akg_id, 0x0013);
+    expect_closed_silently(&mut t, Duration::from_secs(2), "close_id from a handler");
+    expect_quiet(&mut o, Duration::from_millis(100));
+    r.stop();
+}
+
+#[test]
+fn stop_before_any_client_and_port_is_freed() {
+    let r = Running::start(Server::builder().workers(3).stx(STX));
+    let port = r.port;
+    r.stop();
+    // The listening socket is closed: nothing accepts on the port.
+    let refused = TcpStream::connect(("127.0.0.1", port)).map(|mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        s.read(&mut [0u8; 1])
+    });
+    assert!(
+        !matches!(refused, Ok(Err(ref e)) if e.kind() == io::ErrorKind::WouldBlock),
+        "port {port} still accepts after stop"
+    );
+}
