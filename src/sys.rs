@@ -89,6 +89,37 @@ pub(crate) fn close_reset(fd: RawFd) {
     close(fd);
 }
 
+/// Sets `TCP_NODELAY`: the worker already coalesces each turn's replies
+/// into one send, so Nagle's algorithm would only add delay (and could hold
+/// back the last bytes when a connection is closed).
+pub(crate) fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a valid c_int and its size is passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Discards input already waiting on a socket about to be closed (at most
+/// `limit` bytes), so that `close` sends FIN after our last reply instead
+/// of a reset that would destroy it.
+pub(crate) fn discard_input(fd: RawFd, limit: usize) {
+    let mut buf = [0u8; 4096];
+    let mut left = limit;
+    while left > 0 {
+        match recv(fd, &mut buf[..left.min(4096)]) {
+            Io::Done(0) | Io::WouldBlock | Io::Err(_) => return,
+            Io::Done(n) => left -= n,
+        }
+    }
+}
+
 /// An accepted client: descriptor, IPv4 address and port, both in network
 /// byte order (as the C `CONN.cip` / `CONN.cport` fields want them).
 #[derive(Clone, Copy)]

@@ -348,8 +348,14 @@ impl Ctx {
         // SAFETY: the callback has returned; no other reference remains.
         let c = unsafe { &mut *p };
         c.state = State::Closed;
-        if (c.out_pos as usize) < c.out.len() && reason != AKG_ERROR {
-            let _ = sys::send(c.fd, &c.out[c.out_pos as usize..]);
+        if reason != AKG_ERROR {
+            // Best effort to deliver what was queued before the close:
+            // unread input would make `close` reset the connection and
+            // destroy our last replies, so discard it first.
+            sys::discard_input(c.fd, 256 * 1024);
+            if (c.out_pos as usize) < c.out.len() {
+                let _ = sys::send(c.fd, &c.out[c.out_pos as usize..]);
+            }
         }
         sys::close(c.fd);
         c.fd = -1;
@@ -584,6 +590,7 @@ impl Worker {
         c.state = State::Open;
         c.last_read = ctx.now.get();
         c.wheel_due = NOT_FILED;
+        sys::set_nodelay(a.fd);
         let token = Token(slot as usize | ((c.generation as usize) << 32));
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&a.fd),
