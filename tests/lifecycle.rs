@@ -13,27 +13,6 @@ use std::time::{Duration, Instant};
 
 const STX_HEX: &str = "8eb69af7";
 
-/// xorshift64* with a fixed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
-}
-
 /// One `EV close` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct CloseEv {
