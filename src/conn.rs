@@ -218,4 +218,18 @@ impl Conn {
     pub fn close(&mut self, reason: u16) {
         crate::worker::with_owner(self, |ctx, c| ctx.close(c as *mut Conn, reason))
     }
+
+    /// The tick at which this connection must be looked at again for its
+    /// read timeout (`rt` seconds without a byte read) or write timeout
+    /// (`wt` seconds of pending output without progress); `None` when
+    /// neither applies. A deadline `d` expires once the current tick is
+    /// `>= d`, i.e. after more than `rt` (`wt`) whole seconds.
+    pub(crate) fn deadline(&self, rt: u32, wt: u32) -> Option<u32> {
+        let read = (rt > 0).then(|| self.last_read + rt + 1);
+        let write = (wt > 0 && (self.out_pos as usize) < self.out.len()).then(|| self.last_write + wt + 1);
+        match (read, write) {
+            (Some(r), Some(w)) => Some(r.min(w)),
+            (r, w) => r.or(w),
+        }
+    }
 }

@@ -43,6 +43,8 @@ mod layout;
 pub mod logq;
 pub mod proto;
 mod server;
+#[doc(hidden)]
+pub mod sim;
 mod sys;
 mod wheel;
 mod worker;

@@ -760,21 +760,14 @@ impl Worker {
             if c.state != State::Open || c.wheel_due != tick {
                 return;
             }
-            let mut due = u32::MAX;
-            if ctx.read_timeout > 0 {
-                due = due.min(c.last_read + ctx.read_timeout + 1);
-            }
-            if ctx.write_timeout > 0 && (c.out_pos as usize) < c.out.len() {
-                due = due.min(c.last_write + ctx.write_timeout + 1);
-            }
-            if due == u32::MAX {
-                c.wheel_due = NOT_FILED;
-            } else if due <= now {
-                c.wheel_due = NOT_FILED;
-                due_now.push(slot);
-            } else {
-                c.wheel_due = wheel.file(slot, due);
-            }
+            c.wheel_due = match c.deadline(ctx.read_timeout, ctx.write_timeout) {
+                Some(due) if due > now => wheel.file(slot, due),
+                Some(_) => {
+                    due_now.push(slot);
+                    NOT_FILED
+                }
+                None => NOT_FILED,
+            };
         });
         drop(wheel);
         for &slot in &due_now {
