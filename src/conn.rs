@@ -97,6 +97,8 @@ pub struct Conn {
     pub(crate) state: State,
     /// Set while the slot is on the worker's list of connections to flush.
     pub(crate) dirty: bool,
+    /// The peer's end of stream was read (nothing left to discard).
+    pub(crate) peer_eof: bool,
     /// Tick of the last byte read.
     pub(crate) last_read: u32,
     /// Tick of the last write progress (or when output became pending).
@@ -130,6 +132,7 @@ impl Conn {
             generation: 0,
             state: State::Free,
             dirty: false,
+            peer_eof: false,
             last_read: 0,
             last_write: 0,
             wheel_due: crate::wheel::NOT_FILED,

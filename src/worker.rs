@@ -352,7 +352,9 @@ impl Ctx {
             // Best effort to deliver what was queued before the close:
             // unread input would make `close` reset the connection and
             // destroy our last replies, so discard it first.
-            sys::discard_input(c.fd, 256 * 1024);
+            if !c.peer_eof {
+                sys::discard_input(c.fd, 256 * 1024);
+            }
             if (c.out_pos as usize) < c.out.len() {
                 let _ = sys::send(c.fd, &c.out[c.out_pos as usize..]);
             }
@@ -588,6 +590,7 @@ impl Worker {
         c.out_buf_len = 0;
         c.next = std::ptr::null_mut();
         c.state = State::Open;
+        c.peer_eof = false;
         c.last_read = ctx.now.get();
         c.wheel_due = NOT_FILED;
         sys::set_nodelay(a.fd);
@@ -643,6 +646,7 @@ impl Worker {
             }
             let n = match sys::recv(c.fd, &mut self.rbuf[carried..]) {
                 Io::Done(0) => {
+                    c.peer_eof = true;
                     self.ctx.close(p, AKG_CLOSED);
                     return;
                 }
