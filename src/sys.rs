@@ -106,18 +106,27 @@ pub(crate) fn set_nodelay(fd: RawFd) {
     };
 }
 
-/// Discards input already waiting on a socket about to be closed (at most
-/// `limit` bytes), so that `close` sends FIN after our last reply instead
-/// of a reset that would destroy it.
-pub(crate) fn discard_input(fd: RawFd, limit: usize) {
+/// Discards input waiting on a socket we are closing (at most `limit`
+/// bytes), so that `close` does not answer unread data with a reset that
+/// would destroy our last replies. Returns true when the peer's end of
+/// stream (or an error) was reached: nothing more can arrive.
+pub(crate) fn discard_input(fd: RawFd, limit: usize) -> bool {
     let mut buf = [0u8; 4096];
     let mut left = limit;
     while left > 0 {
         match recv(fd, &mut buf[..left.min(4096)]) {
-            Io::Done(0) | Io::WouldBlock | Io::Err(_) => return,
+            Io::Done(0) | Io::Err(_) => return true,
+            Io::WouldBlock => return false,
             Io::Done(n) => left -= n,
         }
     }
+    false
+}
+
+/// `shutdown(fd, SHUT_WR)`: sends FIN after the queued bytes.
+pub(crate) fn shutdown_write(fd: RawFd) {
+    // SAFETY: plain syscall on a descriptor we own.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
 }
 
 /// An accepted client: descriptor, IPv4 address and port, both in network

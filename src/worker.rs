@@ -170,7 +170,14 @@ pub(crate) struct Ctx {
     busy: Cell<u32>,
     /// Operations on the busy connection, run when its callback returns.
     deferred: RefCell<Vec<Cmd>>,
+    /// Closed sockets still draining input (fd, tick to close by).
+    linger: RefCell<Vec<(i32, u32)>>,
 }
+
+/// Most sockets one worker keeps lingering; past it they close at once.
+const LINGER_MAX: usize = 4096;
+/// A lingering socket is closed after at most this many ticks (seconds).
+const LINGER_TICKS: u32 = 2;
 
 /// No Rust callback holds a connection.
 pub(crate) const NOT_BUSY: u32 = u32::MAX;
@@ -348,18 +355,29 @@ impl Ctx {
         // SAFETY: the callback has returned; no other reference remains.
         let c = unsafe { &mut *p };
         c.state = State::Closed;
-        if reason != AKG_ERROR {
-            // Best effort to deliver what was queued before the close:
-            // unread input would make `close` reset the connection and
-            // destroy our last replies, so discard it first.
-            if !c.peer_eof {
-                sys::discard_input(c.fd, 256 * 1024);
-            }
+        if reason != AKG_ERROR && !c.peer_eof {
+            // Deliver what was queued before the close (lingering close):
+            // input that arrives unread would make `close` answer with a
+            // reset that destroys our last replies. So discard what is
+            // waiting, send, shut our side (FIN after the data), and keep
+            // the socket draining for a moment before closing it.
+            let eof = sys::discard_input(c.fd, 256 * 1024);
             if (c.out_pos as usize) < c.out.len() {
                 let _ = sys::send(c.fd, &c.out[c.out_pos as usize..]);
             }
+            sys::shutdown_write(c.fd);
+            let mut linger = self.linger.borrow_mut();
+            if !eof && linger.len() < LINGER_MAX {
+                linger.push((c.fd, self.now.get() + LINGER_TICKS));
+            } else {
+                sys::close(c.fd);
+            }
+        } else {
+            if (c.out_pos as usize) < c.out.len() && reason != AKG_ERROR {
+                let _ = sys::send(c.fd, &c.out[c.out_pos as usize..]);
+            }
+            sys::close(c.fd);
         }
-        sys::close(c.fd);
         c.fd = -1;
         self.release_out(c);
         c.partial = Vec::new();
@@ -377,6 +395,7 @@ pub(crate) struct Worker {
     start: Instant,
     stopping: bool,
     expired: Vec<u32>,
+    last_linger_tick: u32,
 }
 
 impl Worker {
@@ -408,6 +427,7 @@ impl Worker {
                 scratch: (0..SCRATCH).map(|_| std::cell::UnsafeCell::new(0)).collect(),
                 busy: Cell::new(NOT_BUSY),
                 deferred: RefCell::new(Vec::new()),
+                linger: RefCell::new(Vec::new()),
             },
             poll,
             rbuf: vec![0u8; RBUF].into_boxed_slice(),
@@ -415,6 +435,7 @@ impl Worker {
             start: Instant::now(),
             stopping: false,
             expired: Vec::new(),
+            last_linger_tick: 0,
         })
     }
 
@@ -474,6 +495,7 @@ impl Worker {
                 }
             }
             self.expire();
+            self.drain_lingering(false);
             self.end_turn();
         }
         self.shutdown();
@@ -493,7 +515,7 @@ impl Worker {
         if !self.again.is_empty() {
             return Some(Duration::ZERO);
         }
-        if self.ctx.wheel.borrow().is_empty() {
+        if self.ctx.wheel.borrow().is_empty() && self.ctx.linger.borrow().is_empty() {
             return None;
         }
         let next = Duration::from_secs(u64::from(self.ctx.now.get()) + 1);
@@ -783,6 +805,23 @@ impl Worker {
         self.expired = due_now;
     }
 
+    /// Drains lingering sockets; closes those whose peer finished, whose
+    /// time is up, or all of them when `all`. Runs once per tick.
+    fn drain_lingering(&mut self, all: bool) {
+        let now = self.ctx.now.get();
+        if !all && self.last_linger_tick == now {
+            return;
+        }
+        self.last_linger_tick = now;
+        self.ctx.linger.borrow_mut().retain(|&(fd, until)| {
+            let done = all || now >= until || sys::discard_input(fd, 256 * 1024);
+            if done {
+                sys::close(fd);
+            }
+            !done
+        });
+    }
+
     /// Closes every connection (callbacks run) and releases the slab.
     fn shutdown(&mut self) {
         let n = self.ctx.slab.borrow().len();
@@ -798,6 +837,7 @@ impl Worker {
             }
         }
         self.end_turn();
+        self.drain_lingering(true);
         for p in self.ctx.slab.borrow_mut().drain(..) {
             // SAFETY: every slab entry came from `Box::into_raw` and no
             // reference to it remains once the loop is done.
