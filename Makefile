@@ -79,3 +79,10 @@ $(CTEST_DIR)/%: tests/c/%.c include/mario/mario.h $(LIB)
 $(CTEST_DIR)/maritcp-asan: $(APP_SRC) $(APP_HDR) $(LIB)
 	@mkdir -p $(CTEST_DIR)
 	$(CC) $(CTEST_FLAGS) -o $@ $(APP_SRC) $(LIB) $(LDLIBS)
+
+# Benchmarks: ours (maritcp + libmario) against the tokio peer, side by
+# side; rewrites BENCHMARKS.md. BENCH_ARGS=--quick for a short run.
+.PHONY: bench
+bench: all
+	$(CARGO) build --release -p mario-bench -p tokio-peer
+	python3 benches/run.py $(BENCH_ARGS)

@@ -103,6 +103,9 @@ pub struct Conn {
     pub(crate) last_read: u32,
     /// Tick of the last write progress (or when output became pending).
     pub(crate) last_write: u32,
+    /// Tick the first byte of the partial packet in `partial` arrived: a
+    /// packet must complete within the read timeout (slow senders).
+    pub(crate) packet_start: u32,
     /// Tick this slot is filed under in the timing wheel, or `NOT_FILED`.
     pub(crate) wheel_due: u32,
     /// Bytes of `out` already sent.
@@ -135,6 +138,7 @@ impl Conn {
             peer_eof: false,
             last_read: 0,
             last_write: 0,
+            packet_start: 0,
             wheel_due: crate::wheel::NOT_FILED,
             out_pos: 0,
             partial: Vec::new(),
@@ -224,11 +228,19 @@ impl Conn {
 
     /// The tick at which this connection must be looked at again for its
     /// read timeout (`rt` seconds without a byte read) or write timeout
-    /// (`wt` seconds of pending output without progress); `None` when
+    /// (`wt` seconds of pending output without progress), or for a packet
+    /// begun more than `rt` seconds ago and still incomplete; `None` when
     /// neither applies. A deadline `d` expires once the current tick is
     /// `>= d`, i.e. after more than `rt` (`wt`) whole seconds.
     pub(crate) fn deadline(&self, rt: u32, wt: u32) -> Option<u32> {
-        let read = (rt > 0).then(|| self.last_read + rt + 1);
+        // A started packet counts from its first byte, however slowly the
+        // rest trickles in; between packets, from the last byte read.
+        let since = if self.partial.is_empty() {
+            self.last_read
+        } else {
+            self.packet_start
+        };
+        let read = (rt > 0).then(|| since + rt + 1);
         let write = (wt > 0 && (self.out_pos as usize) < self.out.len()).then(|| self.last_write + wt + 1);
         match (read, write) {
             (Some(r), Some(w)) => Some(r.min(w)),

@@ -347,6 +347,7 @@ impl ServerShared {
         let mut last_fd_log: Option<Instant> = None;
         let mut last_busy_log: Option<Instant> = None;
         let mut busy_refused = 0u64;
+        let mut spare = sys::SpareFd::new();
         while !self.stop.load(Ordering::SeqCst) {
             let timeout = paused.then(|| Duration::from_millis(20));
             if let Err(e) = poll.poll(&mut events, timeout) {
@@ -366,11 +367,17 @@ impl ServerShared {
                     Err(e) => match e.raw_os_error() {
                         Some(libc::EAGAIN) => break,
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                            let refused = spare.refuse_pending(lfd);
                             if last_fd_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                                log::error!("accept: {e}; pausing accepts until descriptors free up");
+                                log::error!(
+                                    "accept: {e}; refused {refused} pending connection(s) until descriptors free up"
+                                );
                                 last_fd_log = Some(Instant::now());
                             }
-                            paused = true;
+                            // Edge-triggered: the listener reports the next
+                            // connection; retry shortly too in case the
+                            // spare could not help (ENFILE, no memory).
+                            paused = refused == 0;
                             break;
                         }
                         Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,

@@ -228,3 +228,44 @@ pub(crate) fn listen_v4(port: u16, backlog: i32) -> io::Result<(RawFd, u16)> {
     }
     Ok((fd, u16::from_be(got.sin_port)))
 }
+
+/// A descriptor held in reserve for when the process runs out (libuv's
+/// trick): on `EMFILE` it is released so pending clients can be accepted
+/// and closed at once (refused, never left hanging), then taken again.
+pub(crate) struct SpareFd(RawFd);
+
+impl SpareFd {
+    pub(crate) fn new() -> SpareFd {
+        SpareFd(Self::open())
+    }
+
+    fn open() -> RawFd {
+        // SAFETY: a NUL-terminated path; the result is checked by users.
+        unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }
+    }
+
+    /// Accepts and resets every connection waiting on `listen_fd`, using
+    /// the spare descriptor; returns how many were refused.
+    pub(crate) fn refuse_pending(&mut self, listen_fd: RawFd) -> usize {
+        if self.0 < 0 {
+            self.0 = Self::open();
+            return 0;
+        }
+        close(self.0);
+        let mut n = 0;
+        while let Ok(a) = accept(listen_fd) {
+            close_reset(a.fd);
+            n += 1;
+        }
+        self.0 = Self::open();
+        n
+    }
+}
+
+impl Drop for SpareFd {
+    fn drop(&mut self) {
+        if self.0 >= 0 {
+            close(self.0);
+        }
+    }
+}

@@ -693,6 +693,10 @@ impl Worker {
             // SAFETY: as above; the callbacks have returned.
             let c = unsafe { &mut *p };
             if used < avail {
+                if carried == 0 || used > 0 {
+                    // A new packet began in this read.
+                    c.packet_start = self.ctx.now.get();
+                }
                 let rest = &self.rbuf[used..avail];
                 let want = Head::parse(rest).map_or(SIZE_OF_HEAD, |h| h.pkglen as usize);
                 c.partial.reserve_exact(want.max(rest.len()));

@@ -137,6 +137,32 @@ impl Proc {
         panic!("testsrv did not start");
     }
 
+    /// Like [`Proc::testsrv`], with the server's descriptor limit set to
+    /// `nofile` (soft and hard) before it starts.
+    pub fn testsrv_nofile(env: &[(&str, &str)], nofile: u32) -> Proc {
+        ensure_built();
+        let port = free_port();
+        let mut e: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        e.push(("TS_PORT", port.to_string()));
+        let script = format!(
+            "ulimit -n {nofile} && exec {}",
+            root().join("target/ctests/testsrv").display()
+        );
+        let mut p = Proc::spawn(
+            Path::new("/bin/sh"),
+            &["-c", &script],
+            &e,
+            scratch_dir("testsrv"),
+            port,
+        );
+        assert!(
+            p.wait_started(),
+            "testsrv (nofile {nofile}) did not start: {}",
+            p.stderr()
+        );
+        p
+    }
+
     /// Starts maritcp (`asan`: the sanitizer build) in the foreground in a
     /// scratch directory whose init.conf is `conf` plus a free PORT line.
     pub fn maritcp(conf: &str, asan: bool) -> Proc {
