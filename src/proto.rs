@@ -82,6 +82,66 @@ pub fn check_head(h: &Head, stx: u32) -> Result<(), BadHead> {
     Ok(())
 }
 
+/// How [`scan`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// Every complete packet was dispatched; this many bytes were used and
+    /// the rest (if any) is the beginning of one incomplete packet.
+    Used(usize),
+    /// The packet callback asked to stop.
+    Stopped,
+    /// A bad head at this offset: nothing from it on was dispatched.
+    Bad(BadHead, Head, usize),
+}
+
+/// Walks the packets at the start of `buf` in order, calling
+/// `on_packet(head, rest)` for each complete and well-formed one, where
+/// `rest` starts at that packet (the whole packet is `rest[..pkglen]`). The
+/// callback returns `false` to stop. This is the worker's frame decoder.
+pub fn scan(buf: &mut [u8], stx: u32, mut on_packet: impl FnMut(Head, &mut [u8]) -> bool) -> Scan {
+    let mut off = 0;
+    while let Some(h) = Head::parse(&buf[off..]) {
+        if let Err(bad) = check_head(&h, stx) {
+            return Scan::Bad(bad, h, off);
+        }
+        let len = h.pkglen as usize;
+        if buf.len() - off < len {
+            break;
+        }
+        if !on_packet(h, &mut buf[off..]) {
+            return Scan::Stopped;
+        }
+        off += len;
+    }
+    Scan::Used(off)
+}
+
+/// Puts a carried partial packet back at the start of the read buffer
+/// before the next read. Returns its length. `partial` is left empty (its
+/// allocation kept for [`carry_out`]).
+pub fn carry_in(partial: &mut Vec<u8>, buf: &mut [u8]) -> usize {
+    let n = partial.len();
+    buf[..n].copy_from_slice(partial);
+    partial.clear();
+    n
+}
+
+/// Keeps `rest`, the beginning of one incomplete packet, until the next
+/// read, in an allocation sized to that packet; with nothing to keep, the
+/// allocation is released (an idle connection holds no buffer).
+pub fn carry_out(partial: &mut Vec<u8>, rest: &[u8]) {
+    debug_assert!(partial.is_empty());
+    if rest.is_empty() {
+        if partial.capacity() > 0 {
+            *partial = Vec::new();
+        }
+        return;
+    }
+    let want = Head::parse(rest).map_or(SIZE_OF_HEAD, |h| h.pkglen as usize);
+    partial.reserve_exact(want.max(rest.len()));
+    partial.extend_from_slice(rest);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

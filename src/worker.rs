@@ -18,7 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::conn::{Conn, ConnId, MAX_SLOTS, State};
 use crate::layout::CWorker;
-use crate::proto::{self, AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, BadHead, Head, SIZE_OF_HEAD};
+use crate::proto::{self, AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, BadHead, Scan};
 use crate::server::{Config, Service, Verdict};
 use crate::sys::{self, Io};
 use crate::wheel::{NOT_FILED, Wheel};
@@ -661,11 +661,7 @@ impl Worker {
             if c.state != State::Open {
                 return;
             }
-            let carried = c.partial.len();
-            if carried > 0 {
-                self.rbuf[..carried].copy_from_slice(&c.partial);
-                c.partial.clear();
-            }
+            let carried = proto::carry_in(&mut c.partial, &mut self.rbuf);
             let n = match sys::recv(c.fd, &mut self.rbuf[carried..]) {
                 Io::Done(0) => {
                     c.peer_eof = true;
@@ -674,9 +670,7 @@ impl Worker {
                 }
                 Io::Done(n) => n,
                 Io::WouldBlock => {
-                    if carried > 0 {
-                        c.partial.extend_from_slice(&self.rbuf[..carried]);
-                    }
+                    proto::carry_out(&mut c.partial, &self.rbuf[..carried]);
                     return;
                 }
                 Io::Err(e) => {
@@ -692,18 +686,11 @@ impl Worker {
             };
             // SAFETY: as above; the callbacks have returned.
             let c = unsafe { &mut *p };
-            if used < avail {
-                if carried == 0 || used > 0 {
-                    // A new packet began in this read.
-                    c.packet_start = self.ctx.now.get();
-                }
-                let rest = &self.rbuf[used..avail];
-                let want = Head::parse(rest).map_or(SIZE_OF_HEAD, |h| h.pkglen as usize);
-                c.partial.reserve_exact(want.max(rest.len()));
-                c.partial.extend_from_slice(rest);
-            } else if c.partial.capacity() > 0 {
-                c.partial = Vec::new();
+            if used < avail && (carried == 0 || used > 0) {
+                // A new packet began in this read.
+                c.packet_start = self.ctx.now.get();
             }
+            proto::carry_out(&mut c.partial, &self.rbuf[used..avail]);
             if n < RBUF - carried && !hup {
                 // A short read drained the socket; edge-triggered readiness
                 // reports any later data (or end of stream) as a new event.
@@ -719,62 +706,55 @@ impl Worker {
     /// Returns the bytes consumed, or `None` if the connection closed or
     /// stopped being served.
     fn dispatch(&mut self, p: *mut Conn, avail: usize) -> Option<usize> {
-        let mut off = 0;
-        while avail - off >= SIZE_OF_HEAD {
-            let h = Head::parse(&self.rbuf[off..avail]).expect("8 bytes available");
-            match proto::check_head(&h, self.ctx.stx) {
-                Ok(()) => {}
-                Err(BadHead::Malformed) => {
-                    log::error!(
-                        "pkg error, length: {} pkglen: {} stx: 0x{:x}",
-                        avail - off,
-                        h.pkglen,
-                        h.stx
-                    );
-                    self.ctx.close(p, AKG_CLOSED);
-                    return None;
-                }
-                Err(BadHead::ReservedId) => {
-                    log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
-                    self.ctx.close(p, AKG_CLOSED);
-                    return None;
-                }
-            }
-            let len = h.pkglen as usize;
-            if avail - off < len {
-                break;
-            }
+        let ctx = &self.ctx;
+        let mut verdict = Verdict::Continue;
+        let mut last = None;
+        let end = proto::scan(&mut self.rbuf[..avail], ctx.stx, |h, rest| {
             // SAFETY: live slab pointer; the writes end before the callback.
             unsafe {
-                (*p).in_buf = self.rbuf[off..].as_mut_ptr().cast();
-                (*p).in_buf_len = (avail - off).min(u16::MAX as usize) as u16;
+                (*p).in_buf = rest.as_mut_ptr().cast();
+                (*p).in_buf_len = rest.len().min(u16::MAX as usize) as u16;
             }
-            let verdict = self
-                .ctx
-                .service
-                .packet(&self.ctx, p, h, &mut self.rbuf[off..off + len]);
+            verdict = ctx.service.packet(ctx, p, h, &mut rest[..h.pkglen as usize]);
+            last = Some(h);
             // SAFETY: the callback has returned; no other reference remains.
             let open = unsafe {
                 (*p).in_buf_len = 0;
                 (*p).state == State::Open
             };
-            if !open {
-                return None;
+            open && verdict == Verdict::Continue
+        });
+        match end {
+            Scan::Used(used) => Some(used),
+            Scan::Stopped => {
+                // SAFETY: live slab pointer, read only.
+                if unsafe { (*p).state } == State::Open {
+                    if verdict == Verdict::NoHandler {
+                        let h = last.expect("a packet was dispatched");
+                        log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
+                        ctx.close(p, AKG_CLOSED);
+                    } else {
+                        ctx.close(p, AKG_ERROR);
+                    }
+                }
+                None
             }
-            match verdict {
-                Verdict::Continue => off += len,
-                Verdict::Stop => {
-                    self.ctx.close(p, AKG_ERROR);
-                    return None;
-                }
-                Verdict::NoHandler => {
-                    log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
-                    self.ctx.close(p, AKG_CLOSED);
-                    return None;
-                }
+            Scan::Bad(BadHead::Malformed, h, off) => {
+                log::error!(
+                    "pkg error, length: {} pkglen: {} stx: 0x{:x}",
+                    avail - off,
+                    h.pkglen,
+                    h.stx
+                );
+                ctx.close(p, AKG_CLOSED);
+                None
+            }
+            Scan::Bad(BadHead::ReservedId, h, _) => {
+                log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
+                ctx.close(p, AKG_CLOSED);
+                None
             }
         }
-        Some(off)
     }
 
     /// Times out connections whose deadline has passed.
