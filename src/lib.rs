@@ -39,6 +39,8 @@
 
 mod conn;
 pub mod ffi;
+#[doc(hidden)]
+pub mod fuzzing;
 mod layout;
 pub mod logq;
 pub mod proto;
