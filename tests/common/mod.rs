@@ -304,6 +304,12 @@ impl Proc {
             tail(&s.stdout, 40),
             s.stderr
         );
+        let unexpected = unexpected_log_lines(&s.stdout, &s.stderr);
+        assert!(
+            unexpected.is_empty(),
+            "unexpected log lines:\n{}",
+            unexpected.join("\n")
+        );
         s
     }
 
@@ -474,4 +480,34 @@ impl Rng {
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
     }
+}
+
+/// Error-level log lines a test run may legitimately produce: the library's
+/// own reports of bad input and overload, and the sample server's. Anything
+/// else at error level (or any panic, sanitizer or violation report) fails
+/// the run, as nginx's test suite does with its error log.
+pub const EXPECTED_ERRORS: &[&str] = &[
+    "pkg error, length:",
+    "invalid akg_id:",
+    "workers are too busy",
+    "accept: ",
+    "invalid login packet",
+    "over its cap",
+];
+
+/// The lines of a server's output that no test expects.
+pub fn unexpected_log_lines(stdout: &str, stderr: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .chain(stderr.lines())
+        .filter(|l| {
+            let bad = l.contains("[ERROR]")
+                || l.contains("panick")
+                || l.contains("VIOLATION")
+                || l.contains("Sanitizer")
+                || l.contains("runtime error");
+            bad && !EXPECTED_ERRORS.iter().any(|e| l.contains(e))
+        })
+        .map(str::to_string)
+        .collect()
 }
