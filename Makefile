@@ -86,3 +86,17 @@ $(CTEST_DIR)/maritcp-asan: $(APP_SRC) $(APP_HDR) $(LIB)
 bench: all
 	$(CARGO) build --release -p mario-bench -p tokio-peer
 	python3 benches/run.py $(BENCH_ARGS)
+
+# 10-minute soak against maritcp (not in CI): SOAK_SECONDS=600 by default.
+.PHONY: soak fuzz sanitize
+soak: all
+	$(CARGO) build --release -p mario-bench
+	python3 benches/soak.py
+
+# Each fuzz target for FUZZ_SECONDS (600) on nightly; minimizes the corpus.
+fuzz:
+	bash benches/fuzz.sh
+
+# The Rust tests under AddressSanitizer (and ThreadSanitizer where it works).
+sanitize:
+	bash benches/sanitize.sh

@@ -482,10 +482,14 @@ impl Worker {
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                     self.read(p, generation, ev.is_read_closed() || ev.is_error());
                 }
+                // Replies made while reading this connection go out now, in
+                // one send, so the client can go on while the other ready
+                // connections are served (the rest of the turn's output is
+                // flushed at its end). The writable case is the same check.
                 // SAFETY: `p` is a live slab pointer; read only.
                 let pending =
                     unsafe { (*p).state == State::Open && ((*p).out_pos as usize) < (*p).out.len() };
-                if ev.is_writable() && pending {
+                if pending {
                     self.ctx.flush(p);
                 }
             }
