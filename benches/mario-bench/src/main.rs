@@ -76,7 +76,7 @@ fn raise_nofile() -> u64 {
             }
         }
     }
-    r.rlim_cur as u64
+    r.rlim_cur
 }
 
 /// What the main thread measured around the window.
@@ -100,9 +100,18 @@ fn run(cfg: &Config) -> u8 {
         ..Window::default()
     };
     win.rss_max = win.rss_before;
-    let start = Instant::now();
     let mut no_connect = false;
 
+    // Without a warm-up the workers measure from their first request.
+    let mut phase = WARMUP;
+    let (mut cpu0, mut self0) = (None, None);
+    if cfg.mode != Mode::Hold && cfg.warmup == 0.0 {
+        phase = MEASURE;
+        cpu0 = pid.as_deref().and_then(procfs::cpu_seconds);
+        self0 = procfs::cpu_seconds("self");
+        shared.phase.store(MEASURE, Ordering::Release);
+    }
+    let start = Instant::now();
     let results: Vec<WorkerResult> = thread::scope(|sc| {
         let handles: Vec<_> = (0..k)
             .map(|t| {
@@ -115,9 +124,7 @@ fn run(cfg: &Config) -> u8 {
             })
             .collect();
 
-        let mut phase = WARMUP;
         let mut t0 = start;
-        let (mut cpu0, mut self0) = (None, None);
         let mut next_tick = start + Duration::from_secs(1);
         let mut last_ops = 0u64;
         let mut last_reconn = 0u64;
@@ -130,6 +137,26 @@ fn run(cfg: &Config) -> u8 {
                     shared.phase.store(STOP, Ordering::Release);
                     no_connect = true;
                     break;
+                }
+            }
+            if now >= next_tick {
+                next_tick += Duration::from_secs(1);
+                if let Some(p) = cfg.pid {
+                    win.rss_max = win.rss_max.max(procfs::rss_kib(p));
+                }
+                if !cfg.quiet {
+                    let ops = shared.sum(C_OPS_TOTAL);
+                    let reconn = shared.sum(C_RECONNECTS);
+                    progress(
+                        cfg,
+                        &shared,
+                        phase,
+                        el.as_secs_f64(),
+                        ops - last_ops,
+                        reconn - last_reconn,
+                    );
+                    last_ops = ops;
+                    last_reconn = reconn;
                 }
             }
             let start_measure = match cfg.mode {
@@ -155,26 +182,6 @@ fn run(cfg: &Config) -> u8 {
                     win.rss_max = win.rss_max.max(procfs::rss_kib(p));
                 }
                 break;
-            }
-            if now >= next_tick {
-                next_tick += Duration::from_secs(1);
-                if let Some(p) = cfg.pid {
-                    win.rss_max = win.rss_max.max(procfs::rss_kib(p));
-                }
-                if !cfg.quiet {
-                    let ops = shared.sum(C_OPS_TOTAL);
-                    let reconn = shared.sum(C_RECONNECTS);
-                    progress(
-                        cfg,
-                        &shared,
-                        phase,
-                        el.as_secs_f64(),
-                        ops - last_ops,
-                        reconn - last_reconn,
-                    );
-                    last_ops = ops;
-                    last_reconn = reconn;
-                }
             }
             let mut wake = next_tick.min(now + Duration::from_millis(50));
             if phase == MEASURE {
@@ -251,7 +258,7 @@ fn group(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -573,7 +580,7 @@ fn json(
             j.int("conns", cfg.conns as u64);
             j.int("depth", cfg.depth as u64);
             j.num("warmup_s", Some(win.before_s), 3);
-            j.num("duration_s", Some(win.duration_s), 3);
+            j.num("duration_s", Some(win.duration_s), 6);
             j.int("requests", ops);
             j.num("rate", Some(rate(ops, win.duration_s)), 1);
             j.int("requests_total", cnt[C_REPLIES_TOTAL]);
@@ -583,7 +590,7 @@ fn json(
         Mode::Cps => {
             j.int("concurrency", cfg.conns as u64);
             j.num("warmup_s", Some(win.before_s), 3);
-            j.num("duration_s", Some(win.duration_s), 3);
+            j.num("duration_s", Some(win.duration_s), 6);
             j.int("connections", ops);
             j.num("rate", Some(rate(ops, win.duration_s)), 1);
             j.int("connections_total", cnt[C_CONNECTS]);
@@ -595,7 +602,7 @@ fn json(
             j.int("churn", cfg.churn);
             j.int("sends", cfg.sends);
             j.num("setup_s", Some(win.before_s), 3);
-            j.num("duration_s", Some(win.duration_s), 3);
+            j.num("duration_s", Some(win.duration_s), 6);
             j.int("held", cnt[C_HELD]);
             j.int("requests", ops);
             j.num("rate", Some(rate(ops, win.duration_s)), 1);
