@@ -46,11 +46,12 @@ run: all
 
 test: lint all ctests
 	$(CARGO) test --all-targets -- --test-threads=4
+	$(CARGO) test -p mario-bench -p tokio-peer
 	$(CARGO) test --doc
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 header:
 	MARIO_WRITE_HEADER=1 $(CARGO) build --lib

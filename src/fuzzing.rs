@@ -1,2 +1,1219 @@
 //! Harnesses shared by the fuzz targets (`fuzz/`, nightly `cargo fuzz`) and
 //! the corpus replay in the test suite (stable). Not part of the API.
+//!
+//! * [`frames`]: the worker's frame decoding path (`carry_in`, a simulated
+//!   `recv` into a 64 KiB read buffer, `scan`, `carry_out`) under
+//!   fuzzer-chosen read sizes, against an independent reference decoder.
+//! * [`ops`]: short sequences of client operations against a real server
+//!   running in this process, against a model of what the server must do.
+//!
+//! Both panic (with a description of the input) on any discrepancy.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::proto::{self, BadHead, Head, MAX_PKG_LEN, Scan};
+use crate::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, Conn, ConnId, DEFAULT_STX, Packet, Server, Verdict};
+
+/// Reads the fuzz input front to back; past the end every byte is 0.
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Cursor { data, pos: 0 }
+    }
+    fn is_empty(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+    fn u8(&mut self) -> u8 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let start = self.pos.min(self.data.len());
+        let end = (start + n).min(self.data.len());
+        self.pos += n;
+        &self.data[start..end]
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        let start = self.pos.min(self.data.len());
+        self.pos = self.data.len();
+        &self.data[start..]
+    }
+}
+
+// ===========================================================================
+// frames: the decoder under arbitrary read splits
+// ===========================================================================
+
+/// The worker's read buffer size (`worker::RBUF`).
+const RBUF: usize = 64 * 1024;
+/// Longest stream [`frames`] builds (three read buffers).
+const MAX_STREAM: usize = 3 * RBUF;
+
+/// One simulated `recv`.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// `EAGAIN`: the worker carries its partial packet in and straight out.
+    WouldBlock,
+    /// Up to this many bytes (also bounded by the free buffer space).
+    Take(usize),
+}
+
+impl Step {
+    /// 0: would block; 1..=0xdf: that many bytes; 0xe0..: multiples of 2 KiB
+    /// (up to 66 KiB, more than the buffer holds).
+    fn decode(b: u8) -> Step {
+        match b {
+            0 => Step::WouldBlock,
+            1..=0xdf => Step::Take(b as usize),
+            _ => Step::Take((b as usize - 0xdf) * 2048),
+        }
+    }
+}
+
+/// How decoding a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// A bad head at this stream offset.
+    Bad(BadHead, usize),
+    /// The packet callback asked to stop (after the last packet listed).
+    Stopped,
+    /// Stream exhausted; this many bytes of an incomplete packet remain.
+    Leftover(usize),
+}
+
+/// Packets dispatched (stream offset, length), in order, and the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Outcome {
+    packets: Vec<(usize, usize)>,
+    end: End,
+}
+
+/// The rules of COMPAT.md §4/§7 over a whole stream, written independently
+/// of `proto::scan`: heads are checked as soon as 8 bytes are there
+/// (length and magic, then reserved ids), packets are dispatched once
+/// complete, and `stops(id)` ends decoding after that packet.
+fn reference(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool) -> Outcome {
+    let mut packets = Vec::new();
+    let mut off = 0;
+    loop {
+        let rest = &stream[off..];
+        if rest.len() < 8 {
+            return Outcome {
+                packets,
+                end: End::Leftover(rest.len()),
+            };
+        }
+        let magic = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        let len = u16::from_ne_bytes([rest[4], rest[5]]) as usize;
+        let id = u16::from_ne_bytes([rest[6], rest[7]]);
+        if magic != stx || !(8..=1500).contains(&len) {
+            return Outcome {
+                packets,
+                end: End::Bad(BadHead::Malformed, off),
+            };
+        }
+        if id >= 0xfffc {
+            return Outcome {
+                packets,
+                end: End::Bad(BadHead::ReservedId, off),
+            };
+        }
+        if rest.len() < len {
+            return Outcome {
+                packets,
+                end: End::Leftover(rest.len()),
+            };
+        }
+        packets.push((off, len));
+        if stops(id) {
+            return Outcome {
+                packets,
+                end: End::Stopped,
+            };
+        }
+        off += len;
+    }
+}
+
+/// What a carried partial packet must look like between reads: less than
+/// one packet, never more than `MAX_PKG_LEN` bytes held, and no allocation
+/// when empty.
+fn check_partial(partial: &[u8], capacity: usize, stx: u32, ctx: &dyn Fn() -> String) {
+    assert!(
+        capacity <= MAX_PKG_LEN,
+        "partial holds {capacity} bytes of capacity (> MAX_PKG_LEN); {}",
+        ctx()
+    );
+    if partial.is_empty() {
+        assert_eq!(capacity, 0, "an empty partial keeps an allocation; {}", ctx());
+        return;
+    }
+    assert!(
+        partial.len() < MAX_PKG_LEN,
+        "partial of {} bytes; {}",
+        partial.len(),
+        ctx()
+    );
+    if let Some(h) = Head::parse(partial) {
+        assert_eq!(
+            proto::check_head(&h, stx),
+            Ok(()),
+            "partial carried with a bad head {h:?}; {}",
+            ctx()
+        );
+        assert!(
+            partial.len() < h.pkglen as usize,
+            "a complete packet ({} of {} bytes) was carried instead of dispatched; {}",
+            partial.len(),
+            h.pkglen,
+            ctx()
+        );
+    }
+}
+
+/// Feeds `stream` through the worker's read path exactly as
+/// `Worker::read` + `Worker::dispatch` do, one `recv` per step (steps are
+/// used cyclically), and checks every invariant on the way.
+fn simulate(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]) -> Outcome {
+    let mut rbuf = vec![0u8; RBUF];
+    let mut partial: Vec<u8> = Vec::new();
+    let mut packets: Vec<(usize, usize)> = Vec::new();
+    // Stream bytes delivered so far, and the offset of the first byte not
+    // yet consumed by a dispatched packet (where the partial starts).
+    let mut pos = 0;
+    let mut next = 0;
+    let mut idle = 0;
+    for i in 0.. {
+        let at = pos;
+        let ctx = move || format!("steps {steps:?}, step {i}, stream offset {at}");
+        if pos == stream.len() {
+            assert_eq!(
+                &partial[..],
+                &stream[next..],
+                "partial is not the stream's tail; {}",
+                ctx()
+            );
+            return Outcome {
+                packets,
+                end: End::Leftover(partial.len()),
+            };
+        }
+        let mut step = steps[i % steps.len()];
+        if let Step::WouldBlock = step {
+            idle += 1;
+            if idle > steps.len() {
+                step = Step::Take(usize::MAX);
+            }
+        }
+        let before = partial.clone();
+        let carried = proto::carry_in(&mut partial, &mut rbuf);
+        assert!(partial.is_empty(), "carry_in left bytes behind; {}", ctx());
+        assert_eq!(carried, pos - next, "carry_in length; {}", ctx());
+        assert_eq!(&rbuf[..carried], &stream[next..pos], "carried bytes; {}", ctx());
+        let n = match step {
+            Step::WouldBlock => {
+                proto::carry_out(&mut partial, &rbuf[..carried]);
+                assert_eq!(
+                    partial,
+                    before,
+                    "would-block round trip changed the partial; {}",
+                    ctx()
+                );
+                check_partial(&partial, partial.capacity(), stx, &ctx);
+                continue;
+            }
+            Step::Take(k) => k.min(RBUF - carried).min(stream.len() - pos),
+        };
+        idle = 0;
+        rbuf[carried..carried + n].copy_from_slice(&stream[pos..pos + n]);
+        pos += n;
+        let avail = carried + n;
+        let base = next;
+        let mut local = 0;
+        let end = proto::scan(&mut rbuf[..avail], stx, |h, rest| {
+            let off = base + local;
+            assert_eq!(
+                rest.len(),
+                avail - local,
+                "packet slice does not start at the packet"
+            );
+            assert_eq!(
+                Head::parse(rest),
+                Some(h),
+                "head handed over differs from the bytes"
+            );
+            assert_eq!(proto::check_head(&h, stx), Ok(()), "bad head dispatched");
+            let len = h.pkglen as usize;
+            assert!(rest.len() >= len, "incomplete packet dispatched");
+            assert_eq!(
+                &rest[..len],
+                &stream[off..off + len],
+                "packet bytes at offset {off}"
+            );
+            packets.push((off, len));
+            local += len;
+            !stops(h.akg_id)
+        });
+        match end {
+            Scan::Used(used) => {
+                assert_eq!(
+                    used,
+                    local,
+                    "Used() disagrees with the packets dispatched; {}",
+                    ctx()
+                );
+                let rest = &rbuf[used..avail];
+                if let Some(h) = Head::parse(rest) {
+                    assert_eq!(
+                        proto::check_head(&h, stx),
+                        Ok(()),
+                        "bad head not reported; {}",
+                        ctx()
+                    );
+                    assert!(rest.len() < h.pkglen as usize, "complete packet left; {}", ctx());
+                }
+                next = base + used;
+                proto::carry_out(&mut partial, rest);
+                assert_eq!(&partial[..], rest, "carry_out kept other bytes; {}", ctx());
+                check_partial(&partial, partial.capacity(), stx, &ctx);
+            }
+            Scan::Stopped => {
+                let &(off, _) = packets.last().expect("stopped without a packet");
+                let id = Head::parse(&stream[off..]).expect("head").akg_id;
+                assert!(
+                    stops(id),
+                    "stopped after packet {id:#x} that did not ask to; {}",
+                    ctx()
+                );
+                return Outcome {
+                    packets,
+                    end: End::Stopped,
+                };
+            }
+            Scan::Bad(kind, h, off) => {
+                assert_eq!(off, local, "bad head offset; {}", ctx());
+                assert_eq!(
+                    Head::parse(&rbuf[off..avail]),
+                    Some(h),
+                    "bad head bytes; {}",
+                    ctx()
+                );
+                assert_eq!(proto::check_head(&h, stx), Err(kind), "bad head kind; {}", ctx());
+                return Outcome {
+                    packets,
+                    end: End::Bad(kind, base + off),
+                };
+            }
+        }
+    }
+    unreachable!()
+}
+
+/// Fuzz target `frames`. The input is
+///
+/// * byte 0: the stx (low 2 bits: `DEFAULT_STX`, `0x8eb69af7`, 0, or the
+///   next 4 bytes);
+/// * byte 1: the pseudo-handler stops on packets whose id's low byte equals
+///   it (0: never);
+/// * byte 2: the stream is the rest of the input repeated `(b & 63) + 1`
+///   times (capped at 192 KiB, so packets straddle the 64 KiB read buffer);
+/// * byte 3: `n = b % 17` read sizes follow, one byte each (see `Step`),
+///   used cyclically;
+/// * the rest: the stream unit.
+///
+/// The stream is decoded through the worker's read path with those reads
+/// and with reads as large as the buffer allows; both must agree with the
+/// reference decoder on every packet and on how decoding ended, and the
+/// carried partial must always hold less than one packet.
+pub fn frames(data: &[u8]) {
+    let mut cur = Cursor::new(data);
+    let stx = match cur.u8() & 3 {
+        0 => DEFAULT_STX,
+        1 => 0x8eb6_9af7,
+        2 => 0,
+        _ => cur.u32(),
+    };
+    let stop = cur.u8();
+    let repeat = (cur.u8() & 63) as usize + 1;
+    let nsteps = (cur.u8() % 17) as usize;
+    let steps: Vec<Step> = (0..nsteps).map(|_| Step::decode(cur.u8())).collect();
+    let unit = cur.rest();
+    let mut stream = Vec::new();
+    for _ in 0..repeat {
+        if stream.len() + unit.len() > MAX_STREAM {
+            break;
+        }
+        stream.extend_from_slice(unit);
+    }
+    let stops = move |id: u16| stop != 0 && id as u8 == stop;
+    let want = reference(&stream, stx, &stops);
+    let whole = simulate(&stream, stx, &stops, &[Step::Take(usize::MAX)]);
+    assert_eq!(
+        whole,
+        want,
+        "whole reads disagree with the reference (stx {stx:#x}, stop {stop:#x}, {} bytes)",
+        stream.len()
+    );
+    if !steps.is_empty() {
+        let split = simulate(&stream, stx, &stops, &steps);
+        assert_eq!(
+            split,
+            want,
+            "reads {steps:?} disagree with the reference (stx {stx:#x}, stop {stop:#x}, {} bytes)",
+            stream.len()
+        );
+    }
+}
+
+// ===========================================================================
+// ops: client operations against a real server, checked against a model
+// ===========================================================================
+
+/// The magic of the server under test (not the default, so that the
+/// default is a corrupt stx).
+pub const OPS_STX: u32 = 0x8eb6_9af7;
+/// Handler: echo the whole frame, continue.
+pub const ID_ECHO: u16 = 1;
+/// Handler: echo, `close(REASON_CLOSE)`, return `Continue`.
+pub const ID_CLOSE: u16 = 2;
+/// Handler: echo, `close(REASON_CLOSE_STOP)`, return `Stop`.
+pub const ID_CLOSE_STOP: u16 = 3;
+/// Handler: echo, return `Stop` (closed as `AKG_ERROR`, output dropped).
+pub const ID_STOP: u16 = 4;
+/// Close reason given by the [`ID_CLOSE`] handler.
+pub const REASON_CLOSE: u16 = 0x0a02;
+/// Close reason given by the [`ID_CLOSE_STOP`] handler.
+pub const REASON_CLOSE_STOP: u16 = 0x0a03;
+
+/// Longest wait for any one event (a reply, a close, a callback).
+const WAIT: Duration = Duration::from_secs(5);
+/// Socket read/write timeout (each blocking call).
+const SOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most operations taken from one input.
+const MAX_OPS: usize = 8;
+/// Client connections an input can hold open at once.
+const CONNS: usize = 3;
+
+/// What the server reported about one connection.
+#[derive(Debug, Default)]
+struct Record {
+    /// Packets handed to handlers: (id, whole frame).
+    handled: Vec<(u16, Vec<u8>)>,
+    /// Close callback reasons (must end up exactly one).
+    closes: Vec<u16>,
+}
+
+#[derive(Default)]
+struct Events {
+    /// Connections seen by `on_connect`, by client port, not yet claimed.
+    ports: HashMap<u16, ConnId>,
+    /// Live or not yet verified connections.
+    conns: HashMap<ConnId, Record>,
+    /// Connections whose close was verified.
+    done: HashSet<ConnId>,
+    /// Callbacks that must never have happened.
+    violations: Vec<String>,
+}
+
+static EVENTS: LazyLock<(Mutex<Events>, Condvar)> = LazyLock::new(Default::default);
+static SERVER: OnceLock<u16> = OnceLock::new();
+/// One `ops` input at a time per process.
+static OPS_LOCK: Mutex<()> = Mutex::new(());
+
+fn events() -> MutexGuard<'static, Events> {
+    EVENTS.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn on_packet(conn: &mut Conn, pkt: Packet<'_>) -> Verdict {
+    let id = conn.id();
+    {
+        let mut ev = events();
+        let ev = &mut *ev;
+        match ev.conns.get_mut(&id) {
+            Some(r) if r.closes.is_empty() => r.handled.push((pkt.id(), pkt.bytes().to_vec())),
+            Some(r) => ev.violations.push(format!(
+                "handler for {:#x} ran on {id:?} after its close callback ({:#x?})",
+                pkt.id(),
+                r.closes
+            )),
+            None => ev.violations.push(format!(
+                "handler for {:#x} ran on unknown or finished {id:?}",
+                pkt.id()
+            )),
+        }
+    }
+    // The lock is released: `close` runs the close callback right here.
+    let _ = conn.send(pkt.bytes());
+    match pkt.id() {
+        ID_CLOSE => {
+            conn.close(REASON_CLOSE);
+            Verdict::Continue
+        }
+        ID_CLOSE_STOP => {
+            conn.close(REASON_CLOSE_STOP);
+            Verdict::Stop
+        }
+        ID_STOP => Verdict::Stop,
+        _ => Verdict::Continue,
+    }
+}
+
+fn on_connect(conn: &mut Conn) {
+    let id = conn.id();
+    let mut ev = events();
+    if ev.conns.contains_key(&id) || ev.done.contains(&id) {
+        ev.violations.push(format!("connection id {id:?} reused"));
+    }
+    ev.conns.insert(id, Record::default());
+    ev.ports.insert(conn.peer().port(), id);
+    EVENTS.1.notify_all();
+}
+
+fn on_close(conn: &mut Conn, reason: u16) {
+    let id = conn.id();
+    let mut ev = events();
+    let ev = &mut *ev;
+    match ev.conns.get_mut(&id) {
+        Some(r) => {
+            r.closes.push(reason);
+            if r.closes.len() > 1 {
+                ev.violations.push(format!(
+                    "{id:?}: close callback ran {} times: {:#x?}",
+                    r.closes.len(),
+                    r.closes
+                ));
+            }
+        }
+        None if ev.done.contains(&id) => ev.violations.push(format!(
+            "{id:?}: close callback ({reason:#x}) after its close was verified"
+        )),
+        None => ev
+            .violations
+            .push(format!("{id:?}: close callback for an unknown connection")),
+    }
+    EVENTS.1.notify_all();
+}
+
+/// The port of the server under test, started on first use: 2 workers, no
+/// timeouts, stx [`OPS_STX`], handlers at [`ID_ECHO`]..=[`ID_STOP`] and
+/// (echo, never to be reached) at the reserved ids.
+fn server_port() -> u16 {
+    *SERVER.get_or_init(|| {
+        let mut b = Server::builder()
+            .port(0)
+            .workers(2)
+            .read_timeout(0)
+            .write_timeout(0)
+            .stx(OPS_STX)
+            .on_connect(on_connect)
+            .on_close(on_close);
+        for id in [
+            ID_ECHO,
+            ID_CLOSE,
+            ID_CLOSE_STOP,
+            ID_STOP,
+            0xfffc,
+            0xfffd,
+            0xfffe,
+            0xffff,
+        ] {
+            b = b.on_packet(id, on_packet);
+        }
+        let server = Arc::new(b.build().expect("build the server under test"));
+        let s = server.clone();
+        std::thread::Builder::new()
+            .name("fuzz-server".into())
+            .spawn(move || s.run())
+            .expect("spawn the server thread");
+        server
+            .wait_listening(Duration::from_secs(10))
+            .expect("server listening")
+    })
+}
+
+/// How the server must end a connection, as the model predicts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Closing {
+    reason: u16,
+    /// Replies queued before the close reach the client, then FIN. Else
+    /// (`AKG_ERROR`) only a prefix of them may arrive, then FIN or reset.
+    graceful: bool,
+}
+
+/// What the server must do with one connection's byte stream (COMPAT.md
+/// §7), computed without the library's decoder.
+#[derive(Debug, Default)]
+struct Model {
+    stream: Vec<u8>,
+    /// Offset of the first byte not consumed by a dispatched packet.
+    pos: usize,
+    /// Every reply the handlers queue, in order.
+    replies: Vec<u8>,
+    /// Packets the handlers must see, in order.
+    handled: Vec<(u16, Vec<u8>)>,
+    closed: Option<Closing>,
+}
+
+impl Model {
+    fn feed(&mut self, bytes: &[u8]) {
+        assert!(
+            self.closed.is_none(),
+            "harness bug: writing to a closed connection"
+        );
+        self.stream.extend_from_slice(bytes);
+        let graceful = |reason| {
+            Some(Closing {
+                reason,
+                graceful: true,
+            })
+        };
+        while self.closed.is_none() {
+            let rest = &self.stream[self.pos..];
+            if rest.len() < 8 {
+                break;
+            }
+            let magic = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            let len = u16::from_ne_bytes([rest[4], rest[5]]) as usize;
+            let id = u16::from_ne_bytes([rest[6], rest[7]]);
+            if magic != OPS_STX || !(8..=1500).contains(&len) || id >= 0xfffc {
+                self.closed = graceful(AKG_CLOSED);
+                break;
+            }
+            if rest.len() < len {
+                break;
+            }
+            let frame = rest[..len].to_vec();
+            self.pos += len;
+            if !(ID_ECHO..=ID_STOP).contains(&id) {
+                self.closed = graceful(AKG_CLOSED);
+                break;
+            }
+            self.replies.extend_from_slice(&frame);
+            self.handled.push((id, frame));
+            self.closed = match id {
+                ID_CLOSE => graceful(REASON_CLOSE),
+                ID_CLOSE_STOP => graceful(REASON_CLOSE_STOP),
+                ID_STOP => Some(Closing {
+                    reason: AKG_ERROR,
+                    graceful: false,
+                }),
+                _ => None,
+            };
+        }
+    }
+}
+
+/// How a send operation reaches the socket.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// One write (with anything held before).
+    Whole,
+    /// Held back and written with the next write on that connection.
+    Hold,
+    /// Two writes split at this offset into the held bytes + these.
+    Split { at: usize, pause: bool },
+}
+
+#[derive(Debug)]
+enum Op {
+    Send {
+        conn: usize,
+        what: &'static str,
+        bytes: Vec<u8>,
+        mode: Mode,
+    },
+    /// Read every reply the model expects so far.
+    Sync { conn: usize },
+    /// Close with `SO_LINGER` 0 (a reset), optionally after a sync.
+    Reset { conn: usize, sync: bool },
+    /// Half-close, read to the end, then open a fresh connection.
+    Reopen { conn: usize },
+    /// After a sync, `mario::close_id` from this (non-worker) thread.
+    CloseId { conn: usize, reason: u16 },
+    /// After a sync, `mario::send_to` from this thread; the bytes must
+    /// arrive as they are.
+    SendTo { conn: usize, bytes: Vec<u8> },
+}
+
+/// Ids the send operations pick from.
+fn pick_id(cur: &mut Cursor<'_>) -> u16 {
+    match cur.u8() % 16 {
+        0..=5 => ID_ECHO,
+        6 => ID_CLOSE,
+        7 => ID_CLOSE_STOP,
+        8 => ID_STOP,
+        9 => 5,
+        10 => 0,
+        v @ 11..=14 => 0xfffc + (v - 11) as u16,
+        _ => cur.u16(),
+    }
+}
+
+fn body(len: usize, tag: u8) -> Vec<u8> {
+    (0..len).map(|i| tag.wrapping_add(i as u8)).collect()
+}
+
+fn head(stx: u32, pkglen: u16, akg_id: u16) -> [u8; 8] {
+    Head { stx, pkglen, akg_id }.to_bytes()
+}
+
+impl Op {
+    /// One line for the failure log (long frames cut).
+    fn describe(&self) -> String {
+        match self {
+            Op::Send {
+                conn,
+                what,
+                bytes,
+                mode,
+            } => format!(
+                "conn {conn}: send {what}, {} bytes {:02x?}{}, {mode:?}",
+                bytes.len(),
+                &bytes[..bytes.len().min(24)],
+                if bytes.len() > 24 { "..." } else { "" }
+            ),
+            Op::SendTo { conn, bytes } => format!("conn {conn}: send_to {bytes:02x?}"),
+            op => format!("{op:x?}"),
+        }
+    }
+
+    fn decode(cur: &mut Cursor<'_>, tag: u8) -> Op {
+        let b = cur.u8();
+        let conn = (b >> 4) as usize % CONNS;
+        let send = |what, bytes, cur: &mut Cursor<'_>| {
+            let m = cur.u8();
+            let mode = match m & 3 {
+                0 => Mode::Whole,
+                1 => Mode::Hold,
+                k => Mode::Split {
+                    at: (m >> 2) as usize,
+                    pause: k == 3,
+                },
+            };
+            Op::Send {
+                conn,
+                what,
+                bytes,
+                mode,
+            }
+        };
+        match b & 15 {
+            0 | 11.. => {
+                let id = pick_id(cur);
+                let len = (cur.u8() % 48) as usize;
+                send("frame", Head::frame(OPS_STX, id, &body(len, tag)), cur)
+            }
+            1 => {
+                let id = pick_id(cur);
+                let mask = cur.u8();
+                let stx = match mask {
+                    0 => DEFAULT_STX,
+                    m => OPS_STX ^ (u32::from(m) << (8 * (cur.u8() % 4))),
+                };
+                let len = (cur.u8() % 16) as usize;
+                send("corrupt stx", Head::frame(stx, id, &body(len, tag)), cur)
+            }
+            2 => {
+                const LENS: [u16; 8] = [0, 7, 8, 9, 1499, 1500, 1501, 0xffff];
+                let len = LENS[(cur.u8() % 8) as usize];
+                let id = pick_id(cur);
+                let bytes = if (8..=1500).contains(&(len as usize)) {
+                    Head::frame(OPS_STX, id, &body(len as usize - 8, tag))
+                } else {
+                    let mut v = head(OPS_STX, len, id).to_vec();
+                    v.extend(body((cur.u8() % 17) as usize, tag));
+                    v
+                };
+                send("boundary length", bytes, cur)
+            }
+            3 => {
+                let n = (cur.u8() % 24) as usize;
+                let bytes = cur.take(n).to_vec();
+                send("raw bytes", bytes, cur)
+            }
+            4 => {
+                // A valid head alone, completed by a later send (or never).
+                let id = pick_id(cur);
+                let len = 8 + (cur.u8() % 40) as u16;
+                send("head only", head(OPS_STX, len, id).to_vec(), cur)
+            }
+            5 => Op::Sync { conn },
+            6 => Op::Reset {
+                conn,
+                sync: cur.u8() & 1 == 1,
+            },
+            7 => Op::Reopen { conn },
+            8 => {
+                // Many echo frames in one write (up to 96 KiB: more than
+                // the worker's read buffer), the last one of any id.
+                let count = 1 + (cur.u8() % 64) as usize;
+                let len = (cur.u8() as usize * 6).min(MAX_PKG_LEN - 8);
+                let last = pick_id(cur);
+                let mut bytes = Vec::with_capacity(count * (len + 8));
+                for k in 0..count {
+                    let id = if k + 1 == count { last } else { ID_ECHO };
+                    bytes.extend(Head::frame(OPS_STX, id, &body(len, tag.wrapping_add(k as u8))));
+                }
+                send("burst", bytes, cur)
+            }
+            9 => Op::CloseId {
+                conn,
+                reason: match cur.u8() % 5 {
+                    0 => AKG_CLOSED,
+                    1 => AKG_TIMEOUT,
+                    2 => AKG_ERROR,
+                    3 => 0x0b01,
+                    _ => cur.u16(),
+                },
+            },
+            _ => {
+                let n = (cur.u8() % 32) as usize;
+                let bytes = match cur.u8() {
+                    0 => cur.take(n).to_vec(),
+                    id => Head::frame(OPS_STX, u16::from(id), &body(n, tag)),
+                };
+                Op::SendTo { conn, bytes }
+            }
+        }
+    }
+}
+
+struct Client {
+    sock: TcpStream,
+    id: ConnId,
+    model: Model,
+    /// Bytes held back by [`Mode::Hold`].
+    held: Vec<u8>,
+    /// Reply bytes already read.
+    read: usize,
+}
+
+/// How reading to the end of a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Eos {
+    Fin,
+    Reset,
+    Timeout,
+}
+
+/// One input's run: its clients and a log of the operations so far.
+struct Run {
+    port: u16,
+    clients: Vec<Option<Client>>,
+    log: Vec<String>,
+}
+
+impl Run {
+    fn fail(&self, msg: String) -> ! {
+        panic!("ops: {msg}\noperations so far:\n  {}", self.log.join("\n  "));
+    }
+
+    fn connect(&mut self, conn: usize) {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let sock = match TcpStream::connect_timeout(&addr, WAIT) {
+            Ok(s) => s,
+            Err(e) => self.fail(format!("connect: {e}")),
+        };
+        let _ = sock.set_nodelay(true);
+        let _ = sock.set_read_timeout(Some(SOCK_TIMEOUT));
+        let _ = sock.set_write_timeout(Some(SOCK_TIMEOUT));
+        let port = sock.local_addr().expect("local address").port();
+        let t0 = Instant::now();
+        let mut ev = events();
+        let id = loop {
+            if let Some(id) = ev.ports.remove(&port) {
+                break id;
+            }
+            if t0.elapsed() > WAIT {
+                drop(ev);
+                self.fail(format!("no connect callback for client port {port}"));
+            }
+            ev = EVENTS
+                .1
+                .wait_timeout(ev, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        drop(ev);
+        self.log.push(format!("    conn {conn}: connected as {id:?}"));
+        self.clients[conn] = Some(Client {
+            sock,
+            id,
+            model: Model::default(),
+            held: Vec::new(),
+            read: 0,
+        });
+    }
+
+    fn client(&mut self, conn: usize) -> &mut Client {
+        if self.clients[conn].is_none() {
+            self.connect(conn);
+        }
+        self.clients[conn].as_mut().expect("connected")
+    }
+
+    /// Writes `bytes`, feeds them to the model and, if the model says the
+    /// server closes the connection now, checks that it did.
+    fn write(&mut self, conn: usize, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let c = self.clients[conn].as_mut().expect("open client");
+        if let Err(e) = c.sock.write_all(bytes) {
+            let m = &c.model;
+            let msg = format!(
+                "conn {conn}: write of {} bytes failed ({e}) although the model has it open \
+                 (stream {} bytes, {} packets handled)",
+                bytes.len(),
+                m.stream.len(),
+                m.handled.len()
+            );
+            self.fail(msg);
+        }
+        c.model.feed(bytes);
+        if c.model.closed.is_some() {
+            self.server_closed(conn);
+        }
+    }
+
+    /// Writes what is held for `conn`.
+    fn flush(&mut self, conn: usize) {
+        if let Some(c) = self.clients[conn].as_mut() {
+            let held = std::mem::take(&mut c.held);
+            self.write(conn, &held);
+        }
+    }
+
+    fn send(&mut self, conn: usize, bytes: &[u8], mode: Mode) {
+        let c = self.client(conn);
+        let mut out = std::mem::take(&mut c.held);
+        out.extend_from_slice(bytes);
+        match mode {
+            Mode::Hold => c.held = out,
+            Mode::Split { at, pause } if out.len() > 1 => {
+                let at = 1 + at % (out.len() - 1);
+                self.write(conn, &out[..at]);
+                if self.clients[conn].is_none() {
+                    return; // closed by the first part
+                }
+                if pause {
+                    // Not an assertion: only makes a separate read likelier.
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+                self.write(conn, &out[at..]);
+            }
+            _ => self.write(conn, &out),
+        }
+    }
+
+    /// Reads exactly `n` bytes; fails on end of stream or timeout.
+    fn read_exact(&mut self, conn: usize, n: usize) -> Vec<u8> {
+        let c = self.clients[conn].as_mut().expect("open client");
+        let mut got = vec![0u8; n];
+        let mut have = 0;
+        let t0 = Instant::now();
+        while have < n {
+            match c.sock.read(&mut got[have..]) {
+                Ok(0) => break,
+                Ok(k) => have += k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if t0.elapsed() > WAIT {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if have < n {
+            self.fail(format!(
+                "conn {conn}: expected {n} reply bytes, got {have} before end of stream or timeout: {:02x?}",
+                &got[..have.min(64)]
+            ));
+        }
+        got
+    }
+
+    /// Reads until end of stream (FIN or reset) or the deadline.
+    fn read_to_end(c: &mut Client) -> (Vec<u8>, Eos) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let t0 = Instant::now();
+        loop {
+            match c.sock.read(&mut buf) {
+                Ok(0) => return (got, Eos::Fin),
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if t0.elapsed() > 2 * WAIT {
+                        return (got, Eos::Timeout);
+                    }
+                }
+                Err(_) => return (got, Eos::Reset),
+            }
+        }
+    }
+
+    /// Waits for the close callback of `c` and checks it and the handlers
+    /// against the model; `handled_prefix`: the handlers may have stopped
+    /// short of the model (the client reset the connection first).
+    fn check_closed(
+        &mut self,
+        conn: usize,
+        id: ConnId,
+        want: &[(u16, Vec<u8>)],
+        reasons: &[u16],
+        handled_prefix: bool,
+    ) {
+        let t0 = Instant::now();
+        let mut ev = events();
+        loop {
+            match ev.conns.get(&id) {
+                Some(r) if !r.closes.is_empty() => break,
+                Some(_) if t0.elapsed() <= WAIT => {}
+                Some(_) => {
+                    drop(ev);
+                    self.fail(format!("conn {conn}: no close callback within {WAIT:?}"));
+                }
+                None => {
+                    drop(ev);
+                    self.fail(format!("conn {conn}: {id:?} is not known to the server"));
+                }
+            }
+            ev = EVENTS
+                .1
+                .wait_timeout(ev, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let r = ev.conns.remove(&id).expect("record");
+        ev.done.insert(id);
+        drop(ev);
+        if r.closes.len() != 1 || !reasons.contains(&r.closes[0]) {
+            self.fail(format!(
+                "conn {conn}: close callbacks {:#x?}, expected one of {reasons:#x?}",
+                r.closes
+            ));
+        }
+        let ok = if handled_prefix {
+            want.starts_with(&r.handled)
+        } else {
+            want == r.handled
+        };
+        if !ok {
+            let ids = |v: &[(u16, Vec<u8>)]| v.iter().map(|(id, f)| (*id, f.len())).collect::<Vec<_>>();
+            self.fail(format!(
+                "conn {conn}: handlers ran for (id, len) {:x?}, model expects {}{:x?}",
+                ids(&r.handled),
+                if handled_prefix { "a prefix of " } else { "" },
+                ids(want)
+            ));
+        }
+    }
+
+    /// The model says the server has closed `conn`: read to the end, check
+    /// the replies and the close callback.
+    fn server_closed(&mut self, conn: usize) {
+        let mut c = self.clients[conn].take().expect("open client");
+        let closing = c.model.closed.expect("model closed");
+        let (got, eos) = Self::read_to_end(&mut c);
+        let want = &c.model.replies[c.read..];
+        self.log
+            .push(format!("    conn {conn}: server closes with {closing:x?}"));
+        if eos == Eos::Timeout {
+            self.fail(format!(
+                "conn {conn}: server did not close ({closing:x?} expected); read {} bytes",
+                got.len()
+            ));
+        }
+        if closing.graceful && (got != want || eos != Eos::Fin) {
+            self.fail(format!(
+                "conn {conn}: graceful close ({:#x}): got {} reply bytes then {eos:?}, expected {} then Fin \
+                 (agree on the first {})",
+                closing.reason,
+                got.len(),
+                want.len(),
+                got.iter().zip(want).take_while(|(a, b)| a == b).count()
+            ));
+        }
+        if !closing.graceful && !want.starts_with(&got) {
+            self.fail(format!(
+                "conn {conn}: error close: got {} reply bytes, not a prefix of the {} expected",
+                got.len(),
+                want.len()
+            ));
+        }
+        self.check_closed(conn, c.id, &c.model.handled, &[closing.reason], false);
+    }
+
+    fn sync(&mut self, conn: usize) {
+        self.flush(conn);
+        let Some(c) = self.clients[conn].as_mut() else {
+            return;
+        };
+        let (from, to) = (c.read, c.model.replies.len());
+        let got = self.read_exact(conn, to - from);
+        let c = self.clients[conn].as_mut().expect("open client");
+        if got[..] != c.model.replies[from..to] {
+            self.fail(format!("conn {conn}: replies differ from the echoed frames"));
+        }
+        c.read = to;
+    }
+
+    fn reset(&mut self, conn: usize, sync: bool) {
+        if self.clients[conn].is_none() {
+            return;
+        }
+        if sync {
+            self.sync(conn);
+        }
+        let Some(c) = self.clients[conn].take() else {
+            return;
+        };
+        let lg = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: `lg` is a valid `linger` and the size passed matches it;
+        // the descriptor is open (owned by `c.sock`).
+        let rc = unsafe {
+            libc::setsockopt(
+                c.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&lg as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
+        let Client { sock, id, model, .. } = c;
+        drop(sock);
+        self.check_closed(conn, id, &model.handled, &[AKG_ERROR], !sync);
+    }
+
+    /// Closes `conn` from this thread by id, once every reply is in: the
+    /// server must close it with `reason` and nothing more to read.
+    fn close_id(&mut self, conn: usize, reason: u16) {
+        self.client(conn);
+        self.sync(conn);
+        let Some(mut c) = self.clients[conn].take() else {
+            return; // the model closed it during the sync
+        };
+        crate::close_id(c.id, reason);
+        let (got, eos) = Self::read_to_end(&mut c);
+        let graceful = reason != AKG_ERROR;
+        if !got.is_empty() || eos == Eos::Timeout || (graceful && eos != Eos::Fin) {
+            self.fail(format!(
+                "conn {conn}: after close_id({reason:#x}): got {} bytes then {eos:?}, expected none then Fin",
+                got.len()
+            ));
+        }
+        self.check_closed(conn, c.id, &c.model.handled, &[reason], false);
+    }
+
+    /// Queues `bytes` for `conn` from this thread, once every reply is in,
+    /// and reads them back.
+    fn send_to(&mut self, conn: usize, bytes: &[u8]) {
+        self.client(conn);
+        self.sync(conn);
+        let Some(c) = self.clients[conn].as_mut() else {
+            return;
+        };
+        if !crate::send_to(c.id, bytes) {
+            self.fail(format!(
+                "conn {conn}: send_to refused although the connection is open"
+            ));
+        }
+        c.model.replies.extend_from_slice(bytes);
+        self.sync(conn);
+    }
+
+    /// Half-closes `conn`: the server must dispatch what is left, reply,
+    /// and close as `AKG_CLOSED` after every reply.
+    fn finish(&mut self, conn: usize) {
+        self.flush(conn);
+        let Some(mut c) = self.clients[conn].take() else {
+            return;
+        };
+        if let Err(e) = c.sock.shutdown(Shutdown::Write) {
+            self.fail(format!("conn {conn}: shutdown: {e}"));
+        }
+        let (got, eos) = Self::read_to_end(&mut c);
+        let want = &c.model.replies[c.read..];
+        if got != want || eos != Eos::Fin {
+            self.fail(format!(
+                "conn {conn}: after our FIN: got {} reply bytes then {eos:?}, expected {} then Fin",
+                got.len(),
+                want.len()
+            ));
+        }
+        self.check_closed(conn, c.id, &c.model.handled, &[AKG_CLOSED], false);
+    }
+}
+
+/// Fuzz target `ops`: up to 8 operations on up to 3 client connections to
+/// a server running in this process (see [`OPS_STX`] and the `ID_*`
+/// handlers). Each operation is one byte (`conn << 4 | kind`, see
+/// `Op::decode`) and its arguments: valid frames of any id (echo, handler
+/// close, handler close + `Stop`, `Stop`, unregistered, reserved), corrupt
+/// stx, boundary lengths (0, 7, 8, 9, 1499, 1500, 1501, 0xffff), raw bytes,
+/// lone heads, bursts of up to 96 KiB, each written whole, held for the
+/// next write, or split in two writes; syncs (read every reply so far),
+/// resets (`SO_LINGER` 0), half-close and reopen, `close_id` and `send_to`
+/// from this thread. Every reply, close (FIN or reset, reason) and handler
+/// call is checked against a model of COMPAT.md §7; every connection must
+/// get exactly one close callback and no handler call after it.
+/// Connections left open are half-closed and checked at the end. All waits
+/// are bounded (5 s per event).
+pub fn ops(data: &[u8]) {
+    let _serial = OPS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut run = Run {
+        port: server_port(),
+        clients: (0..CONNS).map(|_| None).collect(),
+        log: Vec::new(),
+    };
+    let mut cur = Cursor::new(data);
+    for i in 0..MAX_OPS {
+        if cur.is_empty() {
+            break;
+        }
+        let op = Op::decode(&mut cur, (i as u8).wrapping_mul(37));
+        run.log.push(op.describe());
+        match op {
+            Op::Send {
+                conn, bytes, mode, ..
+            } => run.send(conn, &bytes, mode),
+            Op::Sync { conn } => run.sync(conn),
+            Op::Reset { conn, sync } => run.reset(conn, sync),
+            Op::Reopen { conn } => {
+                run.finish(conn);
+                run.connect(conn);
+            }
+            Op::CloseId { conn, reason } => run.close_id(conn, reason),
+            Op::SendTo { conn, bytes } => run.send_to(conn, &bytes),
+        }
+    }
+    for conn in 0..CONNS {
+        run.finish(conn);
+    }
+    let v = std::mem::take(&mut events().violations);
+    if !v.is_empty() {
+        run.fail(format!("server callbacks out of order:\n  {}", v.join("\n  ")));
+    }
+}
