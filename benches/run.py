@@ -81,7 +81,10 @@ def run_bench(args, server):
     line = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode != 0 or not line:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-    return json.loads(line[-1])
+    res = json.loads(line[-1])
+    if isinstance(res.get("failures"), dict):
+        res["failures_total"] = sum(res["failures"].values())
+    return res
 
 
 def scenarios(quick):

@@ -363,22 +363,39 @@ pub fn frames(data: &[u8]) {
     }
     let stops = move |id: u16| stop != 0 && id as u8 == stop;
     let want = reference(&stream, stx, &stops);
-    let whole = simulate(&stream, stx, &stops, &[Step::Take(usize::MAX)]);
-    assert_eq!(
-        whole,
-        want,
-        "whole reads disagree with the reference (stx {stx:#x}, stop {stop:#x}, {} bytes)",
-        stream.len()
+    let what = |reads: &str| format!("{reads}: stx {stx:#x}, stop {stop:#x}, {} bytes", stream.len());
+    same(
+        &simulate(&stream, stx, &stops, &[Step::Take(usize::MAX)]),
+        &want,
+        what("whole reads"),
     );
     if !steps.is_empty() {
-        let split = simulate(&stream, stx, &stops, &steps);
-        assert_eq!(
-            split,
-            want,
-            "reads {steps:?} disagree with the reference (stx {stx:#x}, stop {stop:#x}, {} bytes)",
-            stream.len()
-        );
+        let got = simulate(&stream, stx, &stops, &steps);
+        same(&got, &want, what(&format!("reads {steps:?}")));
     }
+}
+
+/// Panics, describing the first difference, unless `got == want`.
+fn same(got: &Outcome, want: &Outcome, what: String) {
+    if got == want {
+        return;
+    }
+    let i = got
+        .packets
+        .iter()
+        .zip(&want.packets)
+        .take_while(|(a, b)| a == b)
+        .count();
+    panic!(
+        "{what}: decoding differs from the reference: {} packets then {:?}, reference {} packets then \
+         {:?}; they agree on the first {i} packets (next: {:?} vs {:?})",
+        got.packets.len(),
+        got.end,
+        want.packets.len(),
+        want.end,
+        got.packets.get(i),
+        want.packets.get(i)
+    );
 }
 
 // ===========================================================================

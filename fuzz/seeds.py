@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Writes the hand-made seed inputs (fuzz/corpus/<target>/seed-*).
+
+The encodings are those documented in src/fuzzing.rs (`frames`, `ops`).
+Run from anywhere: python3 fuzz/seeds.py
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STX = 0x8EB69AF7
+DEFAULT_STX = 0xFFFFFFFF
+
+
+def frame(stx, akg_id, body=b"", pkglen=None):
+    n = 8 + len(body) if pkglen is None else pkglen
+    return struct.pack("<IHH", stx, n, akg_id) + body
+
+
+def body(n, tag=0):
+    return bytes((tag + i) & 0xFF for i in range(n))
+
+
+def write(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "seed-" + name), "wb") as f:
+        f.write(bytes(data))
+
+
+# --- frames: [stx sel (+u32 if 3)] [stop] [repeat] [nsteps] [steps...] stream
+
+
+def frames(name, stream, sel=1, stop=0, repeat=0, steps=(), stx=None):
+    head = bytes([sel])
+    if sel & 3 == 3:
+        head += struct.pack("<I", stx)
+    write("frames", name, head + bytes([stop, repeat, len(steps)]) + bytes(steps) + stream)
+
+
+pk = [frame(STX, 0x6101, body(2)), frame(STX, 0x0102, body(0)), frame(STX, 0x0203, body(40, 7))]
+frames("empty", b"")
+frames("three", b"".join(pk))
+frames("three-bytewise", b"".join(pk), steps=[1])
+frames("three-mixed", b"".join(pk), steps=[7, 0, 8, 9, 3])
+frames("stop", b"".join(pk), stop=0x02, steps=[5])
+frames("partial-tail", b"".join(pk) + pk[2][:20], steps=[11])
+frames("partial-head", b"".join(pk) + pk[2][:5], steps=[2, 0])
+frames("bad-stx-mid", pk[0] + frame(0x12345678, 1, body(4)) + pk[1], steps=[3])
+for n in (0, 7, 1501, 0xFFFF):
+    frames("len-%d" % n, pk[0] + frame(STX, 1, body(8), pkglen=n), steps=[4, 1])
+for i in (0xFFFC, 0xFFFF):
+    frames("reserved-%x" % i, pk[0] + frame(STX, i, body(3)), steps=[9])
+frames("reserved-partial", pk[0] + frame(STX, 0xFFFD, body(30))[:12], steps=[9])
+frames("default-stx", frame(DEFAULT_STX, 1, body(3)) * 3, sel=0, steps=[6])
+frames("zero-stx", frame(0, 1, body(3)) * 3, sel=2, steps=[6])
+frames("custom-stx", frame(0xA5A55A5A, 1, body(3)) * 3, sel=3, stx=0xA5A55A5A, steps=[5])
+big = frame(STX, 0x0707, body(1492, 3))
+frames("max-repeat", big + pk[1], repeat=63, steps=[0xFF, 0xE3, 0x01])
+frames("max-repeat-whole", big, repeat=63)
+frames("max-repeat-stop", big + pk[0], repeat=63, stop=0x01, steps=[0xF0])
+frames("cross-buffer-small", pk[2] + pk[0], repeat=63, steps=[0xFF, 0xFE, 0x13])
+
+# --- ops: see Op::decode. op byte: conn << 4 | kind
+ECHO, CLOSE, CLOSE_STOP, STOP, UNREG, ID0 = 0, 6, 7, 8, 9, 10
+WHOLE, HOLD = 0, 1
+
+
+def split(at, pause=False):
+    return (at << 2) | (3 if pause else 2)
+
+
+def f(conn=0, id_sel=ECHO, n=4, mode=WHOLE, raw_id=None):
+    v = [conn << 4 | 0, id_sel]
+    if id_sel == 15:
+        v += list(struct.pack("<H", raw_id))
+    return v + [n, mode]
+
+
+SYNC = lambda conn=0: [conn << 4 | 5]
+RESET = lambda conn=0, sync=1: [conn << 4 | 6, sync]
+REOPEN = lambda conn=0: [conn << 4 | 7]
+
+
+def ops(name, *parts):
+    data = []
+    for p in parts:
+        data += p
+    write("ops", name, data)
+
+
+ops("echo-sync", f(n=10), SYNC())
+ops("echo-eof", f(n=10))
+ops("hold-three", f(n=5, mode=HOLD), f(n=6, mode=HOLD), f(n=7), SYNC())
+ops("split", f(n=20, mode=split(5)), SYNC())
+ops("split-pause", f(n=20, mode=split(3, True)), f(n=0, mode=split(1, True)), SYNC())
+ops("split-head", f(n=20, mode=split(4)), SYNC())
+ops("close", f(n=3), f(id_sel=CLOSE, n=4))
+ops("close-stop", f(n=3), f(id_sel=CLOSE_STOP, n=4))
+ops("stop", f(n=3, mode=HOLD), f(id_sel=STOP, n=4))
+ops("stop-synced", f(n=3), SYNC(), f(id_sel=STOP, n=4))
+ops("stop-then-more", f(id_sel=STOP, n=4, mode=HOLD), f(n=8, mode=split(2)))
+ops("unregistered", f(n=3, mode=HOLD), f(id_sel=UNREG, n=3))
+ops("id-zero", f(id_sel=ID0, n=0))
+for k in range(4):
+    ops("reserved-%x" % (0xFFFC + k), f(n=2, mode=HOLD), f(id_sel=11 + k, n=2))
+ops("reserved-split", f(id_sel=12, n=30, mode=split(3)))
+ops("raw-id", f(id_sel=15, raw_id=0x1234, n=3))
+ops("raw-id-echo", f(id_sel=15, raw_id=1, n=3), SYNC())
+ops("stx-default", f(n=2, mode=HOLD), [0x01, ECHO, 0, 4, WHOLE])
+ops("stx-flip", [0x01, ECHO, 0x80, 2, 4, WHOLE])
+ops("stx-flip-split", f(n=1), [0x01, ECHO, 0x01, 0, 4, split(2)])
+for i, n in enumerate([0, 7, 8, 9, 1499, 1500, 1501, 0xFFFF]):
+    valid = 8 <= n <= 1500
+    ops("len-%d" % n, f(n=1, mode=HOLD), [0x02, i, ECHO] + ([] if valid else [5]) + [WHOLE], SYNC())
+ops("len-1500-split", [0x02, 5, ECHO, split(40, True)], SYNC())
+ops("raw-garbage", [0x03, 8] + list(b"\x00\x11\x22\x33\x44\x55\x66\x77") + [WHOLE])
+ops("raw-frame", [0x03, 12] + list(frame(STX, 1, body(4))) + [WHOLE], SYNC())
+ops("head-eof", [0x04, ECHO, 10, WHOLE])
+ops("head-body", [0x04, ECHO, 4, WHOLE], [0x03, 4] + list(body(4)) + [WHOLE], SYNC())
+ops("head-unregistered-eof", [0x04, UNREG, 4, WHOLE])
+ops("head-then-frame", [0x04, ECHO, 4, WHOLE], f(n=4), SYNC())
+ops("reset-synced", f(n=4), RESET(sync=1))
+ops("reset-unsynced", f(n=4), f(n=9, mode=split(3)), RESET(sync=0))
+ops("reset-fresh", RESET(sync=0), f(n=2))
+ops("reset-partial", [0x04, ECHO, 30, WHOLE], RESET(sync=0))
+ops("reopen", f(n=4), REOPEN(), f(n=4), SYNC())
+ops("three-conns", f(0, n=3), f(1, n=4), f(2, id_sel=CLOSE, n=5), f(1, id_sel=STOP), SYNC(0))
+ops("conns-mixed", f(0, n=3, mode=HOLD), f(1, n=4, mode=split(2)), RESET(0, 0), f(1, id_sel=UNREG), REOPEN(2))
+
+
+def burst(conn=0, count=3, len6=10, last=ECHO, mode=WHOLE):
+    return [conn << 4 | 8, count - 1, len6, last, mode]
+
+
+CLOSE_ID = lambda conn=0, sel=0, raw=None: [conn << 4 | 9, sel] + (list(struct.pack("<H", raw)) if sel == 4 else [])
+
+
+def SEND_TO(conn=0, n=4, id_byte=1, raw=b""):
+    return [conn << 4 | 10, n, id_byte] + (list(raw[:n]) if id_byte == 0 else [])
+
+
+ops("burst-small", burst(count=5, len6=3), SYNC())
+ops("burst-64k", burst(count=64, len6=255), SYNC())
+ops("burst-64k-split", burst(count=64, len6=250, mode=split(50)), SYNC())
+ops("burst-then-close", burst(count=20, len6=100, last=CLOSE))
+ops("burst-then-stop", burst(count=20, len6=100, last=STOP))
+ops("burst-then-unregistered", burst(count=40, len6=200, last=UNREG))
+ops("burst-then-reserved", burst(count=10, len6=20, last=11))
+ops("burst-reset", burst(count=64, len6=255), RESET(sync=0))
+ops("burst-eof", burst(count=64, len6=255, mode=HOLD), f(n=1))
+for sel, name in enumerate(["closed", "timeout", "error", "custom"]):
+    ops("close-id-" + name, f(n=3), CLOSE_ID(sel=sel))
+ops("close-id-raw", CLOSE_ID(sel=4, raw=0x4242))
+ops("close-id-partial", [0x04, ECHO, 10, WHOLE], CLOSE_ID(sel=0))
+ops("send-to-frame", f(n=2), SEND_TO(n=5, id_byte=1), f(n=3), SYNC())
+ops("send-to-raw", SEND_TO(n=3, id_byte=0, raw=b"abc"))
+ops("send-to-then-close", SEND_TO(n=5, id_byte=7), f(id_sel=CLOSE, n=1))
