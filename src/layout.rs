@@ -38,8 +38,9 @@ pub struct CWorkerArray {
 /// C `SERVER`.
 #[repr(C)]
 pub struct CServer {
-    /// `int server_fd`: the listening socket once started, else -1.
-    pub server_fd: c_int,
+    /// `int server_fd`: the listening socket once started, else -1
+    /// (atomic: other threads wait for it to be set).
+    pub server_fd: std::sync::atomic::AtomicI32,
     /// `int port`: the port asked for; the port bound once started.
     pub port: c_int,
     /// `WORKER_ARRAY *workers`.
@@ -82,7 +83,7 @@ impl CRecords {
             std::alloc::handle_alloc_error(layout);
         }
         let server = Box::into_raw(Box::new(CServer {
-            server_fd: -1,
+            server_fd: std::sync::atomic::AtomicI32::new(-1),
             port: 0,
             workers: array,
             qlog: std::ptr::null(),

@@ -257,13 +257,14 @@ impl ServerShared {
         }
         let (lfd, port) = sys::listen_v4(cfg.port, cfg.backlog)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on 0.0.0.0:{}: {e}", cfg.port)))?;
-        // SAFETY: the acceptor is the only writer of these fields and C
-        // reads them only after `start_server` has started.
-        unsafe {
-            (*self.records.server).server_fd = lfd;
-            (*self.records.server).port = i32::from(port);
-        }
         self.configure(|c| c.port = port);
+        // SAFETY: the acceptor is the only writer of `port`, and C reads it
+        // once `start_server` runs; `server_fd` is atomic and published
+        // last (Release), after the port, for `wait_listening`.
+        unsafe {
+            (*self.records.server).port = i32::from(port);
+            (*self.records.server).server_fd.store(lfd, Ordering::Release);
+        }
         let cfg = self.config();
         let threads = match self.start_workers(&cfg) {
             Ok(t) => t,
@@ -659,7 +660,7 @@ impl Server {
         let t0 = Instant::now();
         while t0.elapsed() < timeout {
             // SAFETY: reading a field of our own live record.
-            if unsafe { (*self.inner.records.server).server_fd } >= 0 {
+            if unsafe { (*self.inner.records.server).server_fd.load(Ordering::Acquire) } >= 0 {
                 return Some(self.port());
             }
             std::thread::sleep(Duration::from_millis(2));

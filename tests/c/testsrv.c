@@ -57,7 +57,7 @@ static uint32 stx_used;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint32 next_serial = 1;
 static unsigned long n_connected, n_closed, n_packets, n_violations;
-static volatile int stopping;
+static int stopping; /* accessed with __atomic builtins */
 
 /* The blaster's set of subscribed connections (guarded by lock). */
 #define MAX_SUBS 65536
@@ -243,7 +243,7 @@ static sint32 on_flood(CONN *c) {
 static void *blaster(void *arg) {
 	(void) arg;
 	unsigned int seed = 12345;
-	while (!stopping) {
+	while (!__atomic_load_n(&stopping, __ATOMIC_ACQUIRE)) {
 		pthread_mutex_lock(&lock);
 		for (int k = 0; k < 64 && n_subs > 0; k++) {
 			int i = (int) (rand_r(&seed) % (unsigned) n_subs);
@@ -281,7 +281,7 @@ static void *stopper(void *arg) {
 	sigset_t *set = (sigset_t *) arg;
 	int sig;
 	sigwait(set, &sig);
-	stopping = 1;
+	__atomic_store_n(&stopping, 1, __ATOMIC_RELEASE);
 	mario_stop_server(server);
 	return NULL;
 }
@@ -331,7 +331,7 @@ int main(void) {
 		fprintf(stderr, "start_server failed\n");
 		return 3;
 	}
-	stopping = 1;
+	__atomic_store_n(&stopping, 1, __ATOMIC_RELEASE);
 	pthread_join(bt, NULL);
 	pthread_join(st, NULL);
 	printf("SUMMARY connected=%lu closed=%lu packets=%lu violations=%lu\n", n_connected, n_closed, n_packets,
