@@ -89,7 +89,7 @@ bench: all
 	python3 benches/run.py $(BENCH_ARGS)
 
 # 10-minute soak against maritcp (not in CI): SOAK_SECONDS=600 by default.
-.PHONY: soak fuzz sanitize
+.PHONY: soak fuzz sanitize loom
 soak: all
 	$(CARGO) build --release -p mario-bench
 	python3 benches/soak.py
@@ -101,3 +101,7 @@ fuzz:
 # The Rust tests under AddressSanitizer (and ThreadSanitizer where it works).
 sanitize:
 	bash benches/sanitize.sh
+
+# Exhaustive models (loom) of the lock-free paths: benches/loom/.
+loom:
+	cd benches/loom && $(CARGO) test --release

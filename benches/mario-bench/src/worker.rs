@@ -1003,6 +1003,11 @@ mod tests {
         assert_eq!(parse_frames(&b, 1), Err(()));
         b[14] = 3; // second frame: pkglen 3
         assert_eq!(parse_frames(&b, stx), Err(()));
+        let bare = request_frame(stx, 1, 0, 7);
+        assert_eq!(bare.len(), 8);
+        assert_eq!(parse_frames(&bare, stx), Ok((1, 8)));
+        let one = request_frame(stx, 1, 1, 0x0107);
+        assert_eq!((one.len(), one[8]), (9, 0x0107u16.to_ne_bytes()[0]));
         let big = request_frame(stx, 1, 1000, 0);
         assert_eq!(parse_frames(&big[..500], stx), Ok((0, 0)));
         assert_eq!(parse_frames(&big, stx), Ok((1, 1008)));
