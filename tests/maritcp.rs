@@ -44,20 +44,6 @@ fn run_bounded(bin: &Path, args: &[&str], dir: &Path, limit: Duration) -> Output
     }
 }
 
-/// Polls `f` until it is true or `limit` passes.
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if t0.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn login_answered_exactly() {
     let p = Proc::maritcp(CONF, true);

@@ -83,19 +83,6 @@ impl Drop for Running {
     }
 }
 
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if t0.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn local(s: &TcpStream) -> SocketAddrV4 {
     match s.local_addr().unwrap() {
         std::net::SocketAddr::V4(a) => a,

@@ -511,3 +511,17 @@ pub fn unexpected_log_lines(stdout: &str, stderr: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Polls `f` every 5 ms until it is true or `limit` passes.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if t0.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
