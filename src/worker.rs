@@ -194,10 +194,17 @@ impl Ctx {
 
     /// Finds the live connection named by `id` on this worker.
     pub(crate) fn lookup(&self, id: ConnId) -> Option<*mut Conn> {
-        let p = self.conn(id.slot())?;
+        self.live(id.slot(), id.generation())
+    }
+
+    /// The connection in `slot` if it is open and of `generation` (the
+    /// check every event, command and id goes through). Generations are
+    /// kept to 24 bits when assigned, as in `ConnId`.
+    fn live(&self, slot: u32, generation: u32) -> Option<*mut Conn> {
+        let p = self.conn(slot)?;
         // SAFETY: slab pointers stay valid for the worker's life.
         let c = unsafe { &*p };
-        (c.state == State::Open && c.generation & 0xff_ffff == id.generation()).then_some(p)
+        (c.state == State::Open && c.generation == generation).then_some(p)
     }
 
     fn file_timer(&self, c: &mut Conn, due: u32) {
@@ -476,7 +483,7 @@ impl Worker {
                     continue;
                 }
                 let (slot, generation) = (t.0 as u32, (t.0 >> 32) as u32);
-                let Some(p) = self.live(slot, generation) else {
+                let Some(p) = self.ctx.live(slot, generation) else {
                     continue;
                 };
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -494,7 +501,7 @@ impl Worker {
                 }
             }
             for (slot, generation) in std::mem::take(&mut self.again) {
-                if let Some(p) = self.live(slot, generation) {
+                if let Some(p) = self.ctx.live(slot, generation) {
                     self.read(p, generation, true);
                 }
             }
@@ -504,13 +511,6 @@ impl Worker {
         }
         self.shutdown();
         CURRENT.with(|c| c.set(std::ptr::null()));
-    }
-
-    fn live(&self, slot: u32, generation: u32) -> Option<*mut Conn> {
-        let p = self.ctx.conn(slot)?;
-        // SAFETY: slab pointers are valid for the worker's life.
-        let c = unsafe { &*p };
-        (c.state == State::Open && c.generation == generation).then_some(p)
     }
 
     /// How long `poll` may sleep: not at all if work is waiting, until the
