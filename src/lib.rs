@@ -37,6 +37,7 @@
 
 #![warn(missing_docs)]
 
+mod accept;
 mod conn;
 pub mod ffi;
 #[doc(hidden)]

@@ -1,4 +1,4 @@
-//! The server: configuration, the acceptor loop, worker threads, stop, and
+//! The server: configuration, startup, worker threads, stop, and
 //! the registry that lets any thread reach a connection by its [`ConnId`].
 
 use std::io;
@@ -7,9 +7,9 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Poll, Token, Waker};
 
+use crate::accept::Listener;
 use crate::conn::{Conn, ConnId, MAX_SERVERS, MAX_WORKERS};
 use crate::layout::CRecords;
 use crate::logq::{self, LogQueue};
@@ -266,35 +266,62 @@ impl ServerShared {
             (*self.records.server).server_fd.store(lfd, Ordering::Release);
         }
         let cfg = self.config();
-        let threads = match self.start_workers(&cfg) {
+        let server = self.clone();
+        let listener = Arc::new(Listener::new(
+            lfd,
+            self.workers.clone(),
+            cfg.conns_per_worker,
+            Box::new(move || {
+                // SAFETY: atomic field of the server record, which lives
+                // as long as `server`.
+                unsafe {
+                    (*server.records.server)
+                        .conn_count
+                        .fetch_add(1, Ordering::Relaxed)
+                };
+            }),
+        ));
+        let threads = match self.start_workers(&cfg, &listener) {
             Ok(t) => t,
             Err(e) => {
                 sys::close(lfd);
                 return Err(e);
             }
         };
-        poll.registry()
-            .register(&mut SourceFd(&lfd), Token(0), Interest::READABLE)?;
         // Like the original: flush the C streams, then announce.
         // SAFETY: `fflush(NULL)` flushes every C output stream.
         unsafe { libc::fflush(std::ptr::null_mut()) };
         let line = b"--------------start server ok--------------\n";
         // SAFETY: writes a valid buffer to stdout.
         unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
-        self.accept_loop(&mut poll, lfd, &cfg);
-        let _ = poll.registry().deregister(&mut SourceFd(&lfd));
-        sys::close(lfd);
+        // The workers accept (see `accept`); this thread waits for a stop.
+        let mut events = Events::with_capacity(4);
+        while !self.stop.load(Ordering::SeqCst) {
+            if let Err(e) = poll.poll(&mut events, None)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                log::error!("server poll: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        listener.close();
         for w in &self.workers {
             w.command(Cmd::Stop);
         }
         for t in threads {
             let _ = t.join();
         }
+        listener.drain_queues();
+        sys::close(lfd);
         logq::flush(Duration::from_secs(2));
         Ok(())
     }
 
-    fn start_workers(self: &Arc<Self>, cfg: &Config) -> io::Result<Vec<JoinHandle<()>>> {
+    fn start_workers(
+        self: &Arc<Self>,
+        cfg: &Config,
+        listener: &Arc<Listener>,
+    ) -> io::Result<Vec<JoinHandle<()>>> {
         let mut polls = self.polls.lock().unwrap_or_else(|e| e.into_inner());
         let mut threads = Vec::new();
         for (i, w) in self.workers.iter().enumerate() {
@@ -309,6 +336,7 @@ impl ServerShared {
                 cw,
                 self.service.clone(),
                 cfg,
+                Some(listener.clone()),
             ));
             // SAFETY: the record lives as long as the server.
             let qlog = unsafe { &*(*cw).qlog };
@@ -338,92 +366,6 @@ impl ServerShared {
             }
         }
         Ok(threads)
-    }
-
-    fn accept_loop(&self, poll: &mut Poll, lfd: i32, cfg: &Config) {
-        let mut events = Events::with_capacity(64);
-        let n = self.workers.len();
-        let mut rr = 0usize;
-        let mut paused = false;
-        let mut last_fd_log: Option<Instant> = None;
-        let mut last_busy_log: Option<Instant> = None;
-        let mut busy_refused = 0u64;
-        let mut spare = sys::SpareFd::new();
-        while !self.stop.load(Ordering::SeqCst) {
-            let timeout = paused.then(|| Duration::from_millis(20));
-            if let Err(e) = poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    log::error!("acceptor poll: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                continue;
-            }
-            paused = false;
-            loop {
-                if self.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let mut a = match sys::accept(lfd) {
-                    Ok(a) => a,
-                    Err(e) => match e.raw_os_error() {
-                        Some(libc::EAGAIN) => break,
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                            let refused = spare.refuse_pending(lfd);
-                            if last_fd_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                                log::error!(
-                                    "accept: {e}; refused {refused} pending connection(s) until descriptors free up"
-                                );
-                                last_fd_log = Some(Instant::now());
-                            }
-                            // Edge-triggered: the listener reports the next
-                            // connection; retry shortly too in case the
-                            // spare could not help (ENFILE, no memory).
-                            paused = refused == 0;
-                            break;
-                        }
-                        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
-                        _ => {
-                            log::error!("accept: {e}");
-                            paused = true;
-                            break;
-                        }
-                    },
-                };
-                let mut placed = false;
-                for k in 0..n {
-                    let w = &self.workers[(rr + k) % n];
-                    let c = w.count.fetch_add(1, Ordering::AcqRel);
-                    if c >= cfg.conns_per_worker {
-                        w.count.fetch_sub(1, Ordering::AcqRel);
-                        continue;
-                    }
-                    match w.accept_q.push(a) {
-                        Ok(()) => {
-                            w.notify();
-                            rr = (rr + k + 1) % n;
-                            // SAFETY: atomic field of the live record.
-                            unsafe { (*self.records.server).conn_count.fetch_add(1, Ordering::Relaxed) };
-                            placed = true;
-                            break;
-                        }
-                        Err(back) => {
-                            // Hand-off queue full: try the next worker.
-                            w.count.fetch_sub(1, Ordering::AcqRel);
-                            a = back;
-                        }
-                    }
-                }
-                if !placed {
-                    busy_refused += 1;
-                    if last_busy_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        log::error!("workers are too busy! ({busy_refused} connection(s) refused)");
-                        last_busy_log = Some(Instant::now());
-                        busy_refused = 0;
-                    }
-                    sys::close_reset(a.fd);
-                }
-            }
-        }
     }
 
     /// Asks the server to stop. From a thread that is neither the acceptor

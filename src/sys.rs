@@ -91,7 +91,9 @@ pub(crate) fn close_reset(fd: RawFd) {
 
 /// Sets `TCP_NODELAY`: the worker already coalesces each turn's replies
 /// into one send, so Nagle's algorithm would only add delay (and could hold
-/// back the last bytes when a connection is closed).
+/// back the last bytes when a connection is closed). Set on the listening
+/// socket, Linux passes it on to every accepted socket (one `setsockopt`
+/// per server instead of one per connection; tests/smoke.rs checks it).
 pub(crate) fn set_nodelay(fd: RawFd) {
     let one: libc::c_int = 1;
     // SAFETY: `one` is a valid c_int and its size is passed.
@@ -173,7 +175,8 @@ pub(crate) fn accept(listen_fd: RawFd) -> Result<Accepted, io::Error> {
 }
 
 /// Creates a non-blocking IPv4 listening socket on `0.0.0.0:port`
-/// (`SO_REUSEADDR`, close-on-exec) with the given backlog. Returns the
+/// (`SO_REUSEADDR`, `TCP_NODELAY` for the accepted sockets, close-on-exec)
+/// with the given backlog. Returns the
 /// descriptor and the port actually bound (useful when `port` is 0).
 pub(crate) fn listen_v4(port: u16, backlog: i32) -> io::Result<(RawFd, u16)> {
     // SAFETY: plain socket creation; the result is checked.
@@ -206,6 +209,7 @@ pub(crate) fn listen_v4(port: u16, backlog: i32) -> io::Result<(RawFd, u16)> {
     if r != 0 {
         return fail(fd);
     }
+    set_nodelay(fd);
     // SAFETY: an all-zero `sockaddr_in` is valid; fields are set below.
     let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     sin.sin_family = libc::AF_INET as libc::sa_family_t;

@@ -16,6 +16,7 @@ use crossbeam_queue::{ArrayQueue, SegQueue};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::accept::{self, Drained, Listener};
 use crate::conn::{Conn, ConnId, MAX_SLOTS, State};
 use crate::layout::CWorker;
 use crate::proto::{self, AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, BadHead, Scan};
@@ -24,6 +25,8 @@ use crate::sys::{self, Io};
 use crate::wheel::{NOT_FILED, Wheel};
 
 const WAKER: Token = Token(usize::MAX);
+/// The shared listening socket (see `accept`).
+const LISTENER: Token = Token(usize::MAX - 1);
 /// Size of the per-worker read buffer.
 const RBUF: usize = 64 * 1024;
 /// At most this many reads per connection per turn before others get a go.
@@ -403,6 +406,10 @@ pub(crate) struct Worker {
     stopping: bool,
     expired: Vec<u32>,
     last_linger_tick: u32,
+    /// The listening socket this worker accepts from.
+    listener: Option<Arc<Listener>>,
+    /// When to try `accept` again after an error.
+    accept_retry: Option<Instant>,
 }
 
 impl Worker {
@@ -413,6 +420,7 @@ impl Worker {
         cworker: *mut CWorker,
         service: Arc<dyn Service>,
         cfg: &Config,
+        listener: Option<Arc<Listener>>,
     ) -> Box<Worker> {
         Box::new(Worker {
             ctx: Ctx {
@@ -443,6 +451,8 @@ impl Worker {
             stopping: false,
             expired: Vec::new(),
             last_linger_tick: 0,
+            listener,
+            accept_retry: None,
         })
     }
 
@@ -450,6 +460,14 @@ impl Worker {
     pub(crate) fn run(mut self: Box<Self>) {
         CURRENT.with(|c| c.set(&self.ctx as *const Ctx));
         let mut events = Events::with_capacity(1024);
+        if let Some(l) = &self.listener
+            && let Err(e) = l.watch(&self.poll, LISTENER)
+        {
+            log::error!(
+                "worker {}: cannot watch the listening socket: {e}",
+                self.ctx.shared.index
+            );
+        }
         while !self.stopping {
             self.take_new();
             self.take_cmds();
@@ -482,6 +500,10 @@ impl Worker {
                 if t == WAKER {
                     continue;
                 }
+                if t == LISTENER {
+                    self.accept_ready();
+                    continue;
+                }
                 let (slot, generation) = (t.0 as u32, (t.0 >> 32) as u32);
                 let Some(p) = self.ctx.live(slot, generation) else {
                     continue;
@@ -505,6 +527,9 @@ impl Worker {
                     self.read(p, generation, true);
                 }
             }
+            if self.accept_retry.is_some_and(|t| Instant::now() >= t) {
+                self.accept_ready();
+            }
             self.expire();
             self.drain_lingering(false);
             self.end_turn();
@@ -518,6 +543,9 @@ impl Worker {
     fn timeout(&self) -> Option<Duration> {
         if !self.again.is_empty() {
             return Some(Duration::ZERO);
+        }
+        if let Some(t) = self.accept_retry {
+            return Some(t.saturating_duration_since(Instant::now()));
         }
         if self.ctx.wheel.borrow().is_empty() && self.ctx.linger.borrow().is_empty() {
             return None;
@@ -568,7 +596,16 @@ impl Worker {
         }
     }
 
-    /// Takes connections handed over by the acceptor.
+    /// Accepts what the listening socket has; this worker keeps its share.
+    fn accept_ready(&mut self) {
+        let Some(l) = self.listener.clone() else { return };
+        self.accept_retry = None;
+        if l.accept_all(self.ctx.shared.index, |a| self.open(a)) == Drained::Retry {
+            self.accept_retry = Some(Instant::now() + accept::RETRY);
+        }
+    }
+
+    /// Takes connections handed over by other workers.
     fn take_new(&mut self) {
         while let Some(a) = self.ctx.shared.accept_q.pop() {
             if self.stopping {
@@ -619,7 +656,6 @@ impl Worker {
         c.peer_eof = false;
         c.last_read = ctx.now.get();
         c.wheel_due = NOT_FILED;
-        sys::set_nodelay(a.fd);
         let token = Token(slot as usize | ((c.generation as usize) << 32));
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&a.fd),

@@ -302,8 +302,10 @@ fn run(mode: Mode, rounds: usize) {
         );
     }
 
-    // Every connection made, on both workers in strict alternation
-    // overall (round robin, never full).
+    // Every connection made, spread evenly over both workers (with 200 at
+    // once the server is past strict round robin: the accepting worker
+    // keeps a connection unless it is ahead by more than 1/32 of those
+    // held, see src/accept.rs).
     let total: usize = outcomes.iter().map(|o| o.serials.len()).sum();
     let w0 = outcomes
         .iter()
@@ -311,7 +313,7 @@ fn run(mode: Mode, rounds: usize) {
         .filter(|&&w| w == 0)
         .count();
     assert!(
-        w0.abs_diff(total - w0) <= 1,
+        w0.abs_diff(total - w0) <= total / 16,
         "{w0} of {total} connections on worker 0"
     );
     // The blaster closed the close=1 connections itself, as `closed`.
