@@ -112,7 +112,7 @@ int main(int argc, char *argv[]) {
 		}
 	}
 
-	/* runs the accept loop; returns only when stopped or when it cannot
+	/* runs the server; returns only when stopped or when it cannot
 	 * start (for example the port is in use) */
 	ret = start_server((void *) server);
 	if (ret != (void *) 0) {

@@ -1,7 +1,7 @@
 //! # libmario
 //!
-//! A Rust reimplementation of the MarioTCP 0.9.9 server core: one acceptor
-//! thread, N worker threads each running its own `mio` event loop, and
+//! A Rust reimplementation of the MarioTCP 0.9.9 server core: N worker
+//! threads that accept and each run their own `mio` event loop, and
 //! packets framed as an 8-byte `HEAD` plus body, dispatched to handlers by
 //! packet id.
 //!

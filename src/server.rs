@@ -103,7 +103,8 @@ pub(crate) struct ServerShared {
     run: Mutex<RunState>,
     ran: Condvar,
     stop: AtomicBool,
-    acceptor: Mutex<Option<(Arc<Waker>, std::thread::ThreadId)>>,
+    /// The thread in `run` (it sleeps until a stop) and how to wake it.
+    runner: Mutex<Option<(Arc<Waker>, std::thread::ThreadId)>>,
 }
 
 /// Servers by id, for [`ConnId`] lookups from any thread.
@@ -197,7 +198,7 @@ impl ServerShared {
             run: Mutex::new(RunState::Idle),
             ran: Condvar::new(),
             stop: AtomicBool::new(false),
-            acceptor: Mutex::new(None),
+            runner: Mutex::new(None),
         });
         reg[id] = Arc::downgrade(&s);
         drop(reg);
@@ -230,7 +231,7 @@ impl ServerShared {
         f(&mut self.cfg.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    /// Binds, starts the workers and runs the accept loop on the calling
+    /// Binds, starts the workers (which accept) and blocks the calling
     /// thread until [`ServerShared::stop`]. Then closes every connection
     /// (each gets its close callback) and joins the workers.
     pub(crate) fn run(self: &Arc<Self>) -> io::Result<()> {
@@ -251,14 +252,14 @@ impl ServerShared {
         let cfg = self.config();
         let mut poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), Token(1))?);
-        *self.acceptor.lock().unwrap_or_else(|e| e.into_inner()) = Some((waker, std::thread::current().id()));
+        *self.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some((waker, std::thread::current().id()));
         if self.stop.load(Ordering::SeqCst) {
             return Ok(());
         }
         let (lfd, port) = sys::listen_v4(cfg.port, cfg.backlog)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on 0.0.0.0:{}: {e}", cfg.port)))?;
         self.configure(|c| c.port = port);
-        // SAFETY: the acceptor is the only writer of `port`, and C reads it
+        // SAFETY: the server thread is the only writer of `port`, and C reads it
         // once `start_server` runs; `server_fd` is atomic and published
         // last (Release), after the port, for `wait_listening`.
         unsafe {
@@ -368,11 +369,11 @@ impl ServerShared {
         Ok(threads)
     }
 
-    /// Asks the server to stop. From a thread that is neither the acceptor
-    /// nor one of the workers it waits until the server has stopped.
+    /// Asks the server to stop. From a thread that is neither the one in
+    /// `run` nor one of the workers it waits until the server has stopped.
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        let acc = self.acceptor.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let acc = self.runner.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some((w, tid)) = &acc {
             let _ = w.wake();
             if *tid == std::thread::current().id() {

@@ -93,7 +93,7 @@ pub(crate) fn close_reset(fd: RawFd) {
 /// into one send, so Nagle's algorithm would only add delay (and could hold
 /// back the last bytes when a connection is closed). Set on the listening
 /// socket, Linux passes it on to every accepted socket (one `setsockopt`
-/// per server instead of one per connection; tests/smoke.rs checks it).
+/// per server instead of one per connection; tested below).
 pub(crate) fn set_nodelay(fd: RawFd) {
     let one: libc::c_int = 1;
     // SAFETY: `one` is a valid c_int and its size is passed.
@@ -271,5 +271,41 @@ impl Drop for SpareFd {
         if self.0 >= 0 {
             close(self.0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepted sockets get `TCP_NODELAY` from the listener, so the worker
+    /// never sets it per connection.
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        let (lfd, port) = listen_v4(0, 16).expect("listen");
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let a = loop {
+            match accept(lfd) {
+                Ok(a) => break a,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => std::thread::yield_now(),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are valid for writes and `len` is their size.
+        let r = unsafe {
+            libc::getsockopt(
+                a.fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!((r, v), (0, 1), "accepted socket without TCP_NODELAY");
+        assert_eq!(u16::from_be(a.port), client.local_addr().unwrap().port());
+        close(a.fd);
+        close(lfd);
     }
 }

@@ -49,7 +49,7 @@ pub(crate) enum Cmd {
 /// The part of a worker other threads see.
 pub(crate) struct WorkerShared {
     pub index: usize,
-    /// New connections from the acceptor.
+    /// New connections handed over by other workers.
     pub accept_q: ArrayQueue<sys::Accepted>,
     /// Cross-thread writes and closes, and stop.
     cmds: SegQueue<Cmd>,

@@ -75,7 +75,7 @@ fn full_workers_refuse_and_slots_are_reused() {
         assert_eq!(info(c, STX).0, *serial);
     }
 
-    // The 11th: closed at once, no reply, and the acceptor says why.
+    // The 11th: closed at once, no reply, and the server says why.
     let mut extra = connect(p.port);
     assert_refused(&mut extra);
     assert!(
