@@ -89,13 +89,57 @@ def run_bench(args, server):
 
 def scenarios(quick):
     d = "3" if quick else "5"
-    return [
+    load = [
         ("rps 100 x 1", ["rps", "--conns", "100", "--depth", "1", "--duration", d, "--warmup", "1"]),
         ("rps 1000 x 4", ["rps", "--conns", "1000", "--depth", "4", "--duration", d, "--warmup", "1"]),
         ("cps 200", ["cps", "--concurrency", "200", "--duration", d, "--warmup", "1", "--rst"]),
+    ]
+    # The same three with a two-thread generator: on two cores the one-thread
+    # generator is itself the bottleneck, so both settings are reported.
+    two = [(f"{name} {GEN2}", args + ["--threads", "2"]) for name, args in load]
+    return load + two + [
         ("hold 15000", ["hold", "--conns", "15000", "--churn", "1000", "--sends", "1000",
                         "--duration", "6" if quick else "10", "--rst"]),
     ]
+
+
+GEN2 = "(2 generator threads)"
+
+
+MEM_SIZES = (1000, 5000, 15000)
+
+
+def memory_scaling():
+    """RSS growth per held connection at 1k, 5k and 15k (fresh server each)."""
+    out = {}
+    for kind in ("mario", "tokio"):
+        for n in MEM_SIZES:
+            s = Server(kind)
+            try:
+                res = run_bench(["hold", "--conns", str(n), "--churn", "0", "--sends", "0", "--duration", "2"], s)
+            finally:
+                s.stop()
+            grow = (res["rss_max_kib"] - res["rss_before_kib"]) * 1024
+            out[(kind, n)] = {"base_kib": res["rss_before_kib"], "max_kib": res["rss_max_kib"],
+                              "per_conn": grow / n, "held": res.get("held"), "failures": res.get("failures_total")}
+            print(f"memory {kind:6} {n:>6} held {res.get('held')} rss {res['rss_before_kib']} -> "
+                  f"{res['rss_max_kib']} KiB, {grow / n:.0f} B per connection", file=sys.stderr, flush=True)
+    return out
+
+
+def memory_table(mem):
+    rows = ["| connections held | ours: RSS growth | ours: per connection | tokio peer: per connection |",
+            "|---|---|---|---|"]
+    for n in MEM_SIZES:
+        m, t = mem[("mario", n)], mem[("tokio", n)]
+        rows.append(f"| {n:,} | {m['max_kib'] - m['base_kib']:,} KiB | {m['per_conn']:.0f} B "
+                    f"| {t['per_conn']:.0f} B |")
+    lo, hi = MEM_SIZES[1], MEM_SIZES[-1]
+    for kind, label in (("mario", "ours"), ("tokio", "tokio peer")):
+        a, b = mem[(kind, lo)], mem[(kind, hi)]
+        marg = (b["max_kib"] - b["base_kib"] - (a["max_kib"] - a["base_kib"])) * 1024 / (hi - lo)
+        rows.append(f"| {lo:,} to {hi:,}, {label}: per added connection | | {marg:.0f} B | |")
+    return "\n".join(rows)
 
 
 def idle_cpu(server, secs):
@@ -109,7 +153,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--raw", default=os.path.join(ROOT, "target/bench-results.json"),
+                    help="where the raw results are saved")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the report from the saved raw results (after editing benches/NOTES.md)")
     a = ap.parse_args()
+    if a.report_only:
+        raw = json.load(open(a.raw))
+        a.rounds, a.quick = raw["rounds"], raw["quick"]
+        results = {tuple(k.split("|")): v for k, v in raw["results"].items()}
+        mem = {(k.split("|")[0], int(k.split("|")[1])): v for k, v in raw["mem"].items()}
+        write_report(a, results, mem, raw["date"], replace_today=True)
+        return
     results = {}  # (scenario, kind) -> [json]
     for r in range(a.rounds):
         for name, args in scenarios(a.quick):
@@ -131,7 +186,14 @@ def main():
                 s.stop()
             results.setdefault(("idle", kind), []).append(res)
             print(f"round {r + 1} idle           {kind:6} cpu {res['idle_cpu_pct']:.2f} %", file=sys.stderr)
-    write_report(a, results)
+    mem = memory_scaling()
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    os.makedirs(os.path.dirname(a.raw), exist_ok=True)
+    with open(a.raw, "w") as f:
+        json.dump({"rounds": a.rounds, "quick": a.quick, "date": today,
+                   "results": {"|".join(k): v for k, v in results.items()},
+                   "mem": {f"{k[0]}|{k[1]}": v for k, v in mem.items()}}, f)
+    write_report(a, results, mem, today)
 
 
 def med(results, key, field):
@@ -139,7 +201,7 @@ def med(results, key, field):
     return statistics.median(vals) if vals else None
 
 
-def write_report(a, results):
+def write_report(a, results, mem, today, replace_today=False):
     rows = []
 
     def row(label, scen, field, fmt, target):
@@ -149,20 +211,20 @@ def write_report(a, results):
 
     n = lambda v: "-" if v is None else f"{v:,.0f}"
     us = lambda v: "-" if v is None else f"{v:.2f} us"
-    row("100 conns x 1 in flight: req/s", "rps 100 x 1", "rate", n, ">= 1.25 x")
-    row("same: server CPU per request", "rps 100 x 1", "server_cpu_us_per_op", us, "<= 0.6 x")
-    row("same: p99 latency", "rps 100 x 1", "p99_us", us, "")
-    row("1000 conns x 4 in flight: req/s", "rps 1000 x 4", "rate", n, ">= 1.2 x")
-    row("same: server CPU per request", "rps 1000 x 4", "server_cpu_us_per_op", us, "<= 0.75 x")
-    row("same: p99 latency", "rps 1000 x 4", "p99_us", us, "")
-    row("connect + LOGIN + close, 200 at a time: per second", "cps 200", "rate", n, ">= 1.2 x")
-    row("same: server CPU per connection", "cps 200", "server_cpu_us_per_op", us, "<= 0.75 x")
+    for gen in ("", " " + GEN2):
+        row(f"100 conns x 1 in flight: req/s{gen}", f"rps 100 x 1{gen}", "rate", n, ">= 1.25 x")
+        row("same: server CPU per request", f"rps 100 x 1{gen}", "server_cpu_us_per_op", us, "<= 0.6 x")
+        row("same: p99 latency", f"rps 100 x 1{gen}", "p99_us", us, "")
+        row(f"1000 conns x 4 in flight: req/s{gen}", f"rps 1000 x 4{gen}", "rate", n, ">= 1.2 x")
+        row("same: server CPU per request", f"rps 1000 x 4{gen}", "server_cpu_us_per_op", us, "<= 0.75 x")
+        row("same: p99 latency", f"rps 1000 x 4{gen}", "p99_us", us, "")
+        row(f"connect + LOGIN + close, 200 at a time: per second{gen}", f"cps 200{gen}", "rate", n, ">= 1.2 x")
+        row("same: server CPU per connection", f"cps 200{gen}", "server_cpu_us_per_op", us, "<= 0.75 x")
     row("RSS holding 15,000 connections (churn 1000/s): KiB", "hold 15000", "rss_max_kib", n, "<= 0.2 x")
     row("same: failures", "hold 15000", "failures_total", n, "0")
     m, t = med(results, ("idle", "mario"), "idle_cpu_pct"), med(results, ("idle", "tokio"), "idle_cpu_pct")
     rows.append(("idle server CPU", f"{m:.2f} %", f"{t:.2f} %", "-", "0"))
 
-    today = datetime.date.today().isoformat()
     cpu = "unknown"
     try:
         cpu = re.search(r"model name\s*:\s*(.*)", open("/proc/cpuinfo").read()).group(1)
@@ -181,8 +243,9 @@ on {today}.
   `target/release/tokio-peer` (the same LOGIN server in tokio: multi-thread runtime, a task per
   connection), both with {WORKERS} workers and a {TIMEOUT} s timeout, run alternately (A B A B)
   on loopback, each scenario started on a fresh server.
-- Load: `target/release/mario-bench` (one process, one thread) with `--pid` for the server's CPU
-  time (utime + stime from /proc over the measured window) and RSS (max VmRSS during the run).
+- Load: `target/release/mario-bench` (one process; one thread, and for the rps and cps scenarios
+  also two threads, marked "2 generator threads") with `--pid` for the server's CPU time
+  (utime + stime from /proc over the measured window) and RSS (max VmRSS during the run).
 - Medians over {a.rounds} rounds.
 
 """
@@ -192,11 +255,18 @@ on {today}.
         txt = open(a.out).read()
         if hist_start in txt:
             old = txt.split(hist_start, 1)[1]
+    if replace_today and old.lstrip("\n").startswith(f"### {today}\n"):
+        # Drop the entry of the run being reported again.
+        rest = old.lstrip("\n")[len(f"### {today}\n"):]
+        old = rest[rest.index("\n### "):] if "\n### " in rest else ""
     entry = f"\n### {today}\n\n" + "\n".join(table) + "\n"
     notes_file = os.path.join(ROOT, "benches/NOTES.md")
     notes = open(notes_file).read() if os.path.exists(notes_file) else ""
     with open(a.out, "w") as f:
-        f.write(head + "\n".join(table) + "\n\n" + notes + "\n" + hist_start + "\n" + entry + "\n" + old.lstrip("\n"))
+        f.write(head + "\n".join(table) + "\n\n"
+                + "Memory per held connection (`mario-bench hold --churn 0 --sends 0`, a fresh server for each\n"
+                + "size; server RSS growth over its RSS before the run, divided by the connections held):\n\n"
+                + memory_table(mem) + "\n\n" + notes + "\n" + hist_start + "\n" + entry + "\n" + old.lstrip("\n"))
     print("\n".join(table))
     print(f"wrote {a.out}", file=sys.stderr)
 
