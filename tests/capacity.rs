@@ -1,5 +1,6 @@
 //! Connection capacity: `workernum * connnum` connections, round-robin
-//! placement, refusal when every worker is full, slot reuse, and 15,000
+//! placement while small and balanced placement past that, refusal when
+//! every worker is full, slot reuse, and 15,000
 //! connections held at once.
 mod common;
 use common::*;
@@ -233,6 +234,18 @@ fn fifteen_thousand_connections_at_once() {
     }
     assert!(Instant::now() < deadline, "round trips took too long");
 
+    // Balanced: past 32 connections the accepting worker keeps one only
+    // while it is at most 1/32 of those held ahead of the other (two
+    // workers may decide at once: one more each).
+    let mut per_worker = [0usize; 2];
+    for c in conns.iter_mut() {
+        per_worker[info(c, STX).2 as usize] += 1;
+    }
+    assert!(
+        per_worker[0].abs_diff(per_worker[1]) <= N / 32 + 2,
+        "connections per worker: {per_worker:?}"
+    );
+
     // Close them all; the server must let go of every descriptor.
     drop(conns);
     loop {
@@ -247,7 +260,9 @@ fn fifteen_thousand_connections_at_once() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("opened {N} connections in {opened:?}; server RSS holding them (ASan build): {rss} KiB");
+    eprintln!(
+        "opened {N} connections in {opened:?}, {per_worker:?} per worker; server RSS holding them (ASan build): {rss} KiB"
+    );
     let s = p.stop_clean();
     assert_eq!(summary(&s.stdout, "connected"), N as u64);
     assert_eq!(summary(&s.stdout, "closed"), N as u64);
