@@ -21,12 +21,12 @@
 //! thread (strict round robin hands every other connection across).
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mio::{Poll, Token};
+use mio::Token;
 
 use crate::sys::{self, Accepted, SpareFd};
 use crate::worker::WorkerShared;
@@ -84,17 +84,17 @@ impl Listener {
         }
     }
 
-    /// Adds the listening socket to a worker's poll: edge-triggered,
-    /// exclusive wake-up, reported with `token`.
-    pub(crate) fn watch(&self, poll: &Poll, token: Token) -> io::Result<()> {
+    /// Adds the listening socket to a worker's poll (its epoll descriptor
+    /// `epoll`): edge-triggered, exclusive wake-up, reported with `token`.
+    pub(crate) fn watch(&self, epoll: RawFd, token: Token) -> io::Result<()> {
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLET | libc::EPOLLEXCLUSIVE) as u32,
             u64: token.0 as u64,
         };
-        // SAFETY: `poll` owns a valid epoll descriptor, `self.fd` is the
-        // open listening socket, `ev` is a valid event. mio reports the
-        // event's `u64` as its token.
-        let r = unsafe { libc::epoll_ctl(poll.as_raw_fd(), libc::EPOLL_CTL_ADD, self.fd, &mut ev) };
+        // SAFETY: plain syscall on descriptors; `ev` is a valid event and
+        // the kernel checks the descriptors. mio reports the event's `u64`
+        // as its token.
+        let r = unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, self.fd, &mut ev) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }

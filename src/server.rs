@@ -2,6 +2,7 @@
 //! the registry that lets any thread reach a connection by its [`ConnId`].
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
@@ -282,19 +283,30 @@ impl ServerShared {
                 };
             }),
         ));
-        let threads = match self.start_workers(&cfg, &listener) {
+        let (threads, epolls) = match self.start_workers(&cfg, &listener) {
             Ok(t) => t,
             Err(e) => {
                 sys::close(lfd);
                 return Err(e);
             }
         };
-        // Like the original: flush the C streams, then announce.
+        // Like the original: flush the C streams, then announce; only then
+        // does any connection get served.
         // SAFETY: `fflush(NULL)` flushes every C output stream.
         unsafe { libc::fflush(std::ptr::null_mut()) };
         let line = b"--------------start server ok--------------\n";
         // SAFETY: writes a valid buffer to stdout.
         unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
+        if let Err(e) = epolls
+            .iter()
+            .try_for_each(|&ep| listener.watch(ep, worker::LISTENER))
+        {
+            // Only out of memory gets here.
+            log::error!("cannot watch the listening socket: {e}");
+            self.stop_workers(threads);
+            sys::close(lfd);
+            return Err(e);
+        }
         // The workers accept (see `accept`); this thread waits for a stop.
         let mut events = Events::with_capacity(4);
         while !self.stop.load(Ordering::SeqCst) {
@@ -306,12 +318,7 @@ impl ServerShared {
             }
         }
         listener.close();
-        for w in &self.workers {
-            w.command(Cmd::Stop);
-        }
-        for t in threads {
-            let _ = t.join();
-        }
+        self.stop_workers(threads);
         listener.drain_queues();
         sys::close(lfd);
         logq::flush(Duration::from_secs(2));
@@ -322,13 +329,19 @@ impl ServerShared {
         self: &Arc<Self>,
         cfg: &Config,
         listener: &Arc<Listener>,
-    ) -> io::Result<Vec<JoinHandle<()>>> {
+    ) -> io::Result<(Vec<JoinHandle<()>>, Vec<RawFd>)> {
         let mut polls = self.polls.lock().unwrap_or_else(|e| e.into_inner());
         let mut threads = Vec::new();
+        // Each worker writes its own `thread_id` before it can accept (a
+        // callback on it then reads its own write); this thread waits for
+        // all of them, so whoever sees the server started sees every id.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let mut epolls = Vec::new();
         for (i, w) in self.workers.iter().enumerate() {
             let poll = polls[i]
                 .take()
                 .ok_or_else(|| io::Error::other("worker poll already taken"))?;
+            epolls.push(poll.as_raw_fd());
             let cw = self.records.worker(i);
             let worker = SendPtr(Worker::new(
                 poll,
@@ -341,32 +354,39 @@ impl ServerShared {
             ));
             // SAFETY: the record lives as long as the server.
             let qlog = unsafe { &*(*cw).qlog };
+            let ready = ready_tx.clone();
             let t = std::thread::Builder::new()
                 .name(format!("mario-worker-{i}"))
                 .spawn(move || {
                     logq::set_thread_queue(qlog);
                     let worker = worker;
+                    worker.0.publish_thread_id();
+                    let _ = ready.send(());
                     worker.0.run();
                 });
             match t {
-                Ok(t) => {
-                    use std::os::unix::thread::JoinHandleExt;
-                    // SAFETY: written once here, before C can look.
-                    unsafe { (*cw).thread_id = t.as_pthread_t() };
-                    threads.push(t);
-                }
+                Ok(t) => threads.push(t),
                 Err(e) => {
-                    for w in &self.workers[..i] {
-                        w.command(Cmd::Stop);
-                    }
-                    for t in threads {
-                        let _ = t.join();
-                    }
+                    self.stop_workers(threads);
                     return Err(e);
                 }
             }
         }
-        Ok(threads)
+        drop(ready_tx);
+        for _ in 0..threads.len() {
+            let _ = ready_rx.recv();
+        }
+        Ok((threads, epolls))
+    }
+
+    /// Stops the started workers and waits for them.
+    fn stop_workers(&self, threads: Vec<JoinHandle<()>>) {
+        for w in &self.workers {
+            w.command(Cmd::Stop);
+        }
+        for t in threads {
+            let _ = t.join();
+        }
     }
 
     /// Asks the server to stop. From a thread that is neither the one in

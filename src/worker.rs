@@ -25,8 +25,8 @@ use crate::sys::{self, Io};
 use crate::wheel::{NOT_FILED, Wheel};
 
 const WAKER: Token = Token(usize::MAX);
-/// The shared listening socket (see `accept`).
-const LISTENER: Token = Token(usize::MAX - 1);
+/// The shared listening socket (see `accept`), watched in every poll.
+pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 /// Size of the per-worker read buffer.
 const RBUF: usize = 64 * 1024;
 /// At most this many reads per connection per turn before others get a go.
@@ -456,18 +456,20 @@ impl Worker {
         })
     }
 
+    /// Writes this thread's id into the C worker record (`thread_id`).
+    /// Called on the worker's own thread before its loop starts.
+    pub(crate) fn publish_thread_id(&self) {
+        // SAFETY: the record lives as long as the server; this thread is
+        // the only writer of `thread_id`, and it writes before it accepts
+        // any connection, so callbacks (on this thread) read their own
+        // write and other threads are ordered by the start-up hand-shake.
+        unsafe { (*self.ctx.cworker).thread_id = libc::pthread_self() };
+    }
+
     /// Runs the loop until a stop command; then closes every connection.
     pub(crate) fn run(mut self: Box<Self>) {
         CURRENT.with(|c| c.set(&self.ctx as *const Ctx));
         let mut events = Events::with_capacity(1024);
-        if let Some(l) = &self.listener
-            && let Err(e) = l.watch(&self.poll, LISTENER)
-        {
-            log::error!(
-                "worker {}: cannot watch the listening socket: {e}",
-                self.ctx.shared.index
-            );
-        }
         let mut busy = false;
         while !self.stopping {
             self.take_new();
