@@ -36,6 +36,10 @@ use crate::worker::WorkerShared;
 /// the least loaded worker by more than 1/`SMALL` of the total.
 const SMALL: u32 = 32;
 
+/// At most this many connections are accepted per call, so a burst of
+/// new connections does not hold up a worker's established ones.
+pub(crate) const ACCEPTS_PER_TURN: usize = 64;
+
 /// How long a worker waits before retrying `accept` after an error that
 /// may clear by itself (no memory, descriptors the spare could not free).
 pub(crate) const RETRY: Duration = Duration::from_millis(20);
@@ -60,6 +64,9 @@ pub(crate) struct Listener {
 pub(crate) enum Drained {
     /// Nothing is pending (or the server is stopping).
     Empty,
+    /// [`ACCEPTS_PER_TURN`] were taken; more may wait. Edge-triggered: the
+    /// caller must come back without waiting for a new event.
+    More,
     /// An error stopped accepting; try again after [`RETRY`].
     Retry,
 }
@@ -106,11 +113,11 @@ impl Listener {
         self.closing.store(true, Ordering::SeqCst);
     }
 
-    /// Accepts every pending connection on behalf of worker `me`: `open`
-    /// gets those `me` keeps; the others are handed to other workers or
-    /// refused.
+    /// Accepts pending connections (up to [`ACCEPTS_PER_TURN`]) on behalf
+    /// of worker `me`: `open` gets those `me` keeps; the others are handed
+    /// to other workers or refused.
     pub(crate) fn accept_all(&self, me: usize, mut open: impl FnMut(Accepted)) -> Drained {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             if self.closing.load(Ordering::SeqCst) {
                 return Drained::Empty;
             }
@@ -155,6 +162,7 @@ impl Listener {
                 }
             }
         }
+        Drained::More
     }
 
     /// Chooses the worker for a new connection. Returns it back if `me`

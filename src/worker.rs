@@ -410,6 +410,8 @@ pub(crate) struct Worker {
     listener: Option<Arc<Listener>>,
     /// When to try `accept` again after an error.
     accept_retry: Option<Instant>,
+    /// The last `accept` call stopped at its limit: go on next turn.
+    accept_more: bool,
 }
 
 impl Worker {
@@ -453,6 +455,7 @@ impl Worker {
             last_linger_tick: 0,
             listener,
             accept_retry: None,
+            accept_more: false,
         })
     }
 
@@ -515,7 +518,7 @@ impl Worker {
                     self.read(p, generation, true);
                 }
             }
-            if self.accept_retry.is_some_and(|t| Instant::now() >= t) {
+            if self.accept_more || self.accept_retry.is_some_and(|t| Instant::now() >= t) {
                 self.accept_ready();
             }
             self.expire();
@@ -563,7 +566,7 @@ impl Worker {
     /// How long `poll` may sleep: not at all if work is waiting, until the
     /// next tick if timers are filed, else indefinitely.
     fn timeout(&self) -> Option<Duration> {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || self.accept_more {
             return Some(Duration::ZERO);
         }
         if let Some(t) = self.accept_retry {
@@ -622,8 +625,13 @@ impl Worker {
     fn accept_ready(&mut self) {
         let Some(l) = self.listener.clone() else { return };
         self.accept_retry = None;
-        if l.accept_all(self.ctx.shared.index, |a| self.open(a)) == Drained::Retry {
-            self.accept_retry = Some(Instant::now() + accept::RETRY);
+        match l.accept_all(self.ctx.shared.index, |a| self.open(a)) {
+            Drained::Empty => self.accept_more = false,
+            Drained::More => self.accept_more = true,
+            Drained::Retry => {
+                self.accept_more = false;
+                self.accept_retry = Some(Instant::now() + accept::RETRY);
+            }
         }
     }
 

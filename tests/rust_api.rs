@@ -683,3 +683,51 @@ fn stop_before_any_client_and_port_is_freed() {
         "port {port} still accepts after stop"
     );
 }
+
+/// Connections that pile up while the only worker is busy are all taken
+/// once it is free, in slices (the worker accepts at most 64 per turn and
+/// must come back for the rest by itself: the listening socket is
+/// edge-triggered, so no new event would announce them).
+#[test]
+fn connections_queued_while_the_worker_is_busy_are_all_served() {
+    const N: usize = 300;
+    let b = Server::builder()
+        .workers(1)
+        .stx(STX)
+        .on_packet(0x0020, |c, _| {
+            // Hold the only worker while the clients connect.
+            std::thread::sleep(Duration::from_millis(500));
+            c.send_packet(0x0020, &[]);
+            Verdict::Continue
+        })
+        .on_packet(0x0021, |c, pkt| {
+            c.send_packet(0x0021, pkt.body());
+            Verdict::Continue
+        });
+    let r = Running::start(b);
+    let mut busy = connect(r.port);
+    busy.write_all(&frame(STX, 0x0020, &[])).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // The kernel completes these handshakes; nobody accepts yet.
+    let t0 = Instant::now();
+    let mut conns: Vec<TcpStream> = (0..N).map(|_| connect(r.port)).collect();
+    assert!(
+        t0.elapsed() < Duration::from_millis(400),
+        "connecting took {:?}: the worker was not busy throughout",
+        t0.elapsed()
+    );
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.write_all(&frame(STX, 0x0021, &(i as u32).to_ne_bytes()))
+            .unwrap();
+    }
+    assert_eq!(read_frame(&mut busy).unwrap().0.akg_id, 0x0020);
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (h, body) = read_frame(c).unwrap_or_else(|e| panic!("connection {i} not served: {e}"));
+        assert_eq!(
+            (h.akg_id, body.as_slice()),
+            (0x0021, &(i as u32).to_ne_bytes()[..])
+        );
+    }
+    r.stop();
+}
