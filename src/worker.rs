@@ -1,5 +1,6 @@
 //! A worker: one thread, one `mio::Poll`, one slab of connections, one
-//! timing wheel. Connections never leave their worker.
+//! timing wheel. Workers accept new connections themselves (see `accept`);
+//! a connection never leaves the worker it was placed on.
 //!
 //! Inside a turn of the loop the worker reads every ready socket into its
 //! one read buffer until the kernel has nothing more, dispatches complete
