@@ -46,7 +46,7 @@ pub(crate) const RETRY: Duration = Duration::from_millis(20);
 
 /// The listening socket and the placement state every worker shares.
 pub(crate) struct Listener {
-    pub fd: RawFd,
+    fd: RawFd,
     workers: Vec<Arc<WorkerShared>>,
     cap: u32,
     /// The C record's `conn_count` (connections accepted so far).
@@ -155,7 +155,7 @@ impl Listener {
                         Drained::Empty
                     };
                 }
-                Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR) => continue,
+                Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
                 _ => {
                     log::error!("accept: {e}");
                     return Drained::Retry;
