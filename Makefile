@@ -5,7 +5,8 @@
 #   make run        build, then run maritcp in the foreground from c-examples/
 #   make test       everything above, then the whole test suite
 #   make header     regenerate include/mario/mario.h after changing src/ffi/
-#   make lint       cargo fmt --check + cargo clippy -D warnings
+#   make lint       cargo fmt --check + cargo clippy -D warnings + make doc
+#   make doc        the crate's docs (cargo doc), warnings are errors
 #   make install    PREFIX=/usr/local: header + library
 #   make clean
 
@@ -21,7 +22,7 @@ EX      := c-examples
 APP_SRC := $(EX)/mario.c $(EX)/config.c $(EX)/function.c $(EX)/collect.c
 APP_HDR := $(wildcard $(EX)/*.h) include/mario/mario.h
 
-.PHONY: all lib examples run test lint header install clean
+.PHONY: all lib examples run test lint doc header install clean
 
 all: lib examples
 
@@ -44,14 +45,19 @@ $(EX)/mario_client: $(EX)/mario_client.c
 run: all
 	cd $(EX) && ./maritcp -f
 
+# `harness`: the fuzz-corpus replay and the idle_table bench need the test
+# harnesses (src/harness/), which the shipped library never contains.
 test: lint all ctests
-	$(CARGO) test --all-targets -- --test-threads=4
+	$(CARGO) test --all-targets --features harness -- --test-threads=4
 	$(CARGO) test -p mario-bench -p tokio-peer
 	$(CARGO) test --doc
 
-lint:
+lint: doc
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features mario/harness -- -D warnings
+
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib
 
 header:
 	MARIO_WRITE_HEADER=1 $(CARGO) build --lib

@@ -54,7 +54,7 @@ fn main() {
     let heap0 = LIVE.load(Ordering::Relaxed);
     let rss0 = rss_kib();
     let t0 = Instant::now();
-    let mut table = mario::sim::IdleTable::new(rt);
+    let mut table = mario::harness::sim::IdleTable::new(rt);
     // Connections arrive over the first `rt` seconds, as on a live server.
     let per_tick = n.div_ceil(rt as usize);
     let mut opened = 0;

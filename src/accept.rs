@@ -19,17 +19,24 @@
 //! least loaded worker gets it through its queue. So workers stay within
 //! about 3 % of each other, and under load most connections never change
 //! thread (strict round robin hands every other connection across).
+//!
+//! [`Placement`] is the decision (and the counts it keeps), without
+//! sockets; [`Listener`] is the listening socket, the accept loop and what
+//! it does with a placement (logging, refusing, the spare descriptor).
+//!
+//! Uses: mailbox (each worker's count and hand-off queue), sys, sync.
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::Token;
 
+use crate::mailbox::Mailbox;
+use crate::sync::{AtomicU32, AtomicUsize};
 use crate::sys::{self, Accepted, SpareFd};
-use crate::worker::WorkerShared;
 
 /// Below this many connections held, placement is exactly round robin;
 /// above it the accepting worker keeps a connection unless it is ahead of
@@ -47,13 +54,11 @@ pub(crate) const RETRY: Duration = Duration::from_millis(20);
 /// The listening socket and the placement state every worker shares.
 pub(crate) struct Listener {
     fd: RawFd,
-    workers: Vec<Arc<WorkerShared>>,
-    cap: u32,
-    /// The C record's `conn_count` (connections accepted so far).
+    placement: Placement,
+    /// Counts a connection accepted and placed (the C record's
+    /// `conn_count`).
     accepted: Box<dyn Fn() + Send + Sync>,
     closing: AtomicBool,
-    /// Round-robin turn, used while the server is small.
-    rr: AtomicUsize,
     spare: Mutex<SpareFd>,
     fd_log: Mutex<Option<Instant>>,
     busy_log: Mutex<(Option<Instant>, u64)>,
@@ -72,19 +77,19 @@ pub(crate) enum Drained {
 }
 
 impl Listener {
+    /// The listener on socket `fd`, placing connections on `workers`
+    /// (at most `cap` each) and calling `accepted` for each one placed.
     pub(crate) fn new(
         fd: RawFd,
-        workers: Vec<Arc<WorkerShared>>,
+        workers: Vec<Arc<Mailbox>>,
         cap: u32,
         accepted: Box<dyn Fn() + Send + Sync>,
     ) -> Listener {
         Listener {
             fd,
-            workers,
-            cap,
+            placement: Placement::new(workers, cap),
             accepted,
             closing: AtomicBool::new(false),
-            rr: AtomicUsize::new(0),
             spare: Mutex::new(SpareFd::new()),
             fd_log: Mutex::new(None),
             busy_log: Mutex::new((None, 0)),
@@ -165,9 +170,79 @@ impl Listener {
         Drained::More
     }
 
-    /// Chooses the worker for a new connection. Returns it back if `me`
+    /// Places a connection accepted by worker `me`. Returns it back if `me`
     /// keeps it; otherwise it has been handed over or refused.
     fn place(&self, me: usize, a: Accepted) -> Option<Accepted> {
+        match self.placement.place(me, a) {
+            Placed::Keep(a) => {
+                (self.accepted)();
+                Some(a)
+            }
+            Placed::Handed(_) => {
+                (self.accepted)();
+                None
+            }
+            Placed::Refused(a) => {
+                let mut busy = self.busy_log.lock().unwrap_or_else(|e| e.into_inner());
+                busy.1 += 1;
+                if busy.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    log::error!("workers are too busy! ({} connection(s) refused)", busy.1);
+                    *busy = (Some(Instant::now()), 0);
+                }
+                drop(busy);
+                sys::close_reset(a.fd);
+                None
+            }
+        }
+    }
+
+    /// After every worker has stopped: resets connections still waiting in
+    /// hand-off queues.
+    pub(crate) fn drain_queues(&self) {
+        for w in &self.placement.workers {
+            while let Some(a) = w.accept_q.pop() {
+                sys::close_reset(a.fd);
+                w.count.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// Where a new connection went.
+#[derive(Debug)]
+pub(crate) enum Placed {
+    /// The accepting worker keeps it (its count already includes it).
+    Keep(Accepted),
+    /// Handed to this worker through its queue (counted, worker notified).
+    #[cfg_attr(not(test), allow(dead_code))] // which worker: read by the tests
+    Handed(usize),
+    /// Every worker is full (or its queue is): refuse it.
+    Refused(Accepted),
+}
+
+/// The placement policy and the per-worker counts it keeps (see the module
+/// docs). Shared by every worker; lock-free.
+pub(crate) struct Placement {
+    workers: Vec<Arc<Mailbox>>,
+    /// Most connections one worker may hold.
+    cap: u32,
+    /// Round-robin turn, used while the server is small.
+    rr: AtomicUsize,
+}
+
+impl Placement {
+    /// A placement over `workers`, each holding at most `cap`.
+    pub(crate) fn new(workers: Vec<Arc<Mailbox>>, cap: u32) -> Placement {
+        Placement {
+            workers,
+            cap,
+            rr: AtomicUsize::new(0),
+        }
+    }
+
+    /// Chooses the worker for a connection accepted by worker `me` and
+    /// takes its place in that worker's count.
+    pub(crate) fn place(&self, me: usize, a: Accepted) -> Placed {
         let n = self.workers.len();
         let count = |i: usize| self.workers[i].count.load(Ordering::Acquire);
         let mine = count(me);
@@ -186,8 +261,7 @@ impl Listener {
         } else if mine <= least_count.saturating_add(total / SMALL)
             && reserve(&self.workers[me].count, self.cap)
         {
-            (self.accepted)();
-            return Some(a);
+            return Placed::Keep(a);
         }
         // Hand it over: the least loaded worker first, then any with room.
         let mut a = a;
@@ -198,14 +272,12 @@ impl Listener {
                 continue;
             }
             if i == me {
-                (self.accepted)();
-                return Some(a);
+                return Placed::Keep(a);
             }
             match w.accept_q.push(a) {
                 Ok(()) => {
                     w.notify();
-                    (self.accepted)();
-                    return None;
+                    return Placed::Handed(i);
                 }
                 Err(back) => {
                     // Hand-off queue full: try the next worker.
@@ -214,26 +286,7 @@ impl Listener {
                 }
             }
         }
-        let mut busy = self.busy_log.lock().unwrap_or_else(|e| e.into_inner());
-        busy.1 += 1;
-        if busy.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            log::error!("workers are too busy! ({} connection(s) refused)", busy.1);
-            *busy = (Some(Instant::now()), 0);
-        }
-        drop(busy);
-        sys::close_reset(a.fd);
-        None
-    }
-
-    /// After every worker has stopped: resets connections still waiting in
-    /// hand-off queues.
-    pub(crate) fn drain_queues(&self) {
-        for w in &self.workers {
-            while let Some(a) = w.accept_q.pop() {
-                sys::close_reset(a.fd);
-                w.count.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
+        Placed::Refused(a)
     }
 }
 
@@ -244,4 +297,114 @@ fn reserve(count: &AtomicU32, cap: u32) -> bool {
         return false;
     }
     true
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::mailbox::Wake;
+
+    struct NoWake;
+    impl Wake for NoWake {
+        fn wake(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn placement(n: usize, cap: u32) -> Placement {
+        let workers = (0..n)
+            .map(|i| Arc::new(Mailbox::new(i, Box::new(NoWake))))
+            .collect();
+        Placement::new(workers, cap)
+    }
+
+    /// A stand-in for an accepted socket (never used as a descriptor).
+    fn conn(k: i32) -> Accepted {
+        Accepted {
+            fd: 1000 + k,
+            ip: 0,
+            port: 0,
+        }
+    }
+
+    fn counts(p: &Placement) -> Vec<u32> {
+        p.workers
+            .iter()
+            .map(|w| w.count.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Places like a server whose workers take what is handed to them.
+    fn place_and_take(p: &Placement, me: usize, k: i32) -> usize {
+        match p.place(me, conn(k)) {
+            Placed::Keep(_) => me,
+            Placed::Handed(i) => {
+                assert_eq!(p.workers[i].accept_q.pop().map(|a| a.fd), Some(1000 + k));
+                i
+            }
+            Placed::Refused(a) => panic!("connection {} refused", a.fd),
+        }
+    }
+
+    #[test]
+    fn a_small_server_places_round_robin_whoever_accepts() {
+        let p = placement(3, 100);
+        let got: Vec<usize> = (0..9).map(|k| place_and_take(&p, 0, k)).collect();
+        assert_eq!(got, vec![0, 1, 2, 0, 1, 2, 0, 1, 2]);
+        assert_eq!(counts(&p), vec![3, 3, 3]);
+    }
+
+    #[test]
+    fn a_large_server_keeps_connections_where_accepted_within_one_32nd() {
+        let p = placement(2, 100_000);
+        // Worker 0 accepts everything: it keeps a connection while it is
+        // at most total/32 ahead of worker 1, else hands it over.
+        let mut kept = 0;
+        for k in 0..3200 {
+            if place_and_take(&p, 0, k) == 0 {
+                kept += 1;
+            }
+            let c = counts(&p);
+            let total = c[0] + c[1];
+            if total >= SMALL {
+                assert!(c[0] <= c[1] + total / SMALL + 1, "{c:?} after {k}");
+            }
+        }
+        let c = counts(&p);
+        assert_eq!(c[0] + c[1], 3200);
+        assert!(kept > 1600, "the accepting worker kept only {kept}");
+    }
+
+    #[test]
+    fn the_cap_holds_and_a_full_server_refuses() {
+        let p = placement(2, 2);
+        for k in 0..4 {
+            place_and_take(&p, k as usize % 2, k);
+        }
+        assert_eq!(counts(&p), vec![2, 2]);
+        assert!(matches!(p.place(0, conn(9)), Placed::Refused(a) if a.fd == 1009));
+        assert_eq!(counts(&p), vec![2, 2], "a refusal takes no place");
+        // A place freed on worker 1 is used even when worker 0 accepts.
+        p.workers[1].count.fetch_sub(1, Ordering::AcqRel);
+        assert_eq!(place_and_take(&p, 0, 10), 1);
+    }
+
+    #[test]
+    fn a_full_hand_off_queue_gives_the_place_back() {
+        let p = placement(2, 100_000);
+        // Fill worker 1's queue without taking from it.
+        let mut k = 0;
+        while p.workers[1].accept_q.len() < p.workers[1].accept_q.capacity() {
+            let _ = p.place(0, conn(k));
+            k += 1;
+        }
+        let before = counts(&p);
+        // Worker 0 is now far ahead: it must hand over, the queue is full,
+        // so it keeps the connection itself rather than lose it.
+        p.workers[0].count.fetch_add(10_000, Ordering::AcqRel);
+        assert!(matches!(p.place(0, conn(k)), Placed::Keep(_)));
+        let after = counts(&p);
+        assert_eq!(after[1], before[1], "worker 1's place was given back");
+        assert_eq!(after[0], before[0] + 10_001);
+    }
 }

@@ -8,8 +8,8 @@
 //! The same core serves two kinds of application:
 //!
 //! * **C applications** written for MarioTCP 0.9.9 compile unchanged against
-//!   `include/mario/mario.h` and link `libmario.a` (see [`ffi`] and the
-//!   README).
+//!   `include/mario/mario.h` and link `libmario.a` (see [`ffi`] and
+//!   docs/C-API.md).
 //! * **Rust programs** use [`Server::builder`] with closures, and no
 //!   `unsafe`:
 //!
@@ -34,28 +34,58 @@
 //! });
 //! server.run().expect("run");
 //! ```
+//!
+//! # Module map
+//!
+//! From the bottom up; a module uses only modules of lower layers (each
+//! file's first lines say what it may use, and `tests/layering.rs` fails
+//! the build when a module reaches above itself). docs/ARCHITECTURE.md
+//! tells the same story with the data path and the threads.
+//!
+//! | layer | module | holds |
+//! |---|---|---|
+//! | 0 leaves | `sys` | the socket system calls, on raw descriptors |
+//! | | [`proto`] | the `HEAD` frame: parse, check, scan, carry a partial packet |
+//! | | `wheel` | a hashed timing wheel with one-second ticks |
+//! | | `sync` | std atomics, or loom's under `--cfg loom` |
+//! | | [`logq`] | log rings, the log thread, the `log` crate sink |
+//! | 1 records | `records` | the C `WORKER`, `WORKER_ARRAY`, `SERVER` records |
+//! | 2 connections | `conn` | [`Conn`], [`ConnId`], a worker's connection table, the input path |
+//! | 3 contract | `service` | [`Config`], [`Verdict`], the `Service` callbacks |
+//! | | `mailbox` | what other threads hand a worker; the wake-up protocol |
+//! | 4 placement | `accept` | the shared listener, accepting, placement across workers |
+//! | 5 reactor | `worker` | the event loop; output, closing, callbacks |
+//! | 6 server | `server` | start-up, stop, the `ConnId` registry ([`send_to`], [`close_id`]) |
+//! | 7 front ends | `api` | the Rust API: [`Server`], [`ServerBuilder`], [`Packet`] |
+//! | | [`ffi`] | the C ABI of MarioTCP 0.9.9 |
+//! | 8 harnesses | `harness` | fuzz and benchmark harnesses (feature `harness` only) |
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod accept;
+mod api;
 mod conn;
 pub mod ffi;
+#[cfg(feature = "harness")]
 #[doc(hidden)]
-pub mod fuzzing;
-mod layout;
+pub mod harness;
 pub mod logq;
+mod mailbox;
 pub mod proto;
+mod records;
 mod server;
-#[doc(hidden)]
-pub mod sim;
+mod service;
+mod sync;
 mod sys;
 mod wheel;
 mod worker;
 
+pub use api::{Packet, Server, ServerBuilder, StopHandle};
 pub use conn::{Conn, ConnId};
 pub use proto::{
     AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Head, MAX_PKG_LEN, SIZE_OF_HEAD,
 };
-pub use server::{
-    Config, DEFAULT_OUTPUT_LIMIT, Packet, Server, ServerBuilder, StopHandle, Verdict, close_id, send_to,
-};
+pub use server::{close_id, send_to};
+pub use service::{Config, DEFAULT_OUTPUT_LIMIT, Verdict};

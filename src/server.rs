@@ -1,90 +1,26 @@
-//! The server: configuration, startup, worker threads, stop, and
-//! the registry that lets any thread reach a connection by its [`ConnId`].
+//! The server: start-up, worker threads, stop, and the registry that lets
+//! any thread reach a connection by its [`ConnId`] (`send_to`, `close_id`).
+//!
+//! Uses: worker, accept, mailbox, service, conn, records, logq, sys.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mio::{Events, Poll, Token, Waker};
+use mio::Poll;
 
 use crate::accept::Listener;
-use crate::conn::{Conn, ConnId, MAX_SERVERS, MAX_WORKERS};
-use crate::layout::CRecords;
+use crate::conn::ConnId;
+use crate::conn::id::{MAX_SERVERS, MAX_WORKERS};
 use crate::logq::{self, LogQueue};
-use crate::proto::{DEFAULT_STX, Head};
+use crate::mailbox::{Cmd, Mailbox};
+use crate::records::CRecords;
+use crate::service::{Config, Service};
 use crate::sys;
-use crate::worker::{self, Cmd, Ctx, Worker, WorkerShared};
-
-/// Server settings.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// TCP port on `0.0.0.0`; 0 picks a free port (see [`Server::port`]).
-    pub port: u16,
-    /// Worker threads (at least 1).
-    pub workers: u16,
-    /// Most connections one worker holds (a cap, not a preallocation).
-    pub conns_per_worker: u32,
-    /// Seconds without a byte read before a connection times out; 0: never.
-    pub read_timeout: u32,
-    /// Seconds pending output may go without progress; 0: never.
-    pub write_timeout: u32,
-    /// The magic every packet head must carry.
-    pub stx: u32,
-    /// Most bytes of output one connection may have pending; past it the
-    /// connection is closed as an error.
-    pub output_limit: usize,
-    /// `listen(2)` backlog.
-    pub backlog: i32,
-}
-
-/// Default per-connection output cap: 4 MiB.
-pub const DEFAULT_OUTPUT_LIMIT: usize = 4 << 20;
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            port: 0,
-            workers: 2,
-            conns_per_worker: 1024,
-            read_timeout: 300,
-            write_timeout: 300,
-            stx: DEFAULT_STX,
-            output_limit: DEFAULT_OUTPUT_LIMIT,
-            backlog: 4096,
-        }
-    }
-}
-
-/// What the server does after a packet callback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Go on with the next packet.
-    Continue,
-    /// Stop serving this connection: it is closed as an error (unless the
-    /// callback closed it already).
-    Stop,
-    /// No handler for this id: a warning is logged and the connection is
-    /// closed as `closed`.
-    NoHandler,
-}
-
-/// The callbacks a server runs, all on the connection's worker thread.
-///
-/// They get the connection as a raw pointer: the worker holds no Rust
-/// reference to it while a callback runs, so a callback (C code in
-/// particular) may reach the same connection again through the library.
-pub(crate) trait Service: Send + Sync + 'static {
-    /// A new connection, before any packet.
-    fn connected(&self, ctx: &Ctx, c: *mut Conn);
-    /// One complete, well-formed packet: `pkt` is the whole frame (head
-    /// included), also reachable as the C `in_buf`.
-    fn packet(&self, ctx: &Ctx, c: *mut Conn, head: Head, pkt: &mut [u8]) -> Verdict;
-    /// The connection is closing for `reason`; runs exactly once.
-    fn closed(&self, ctx: &Ctx, c: *mut Conn, reason: u16);
-}
+use crate::worker::{self, Worker};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RunState {
@@ -93,26 +29,35 @@ enum RunState {
     Stopped,
 }
 
+/// Where a server is in its life, under one lock: `run` waits on it for a
+/// stop request, `stop` waits on it for the end of `run`.
+struct Lifecycle {
+    state: RunState,
+    /// A stop was asked for (before or during `run`).
+    stop: bool,
+}
+
 /// A server as every thread sees it.
 pub(crate) struct ServerShared {
+    /// Index in the process-wide registry (the server field of a `ConnId`).
     pub id: usize,
     cfg: Mutex<Config>,
     service: Arc<dyn Service>,
-    pub workers: Vec<Arc<WorkerShared>>,
+    /// One mailbox per worker.
+    pub workers: Vec<Arc<Mailbox>>,
     polls: Mutex<Vec<Option<Poll>>>,
+    /// The C records (`SERVER`, `WORKER_ARRAY`).
     pub records: CRecords,
-    run: Mutex<RunState>,
-    ran: Condvar,
-    stop: AtomicBool,
-    /// The thread in `run` (it sleeps until a stop) and how to wake it.
-    runner: Mutex<Option<(Arc<Waker>, std::thread::ThreadId)>>,
+    life: Mutex<Lifecycle>,
+    changed: Condvar,
 }
 
 /// Servers by id, for [`ConnId`] lookups from any thread.
 static REGISTRY: RwLock<Vec<Weak<ServerShared>>> = RwLock::new(Vec::new());
 
-/// Finds the worker that owns `id`, if its server still exists.
-pub(crate) fn worker_of(id: ConnId) -> Option<Arc<WorkerShared>> {
+/// Finds the mailbox of the worker that owns `id`, if its server still
+/// exists.
+fn worker_of(id: ConnId) -> Option<Arc<Mailbox>> {
     let reg = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
     let s = reg.get(id.server())?.upgrade()?;
     s.workers.get(id.worker()).cloned()
@@ -129,7 +74,7 @@ pub fn send_to(id: ConnId, data: &[u8]) -> bool {
             ctx.defer(Cmd::Write(id, data.to_vec()));
             return true;
         }
-        ctx.lookup(id).map(|p| ctx.append(p, data)).unwrap_or(false)
+        ctx.lookup(id).is_some_and(|p| ctx.append(p, data))
     }) {
         return r;
     }
@@ -196,10 +141,11 @@ impl ServerShared {
             workers,
             polls: Mutex::new(polls),
             records,
-            run: Mutex::new(RunState::Idle),
-            ran: Condvar::new(),
-            stop: AtomicBool::new(false),
-            runner: Mutex::new(None),
+            life: Mutex::new(Lifecycle {
+                state: RunState::Idle,
+                stop: false,
+            }),
+            changed: Condvar::new(),
         });
         reg[id] = Arc::downgrade(&s);
         drop(reg);
@@ -210,16 +156,29 @@ impl ServerShared {
         unsafe {
             (*cs).port = i32::from(s.config().port);
             (*cs).qlog = LogQueue::create();
-            (*cs).mario = Arc::as_ptr(&s);
-            for (i, w) in s.workers.iter().enumerate() {
+            (*cs).mario = Arc::as_ptr(&s).cast();
+            for i in 0..s.workers.len() {
                 let cw = s.records.worker(i);
                 (*cw).ind = i as u16;
                 (*cw).qlog = LogQueue::create();
                 (*cw).server = cs;
-                (*cw).mario = Arc::as_ptr(w);
             }
         }
         Ok(s)
+    }
+
+    /// True once the server listens (its `server_fd` is set).
+    pub(crate) fn listening(&self) -> bool {
+        // SAFETY: reading an atomic field of our own live record.
+        unsafe { (*self.records.server).server_fd.load(Ordering::Acquire) >= 0 }
+    }
+
+    /// Connections currently held, per worker.
+    pub(crate) fn connections(&self) -> Vec<u32> {
+        self.workers
+            .iter()
+            .map(|w| w.count.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// A copy of the current settings.
@@ -237,24 +196,25 @@ impl ServerShared {
     /// (each gets its close callback) and joins the workers.
     pub(crate) fn run(self: &Arc<Self>) -> io::Result<()> {
         {
-            let mut st = self.run.lock().unwrap_or_else(|e| e.into_inner());
-            if *st != RunState::Idle {
+            let mut life = self.life();
+            if life.state != RunState::Idle {
                 return Err(io::Error::other("server already started"));
             }
-            *st = RunState::Running;
+            life.state = RunState::Running;
         }
         let r = self.serve();
-        *self.run.lock().unwrap_or_else(|e| e.into_inner()) = RunState::Stopped;
-        self.ran.notify_all();
+        self.life().state = RunState::Stopped;
+        self.changed.notify_all();
         r
+    }
+
+    fn life(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
+        self.life.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn serve(self: &Arc<Self>) -> io::Result<()> {
         let cfg = self.config();
-        let mut poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), Token(1))?);
-        *self.runner.lock().unwrap_or_else(|e| e.into_inner()) = Some((waker, std::thread::current().id()));
-        if self.stop.load(Ordering::SeqCst) {
+        if self.life().stop {
             return Ok(());
         }
         let (lfd, port) = sys::listen_v4(cfg.port, cfg.backlog)
@@ -308,15 +268,11 @@ impl ServerShared {
             return Err(e);
         }
         // The workers accept (see `accept`); this thread waits for a stop.
-        let mut events = Events::with_capacity(4);
-        while !self.stop.load(Ordering::SeqCst) {
-            if let Err(e) = poll.poll(&mut events, None)
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                log::error!("server poll: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        let mut life = self.life();
+        while !life.stop {
+            life = self.changed.wait(life).unwrap_or_else(|e| e.into_inner());
         }
+        drop(life);
         listener.close();
         self.stop_workers(threads);
         listener.drain_queues();
@@ -389,27 +345,22 @@ impl ServerShared {
         }
     }
 
-    /// Asks the server to stop. From a thread that is neither the one in
-    /// `run` nor one of the workers it waits until the server has stopped.
+    /// Asks the server to stop. From a thread that is not one of the
+    /// server's workers it waits until the server has stopped (if it runs).
     pub(crate) fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let acc = self.runner.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some((w, tid)) = &acc {
-            let _ = w.wake();
-            if *tid == std::thread::current().id() {
-                return;
-            }
-        }
+        let mut life = self.life();
+        life.stop = true;
+        self.changed.notify_all();
         if self
             .workers
             .iter()
             .any(|w| worker::on_worker(self.id, w.index, |_| ()).is_some())
         {
+            // A worker waiting for the workers to stop would wait forever.
             return;
         }
-        let mut st = self.run.lock().unwrap_or_else(|e| e.into_inner());
-        while *st == RunState::Running {
-            st = self.ran.wait(st).unwrap_or_else(|e| e.into_inner());
+        while life.state == RunState::Running {
+            life = self.changed.wait(life).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
@@ -418,247 +369,3 @@ struct SendPtr(Box<Worker>);
 // SAFETY: the worker is built on the starting thread and moved once into
 // its own thread, which is from then on its only user.
 unsafe impl Send for SendPtr {}
-
-// ---------------------------------------------------------------------------
-// The Rust API
-// ---------------------------------------------------------------------------
-
-type PacketFn = dyn Fn(&mut Conn, Packet<'_>) -> Verdict + Send + Sync;
-type ConnFn = dyn Fn(&mut Conn) + Send + Sync;
-type CloseFn = dyn Fn(&mut Conn, u16) + Send + Sync;
-/// 256 handler slots of one id page.
-type Page = Box<[Option<Arc<PacketFn>>]>;
-
-/// A packet as handed to a Rust handler.
-pub struct Packet<'a> {
-    head: Head,
-    bytes: &'a mut [u8],
-}
-
-impl Packet<'_> {
-    /// The decoded head.
-    pub fn head(&self) -> Head {
-        self.head
-    }
-    /// The packet id.
-    pub fn id(&self) -> u16 {
-        self.head.akg_id
-    }
-    /// The body (after the 8-byte head).
-    pub fn body(&self) -> &[u8] {
-        &self.bytes[crate::proto::SIZE_OF_HEAD..]
-    }
-    /// The whole frame, head included.
-    pub fn bytes(&self) -> &[u8] {
-        self.bytes
-    }
-}
-
-/// Handlers in a two-level table indexed by packet id (256 pages of 256),
-/// so lookups are two loads and unused ranges cost nothing.
-struct Handlers {
-    pages: Vec<Option<Page>>,
-    connected: Option<Arc<ConnFn>>,
-    closed: Option<Arc<CloseFn>>,
-}
-
-impl Handlers {
-    /// Runs a Rust callback with `&mut Conn`. While it runs, operations on
-    /// the same connection by id (`send_to`, `close_id`) are deferred until
-    /// it returns, so no second reference to the connection is ever made.
-    fn with_conn<R>(ctx: &Ctx, c: *mut Conn, f: impl FnOnce(&mut Conn) -> R) -> R {
-        // SAFETY: `c` is a live slab pointer, or derived from the `&mut` of
-        // an enclosing callback that is not in use while this one runs.
-        let slot = unsafe { (*c).ind };
-        let prev = ctx.enter(slot);
-        // SAFETY: as above; the worker holds no reference during callbacks.
-        let r = f(unsafe { &mut *c });
-        ctx.leave(prev);
-        r
-    }
-}
-
-impl Service for Handlers {
-    fn connected(&self, ctx: &Ctx, c: *mut Conn) {
-        if let Some(f) = &self.connected {
-            Handlers::with_conn(ctx, c, |c| f(c))
-        }
-    }
-    fn packet(&self, ctx: &Ctx, c: *mut Conn, head: Head, pkt: &mut [u8]) -> Verdict {
-        let id = head.akg_id as usize;
-        match self.pages[id >> 8].as_ref().and_then(|p| p[id & 0xff].as_ref()) {
-            Some(f) => Handlers::with_conn(ctx, c, |c| f(c, Packet { head, bytes: pkt })),
-            None => Verdict::NoHandler,
-        }
-    }
-    fn closed(&self, ctx: &Ctx, c: *mut Conn, reason: u16) {
-        if let Some(f) = &self.closed {
-            Handlers::with_conn(ctx, c, |c| f(c, reason))
-        }
-    }
-}
-
-/// Builds a [`Server`] from settings and handler closures.
-///
-/// ```no_run
-/// use mario::{Server, Verdict};
-/// let server = Server::builder()
-///     .port(8082)
-///     .workers(2)
-///     .stx(0x8eb6_9af7)
-///     .on_packet(0x6101, |conn, pkt| {
-///         conn.send_packet(pkt.id(), &[]);
-///         Verdict::Continue
-///     })
-///     .build()
-///     .unwrap();
-/// server.run().unwrap();
-/// ```
-pub struct ServerBuilder {
-    cfg: Config,
-    handlers: Handlers,
-}
-
-impl ServerBuilder {
-    /// Port to listen on (0: any free port).
-    pub fn port(mut self, port: u16) -> Self {
-        self.cfg.port = port;
-        self
-    }
-    /// Number of worker threads.
-    pub fn workers(mut self, n: u16) -> Self {
-        self.cfg.workers = n;
-        self
-    }
-    /// Most connections per worker.
-    pub fn conns_per_worker(mut self, n: u32) -> Self {
-        self.cfg.conns_per_worker = n;
-        self
-    }
-    /// Read timeout in seconds (0 disables).
-    pub fn read_timeout(mut self, secs: u32) -> Self {
-        self.cfg.read_timeout = secs;
-        self
-    }
-    /// Write timeout in seconds (0 disables).
-    pub fn write_timeout(mut self, secs: u32) -> Self {
-        self.cfg.write_timeout = secs;
-        self
-    }
-    /// The magic packets must carry.
-    pub fn stx(mut self, stx: u32) -> Self {
-        self.cfg.stx = stx;
-        self
-    }
-    /// Per-connection cap on pending output, in bytes.
-    pub fn output_limit(mut self, bytes: usize) -> Self {
-        self.cfg.output_limit = bytes;
-        self
-    }
-    /// Handler for packet id `id` (ids `0xfffc..` are reserved and
-    /// ignored). Return [`Verdict::Continue`] to go on.
-    pub fn on_packet(
-        mut self,
-        id: u16,
-        f: impl Fn(&mut Conn, Packet<'_>) -> Verdict + Send + Sync + 'static,
-    ) -> Self {
-        let page =
-            self.handlers.pages[(id >> 8) as usize].get_or_insert_with(|| (0..256).map(|_| None).collect());
-        page[(id & 0xff) as usize] = Some(Arc::new(f));
-        self
-    }
-    /// Called on each new connection, on its worker, before any packet.
-    pub fn on_connect(mut self, f: impl Fn(&mut Conn) + Send + Sync + 'static) -> Self {
-        self.handlers.connected = Some(Arc::new(f));
-        self
-    }
-    /// Called once per connection when it closes, with the reason
-    /// ([`crate::AKG_TIMEOUT`], [`crate::AKG_CLOSED`], [`crate::AKG_ERROR`] or
-    /// the id given to [`Conn::close`]).
-    pub fn on_close(mut self, f: impl Fn(&mut Conn, u16) + Send + Sync + 'static) -> Self {
-        self.handlers.closed = Some(Arc::new(f));
-        self
-    }
-    /// Creates the server (nothing listens until [`Server::run`]).
-    pub fn build(self) -> io::Result<Server> {
-        Ok(Server {
-            inner: ServerShared::new(self.cfg, Arc::new(self.handlers))?,
-        })
-    }
-}
-
-/// A server built from Rust. Run it with [`Server::run`] on a thread of
-/// your choice; stop it from anywhere with a [`StopHandle`].
-pub struct Server {
-    inner: Arc<ServerShared>,
-}
-
-impl Server {
-    /// A builder with the defaults of [`Config`].
-    pub fn builder() -> ServerBuilder {
-        ServerBuilder {
-            cfg: Config::default(),
-            handlers: Handlers {
-                pages: (0..256).map(|_| None).collect(),
-                connected: None,
-                closed: None,
-            },
-        }
-    }
-
-    /// Binds and serves until stopped. Returns once every connection is
-    /// closed and every worker has exited.
-    pub fn run(&self) -> io::Result<()> {
-        self.inner.run()
-    }
-
-    /// The port: the one configured, or the one bound once running.
-    pub fn port(&self) -> u16 {
-        self.inner.config().port
-    }
-
-    /// Waits up to `timeout` for the server to be listening and returns
-    /// its port.
-    pub fn wait_listening(&self, timeout: Duration) -> Option<u16> {
-        let t0 = Instant::now();
-        while t0.elapsed() < timeout {
-            // SAFETY: reading a field of our own live record.
-            if unsafe { (*self.inner.records.server).server_fd.load(Ordering::Acquire) } >= 0 {
-                return Some(self.port());
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        None
-    }
-
-    /// A handle that stops the server from any thread.
-    pub fn stop_handle(&self) -> StopHandle {
-        StopHandle {
-            inner: self.inner.clone(),
-        }
-    }
-
-    /// Connections currently open, per worker.
-    pub fn connections(&self) -> Vec<u32> {
-        self.inner
-            .workers
-            .iter()
-            .map(|w| w.count.load(Ordering::Relaxed))
-            .collect()
-    }
-}
-
-/// Stops a server from any thread (see [`StopHandle::stop`]).
-#[derive(Clone)]
-pub struct StopHandle {
-    inner: Arc<ServerShared>,
-}
-
-impl StopHandle {
-    /// Stops accepting, closes every connection (each close callback runs
-    /// once) and, unless called from one of the server's own threads, waits
-    /// until the workers have exited.
-    pub fn stop(&self) {
-        self.inner.stop()
-    }
-}

@@ -133,7 +133,7 @@ pub(crate) fn shutdown_write(fd: RawFd) {
 
 /// An accepted client: descriptor, IPv4 address and port, both in network
 /// byte order (as the C `CONN.cip` / `CONN.cport` fields want them).
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Accepted {
     pub fd: RawFd,
     pub ip: u32,

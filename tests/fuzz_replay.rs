@@ -1,6 +1,6 @@
 //! Replays the committed fuzz corpus (`fuzz/corpus/<target>/*`) through the
 //! same harnesses the nightly `cargo fuzz` targets call
-//! (`mario::fuzzing::{frames, ops}`), on stable. `make fuzz` grows and
+//! (`mario::harness::fuzzing::{frames, ops}`), on stable. `make fuzz` grows and
 //! minimizes that corpus.
 
 use std::path::{Path, PathBuf};
@@ -36,10 +36,10 @@ fn replay(target: &str, harness: fn(&[u8])) {
 
 #[test]
 fn frames_corpus() {
-    replay("frames", mario::fuzzing::frames);
+    replay("frames", mario::harness::fuzzing::frames);
 }
 
 #[test]
 fn ops_corpus() {
-    replay("ops", mario::fuzzing::ops);
+    replay("ops", mario::harness::fuzzing::ops);
 }

@@ -153,7 +153,6 @@ struct _WORKER {
     uint16 ind;                 /* worker index */
     LOG_QUEUE *qlog;            /* this worker's log queue */
     SERVER *server;
-    void *mario_private;
 };
 
 typedef struct _WORKER_ARRAY {
@@ -170,7 +169,7 @@ struct _SERVER {
     LOG_QUEUE *qlog;
     int ret;
     uint64 conn_count;          /* connections accepted */
-    void *mario_private;
+    void *mario_private;        /* libmario's own: do not touch */
 };
 
 /* ---- mario_akg.h ------------------------------------------------------ */
@@ -221,12 +220,16 @@ extern const uint16 g_akg_closed_id;
 extern const uint16 g_akg_error_id;
 
 /*
- The registered packet magic (`DEFAULT_STX` until `regist_stx`).
+ The registered packet magic (`DEFAULT_STX` until `regist_stx`). The
+ library reads and writes it atomically; C code should only read it.
  */
 extern uint32 g_stx;
 
 /*
- The handler table, indexable by any `uint16`.
+ The handler table, indexable by any `uint16`. The library reads and
+ writes its entries atomically; C code registers with the `regist_*`
+ functions (writing an entry directly while a server runs is a data race
+ of the application's).
  */
 extern FUNC_PTR AKG_FUNC[65536];
 
@@ -234,8 +237,9 @@ extern FUNC_PTR AKG_FUNC[65536];
  Creates a server for `port` with `workernum` worker threads of at most
  `connnum` connections each, closing connections idle for `read_timeout`
  seconds or whose output makes no progress for `write_timeout` seconds
- (0 disables either). Nothing listens until `start_server`. Returns NULL
- (with a message on stderr) on bad arguments or failure.
+ (0 or less disables either). Nothing listens until `start_server`.
+ Returns NULL (with a message on stderr) on bad arguments or failure.
+ The server lives for the rest of the process.
  */
 SERVER *init_server(int port,
                     uint16 workernum,
@@ -245,47 +249,75 @@ SERVER *init_server(int port,
 
 /*
  Binds `0.0.0.0:port`, starts the workers, prints
- `--------------start server ok--------------` and accepts connections on
- the calling thread until `mario_stop_server`. Returns `(void *)0` after
- a stop, `(void *)-1` if the server cannot start.
+ `--------------start server ok--------------` and blocks the calling
+ thread until `mario_stop_server`. Returns `(void *)0` after a stop,
+ `(void *)-1` if the server cannot start (or `arg` is not a server).
+
+ # Safety
+
+ `arg` is NULL or a `SERVER *` returned by `init_server`.
  */
 void *start_server(void *arg);
 
 /*
  Stops a server started with `start_server`: stops accepting, closes
  every connection (each close callback runs once), joins the workers;
- `start_server` then returns `(void *)0`. Waits for all that unless
- called from one of the server's own threads. Safe from any thread; a
- call before `start_server` makes it return at once.
+ `start_server` then returns `(void *)0`. From any thread but one of the
+ server's workers it waits for all that; from a worker (inside a
+ handler) it only asks. A call before `start_server` makes it return at
+ once. Not async-signal-safe: call it from a thread (e.g. one blocked in
+ `sigwait`), not from a signal handler.
+
+ # Safety
+
+ `s` is NULL (ignored) or a `SERVER *` returned by `init_server`.
  */
 void mario_stop_server(SERVER *s);
 
 /*
- Sets the cap on a connection's pending output (default 4 MiB); over it
- the connection is closed as an error. Takes effect at `start_server`.
+ Sets the cap on a connection's pending output, in bytes (default 4 MiB,
+ at least 1); over it the connection is closed as an error. Takes effect
+ at `start_server`.
+
+ # Safety
+
+ `s` is NULL (ignored) or a `SERVER *` returned by `init_server`.
  */
 void mario_set_output_limit(SERVER *s, size_t bytes);
 
 /*
  Closes `c`: sets `c->err_type = akg_id`, calls `AKG_FUNC[akg_id](c)` if
  set, closes the socket and frees the slot. Runs the callback at most
- once per connection (a second call is a no-op). From a thread other than
- the connection's worker, the close is handed to that worker.
+ once per connection (a second call is a no-op). On the connection's
+ worker (inside a handler) it happens at once; from any other thread the
+ close is handed to that worker, and a connection that has closed
+ meanwhile is left alone.
+
+ # Safety
+
+ `c` is NULL (ignored) or a `CONN *` the library handed to a callback.
  */
 void close_conn(CONN *c, uint16 akg_id);
 
 /*
  `close_conn(c, g_akg_closed_id)`.
+
+ # Safety
+
+ As for [`close_conn`].
  */
 void close_err_conn(CONN *c);
 
 /*
- Registers the handler for packet id `id`.
+ Registers the handler for packet id `id` (NULL removes it). Call before
+ `start_server`; a change while a server runs takes effect for the next
+ packet.
  */
 void regist_akg_func(uint16 id, FUNC_PTR func);
 
 /*
- Registers the callback run on each new connection.
+ Registers the callback run on each new connection, on its worker,
+ before any packet.
  */
 void regist_connected_func(FUNC_PTR func);
 
@@ -310,34 +342,50 @@ void regist_closed_func(FUNC_PTR func);
 void regist_error_func(FUNC_PTR func);
 
 /*
- Sets the packet magic every head must carry (before `start_server`).
+ Sets the packet magic every head must carry; read by `start_server`.
  */
 void regist_stx(uint32 stx);
 
 /*
- Queues `size` bytes at `data` for the connection whose `bufev` this is.
- Safe from any thread. Returns 0, or -1 if the connection is gone, its
- output is over its cap, or the arguments are bad. A `bufev` that is not
- one of ours is passed on to libevent's `bufferevent_write` when libevent
- is linked into the program.
+ Queues `size` bytes at `data` for the connection whose `bufev` this is
+ (the bytes are copied). Safe from any thread. Returns 0, or -1 if the
+ connection is gone, its output is over its cap (it is then closed as an
+ error), the other thread's queue to its worker is over 64 MiB, or the
+ arguments are bad. A `bufev` that is not one of ours is passed on to
+ libevent's `bufferevent_write` when libevent is linked into the program
+ (else -1).
+
+ # Safety
+
+ `data` points to `size` readable bytes (or `size` is 0); a `bufev` that
+ is not a libmario handle must be what libevent's `bufferevent_write`
+ accepts.
  */
 int mario_bufferevent_write(struct bufferevent *bufev, const void *data, size_t size);
 
 /*
- Creates a log queue: a bounded ring one thread writes to with
- `record_log`, drained by the log thread. Never returns NULL.
+ Creates a log queue: a bounded ring (64 KiB) one thread writes to with
+ `record_log`, drained by the log thread. Never returns NULL; the queue
+ lives for the rest of the process.
  */
 LOG_QUEUE *create_log_queue(void);
 
 /*
  Queues one formatted log line of `len` bytes for `fd` (used by the
- header's `record_log`). Returns 0, or -1 if the queue is full or NULL.
+ header's `record_log`; lines over `MAX_LOG_LINE_LENGTH` are cut).
+ Returns 0, or -1 if the queue is full or NULL.
+
+ # Safety
+
+ `queue` is NULL or comes from `create_log_queue` (or a `qlog` field);
+ `line` points to `len` readable bytes (or `len` is 0).
  */
 sint32 mario_record_log_line(LOG_QUEUE *queue, int fd, const char *line, size_t len);
 
 /*
  Starts the thread that writes every log queue to its descriptors.
- Returns 0 (also when it already runs).
+ Returns 0 (also when it already runs), or -1 if the thread cannot be
+ created.
  */
 sint32 start_log_thread(void);
 
@@ -352,13 +400,25 @@ void nsleep(uint32 ns);
 void susleep(uint32 s, uint32 us);
 
 /*
- Installs `handler` for `sig` with `sigaction` (empty mask, no flags).
+ Installs `handler` for `sig` with `sigaction` (empty mask, no flags);
+ NULL restores the default.
+
+ # Safety
+
+ `handler` must be safe to run as a signal handler at any point of the
+ program (async-signal-safe).
  */
 void signal_handler(int sig, sighandler_t handler);
 
 /*
  Turns the process into a daemon: forks, the parent exits 0, the child
  starts a new session and ignores SIGHUP, SIGTERM and SIGPIPE.
+
+ # Safety
+
+ No other thread may be running (call it first in `main`, as the
+ original's applications do): the child of `fork` gets only the calling
+ thread, and locks other threads held would stay locked.
  */
 void run_daemon(void);
 

@@ -1,26 +1,32 @@
-//! The C ABI of MarioTCP 0.9.9 (`include/mario/mario.h`): thin `extern "C"`
-//! shims that check their arguments and call the safe core. No panic
-//! crosses into C: every entry point runs inside [`guard`], which aborts the
+//! The C ABI of MarioTCP 0.9.9 (`include/mario/mario.h`, docs/C-API.md):
+//! thin `extern "C"` shims that check their arguments and call the safe
+//! core. The other front end over the reactor's `Service` contract (the
+//! first is the Rust API, `api`).
+//!
+//! Every function that takes a pointer is an `unsafe extern "C" fn` whose
+//! `# Safety` section says what the pointer must be; C callers cannot see
+//! `unsafe`, Rust callers must uphold the same contract. No panic crosses
+//! into C: every entry point runs inside `guard`, which aborts the
 //! process on a panic (the C library is also built with `panic = "abort"`).
 //!
 //! The header's types, constants, structs and macros are hand-written in
 //! `cbindgen.toml`; cbindgen adds the prototypes of this module.
+//!
+//! Uses: server, worker, service, conn, records, logq, proto.
 
 #![allow(non_upper_case_globals, non_camel_case_types, non_snake_case)]
-// These are C entry points: C callers cannot see `unsafe`, and every
-// pointer they pass is checked (null) and documented in the header.
-#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use crate::conn::{Conn, ConnId};
-use crate::layout::{CServer, CWorker};
 use crate::logq::{self, LogQueue};
 use crate::proto::{AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Head};
-use crate::server::{self, Config, ServerShared, Service, Verdict};
-use crate::worker::{self, Ctx};
+use crate::records::{CServer, CWorker};
+use crate::server::{self, ServerShared};
+use crate::service::{Config, Service, Verdict};
+use crate::worker;
 
 /// `uint16`.
 pub type uint16 = u16;
@@ -36,7 +42,9 @@ pub type WORKER = CWorker;
 pub type SERVER = CServer;
 /// `LOG_QUEUE`.
 pub type LOG_QUEUE = LogQueue;
-/// `FUNC_PTR`: a packet or event handler.
+/// `FUNC_PTR`: a packet or event handler. The library calls it on the
+/// connection's worker thread with a live `CONN *` (valid until the call
+/// returns; the record itself lives as long as its server).
 pub type FUNC_PTR = Option<unsafe extern "C" fn(c: *mut CONN) -> sint32>;
 /// `sighandler_t`.
 pub type sighandler_t = Option<unsafe extern "C" fn(c_int)>;
@@ -72,41 +80,54 @@ pub static g_akg_closed_id: uint16 = AKG_CLOSED;
 #[unsafe(no_mangle)]
 pub static g_akg_error_id: uint16 = AKG_ERROR;
 
-/// The registered packet magic (`DEFAULT_STX` until `regist_stx`).
+/// The registered packet magic (`DEFAULT_STX` until `regist_stx`). The
+/// library reads and writes it atomically; C code should only read it.
 #[unsafe(no_mangle)]
 pub static mut g_stx: uint32 = DEFAULT_STX;
 
-/// The handler table, indexable by any `uint16`.
+/// The handler table, indexable by any `uint16`. The library reads and
+/// writes its entries atomically; C code registers with the `regist_*`
+/// functions (writing an entry directly while a server runs is a data race
+/// of the application's).
 #[unsafe(no_mangle)]
 pub static mut AKG_FUNC: [FUNC_PTR; 65536] = [None; 65536];
 
+/// Entry `id` of [`AKG_FUNC`], as an atomic.
+fn akg_slot(id: u16) -> &'static AtomicPtr<c_void> {
+    // SAFETY: `AKG_FUNC` has 65536 entries, so any u16 indexes it; an entry
+    // is one pointer-sized, pointer-aligned `Option<fn>` (null for `None`),
+    // which has the layout of `*mut c_void`; the static lives forever, and
+    // the library only ever accesses entries through this atomic view.
+    unsafe { AtomicPtr::from_ptr((&raw mut AKG_FUNC).cast::<*mut c_void>().add(id as usize)) }
+}
+
+/// The handler registered for `id`.
 fn akg(id: u16) -> FUNC_PTR {
-    // SAFETY: `AKG_FUNC` has 65536 entries, so any u16 indexes it. Entries
-    // are written by the application before `start_server` (or atomically
-    // enough: a pointer-sized aligned store); a volatile read sees them.
-    unsafe {
-        (&raw const AKG_FUNC)
-            .cast::<FUNC_PTR>()
-            .add(id as usize)
-            .read_volatile()
-    }
+    let p = akg_slot(id).load(Ordering::Acquire);
+    // SAFETY: the entry holds a `FUNC_PTR` (null or a function pointer
+    // stored by `set_akg` or by C), which has the same size and niche as a
+    // data pointer on every platform this library builds for.
+    unsafe { std::mem::transmute::<*mut c_void, FUNC_PTR>(p) }
 }
 
 fn set_akg(id: u16, f: FUNC_PTR) {
-    // SAFETY: as in `akg`; registration happens before the server runs.
-    unsafe {
-        (&raw mut AKG_FUNC)
-            .cast::<FUNC_PTR>()
-            .add(id as usize)
-            .write_volatile(f)
-    }
+    let p = f.map_or(std::ptr::null_mut(), |f| f as *mut c_void);
+    akg_slot(id).store(p, Ordering::Release);
+}
+
+/// [`g_stx`], as an atomic.
+fn stx_cell() -> &'static AtomicU32 {
+    // SAFETY: `g_stx` is a `u32` static, aligned for `AtomicU32`, living
+    // forever, and the library accesses it only through this view.
+    unsafe { AtomicU32::from_ptr(&raw mut g_stx) }
 }
 
 /// Calls the C handler `id` on `c`, if one is registered.
 fn call(id: u16, c: *mut Conn) -> Option<sint32> {
-    // SAFETY: the function pointer was registered by the application with
-    // the `FUNC_PTR` signature and `c` is a live connection record to which
-    // the library holds no reference during the call.
+    // SAFETY: the function was registered by the application with the
+    // `FUNC_PTR` signature, whose contract is a live `CONN *` on its
+    // worker's thread: `c` is the record the worker passes to a `Service`
+    // callback, to which the library holds no reference during the call.
     akg(id).map(|f| unsafe { f(c) })
 }
 
@@ -114,34 +135,42 @@ fn call(id: u16, c: *mut Conn) -> Option<sint32> {
 struct CService;
 
 impl Service for CService {
-    fn connected(&self, _ctx: &Ctx, c: *mut Conn) {
+    fn holds_conn(&self) -> bool {
+        false
+    }
+    fn connected(&self, c: *mut Conn) {
         call(AKG_CONNECTED, c);
     }
-    fn packet(&self, _ctx: &Ctx, c: *mut Conn, head: Head, _pkt: &mut [u8]) -> Verdict {
+    fn packet(&self, c: *mut Conn, head: Head, _pkt: &mut [u8]) -> Verdict {
         match call(head.akg_id, c) {
             None => Verdict::NoHandler,
             Some(0) => Verdict::Continue,
             Some(_) => Verdict::Stop,
         }
     }
-    fn closed(&self, _ctx: &Ctx, c: *mut Conn, reason: u16) {
+    fn closed(&self, c: *mut Conn, reason: u16) {
         call(reason, c);
     }
 }
 
-fn shared(s: *mut SERVER) -> Option<Arc<ServerShared>> {
+/// The server behind a `SERVER *`.
+///
+/// # Safety
+///
+/// `s` is NULL or a pointer returned by [`init_server`].
+unsafe fn shared(s: *const SERVER) -> Option<Arc<ServerShared>> {
     if s.is_null() {
         return None;
     }
-    // SAFETY: a non-null `SERVER *` comes from `init_server`, whose records
-    // live for the rest of the process.
-    let p = unsafe { (*s).mario };
+    // SAFETY: a non-null `SERVER *` comes from `init_server` (the caller's
+    // contract), whose records live for the rest of the process.
+    let p = unsafe { (*s).mario }.cast::<ServerShared>();
     if p.is_null() {
         return None;
     }
-    // SAFETY: `p` came from `Arc::into_raw` in `init_server`, whose count is
-    // never given back, so the server is alive; we take one more count
-    // for the returned `Arc`.
+    // SAFETY: `p` came from `Arc::as_ptr` of a server whose count
+    // `init_server` leaked (never given back), so it is alive; we take one
+    // more count for the returned `Arc`.
     unsafe {
         Arc::increment_strong_count(p);
         Some(Arc::from_raw(p))
@@ -151,8 +180,9 @@ fn shared(s: *mut SERVER) -> Option<Arc<ServerShared>> {
 /// Creates a server for `port` with `workernum` worker threads of at most
 /// `connnum` connections each, closing connections idle for `read_timeout`
 /// seconds or whose output makes no progress for `write_timeout` seconds
-/// (0 disables either). Nothing listens until `start_server`. Returns NULL
-/// (with a message on stderr) on bad arguments or failure.
+/// (0 or less disables either). Nothing listens until `start_server`.
+/// Returns NULL (with a message on stderr) on bad arguments or failure.
+/// The server lives for the rest of the process.
 #[unsafe(no_mangle)]
 pub extern "C" fn init_server(
     port: c_int,
@@ -196,21 +226,26 @@ pub extern "C" fn init_server(
 }
 
 /// Binds `0.0.0.0:port`, starts the workers, prints
-/// `--------------start server ok--------------` and accepts connections on
-/// the calling thread until `mario_stop_server`. Returns `(void *)0` after
-/// a stop, `(void *)-1` if the server cannot start.
+/// `--------------start server ok--------------` and blocks the calling
+/// thread until `mario_stop_server`. Returns `(void *)0` after a stop,
+/// `(void *)-1` if the server cannot start (or `arg` is not a server).
+///
+/// # Safety
+///
+/// `arg` is NULL or a `SERVER *` returned by `init_server`.
 #[unsafe(no_mangle)]
-pub extern "C" fn start_server(arg: *mut c_void) -> *mut c_void {
+pub unsafe extern "C" fn start_server(arg: *mut c_void) -> *mut c_void {
     guard("start_server", || {
         let s = arg.cast::<SERVER>();
-        let Some(srv) = shared(s) else {
+        // SAFETY: the caller's contract.
+        let Some(srv) = (unsafe { shared(s) }) else {
             eprintln!("start_server: not a server from init_server");
             return -1isize as *mut c_void;
         };
-        // SAFETY: `g_stx` is written by the application before start.
-        let stx = unsafe { (&raw const g_stx).read_volatile() };
+        let stx = stx_cell().load(Ordering::Acquire);
         srv.configure(|c| c.stx = stx);
-        // SAFETY: `s` is a live record (checked by `shared`).
+        // SAFETY: `s` is a live record (checked by `shared`); `ret` is
+        // written only by the thread in `start_server`.
         unsafe { (*s).ret = -1 };
         match srv.run() {
             Ok(()) => {
@@ -228,36 +263,54 @@ pub extern "C" fn start_server(arg: *mut c_void) -> *mut c_void {
 
 /// Stops a server started with `start_server`: stops accepting, closes
 /// every connection (each close callback runs once), joins the workers;
-/// `start_server` then returns `(void *)0`. Waits for all that unless
-/// called from one of the server's own threads. Safe from any thread; a
-/// call before `start_server` makes it return at once.
+/// `start_server` then returns `(void *)0`. From any thread but one of the
+/// server's workers it waits for all that; from a worker (inside a
+/// handler) it only asks. A call before `start_server` makes it return at
+/// once. Not async-signal-safe: call it from a thread (e.g. one blocked in
+/// `sigwait`), not from a signal handler.
+///
+/// # Safety
+///
+/// `s` is NULL (ignored) or a `SERVER *` returned by `init_server`.
 #[unsafe(no_mangle)]
-pub extern "C" fn mario_stop_server(s: *mut SERVER) {
+pub unsafe extern "C" fn mario_stop_server(s: *mut SERVER) {
     guard("mario_stop_server", || {
-        if let Some(srv) = shared(s) {
+        // SAFETY: the caller's contract.
+        if let Some(srv) = unsafe { shared(s) } {
             srv.stop();
         }
     })
 }
 
-/// Sets the cap on a connection's pending output (default 4 MiB); over it
-/// the connection is closed as an error. Takes effect at `start_server`.
+/// Sets the cap on a connection's pending output, in bytes (default 4 MiB,
+/// at least 1); over it the connection is closed as an error. Takes effect
+/// at `start_server`.
+///
+/// # Safety
+///
+/// `s` is NULL (ignored) or a `SERVER *` returned by `init_server`.
 #[unsafe(no_mangle)]
-pub extern "C" fn mario_set_output_limit(s: *mut SERVER, bytes: usize) {
+pub unsafe extern "C" fn mario_set_output_limit(s: *mut SERVER, bytes: usize) {
     guard("mario_set_output_limit", || {
-        if let Some(srv) = shared(s) {
+        // SAFETY: the caller's contract.
+        if let Some(srv) = unsafe { shared(s) } {
             srv.configure(|c| c.output_limit = bytes.max(1));
         }
     })
 }
 
-fn conn_ref(c: *mut CONN) -> Option<(*const CWorker, ConnId)> {
+/// The owner and id of a connection record.
+///
+/// # Safety
+///
+/// `c` is NULL or a `CONN *` handed out by the library (its record lives
+/// as long as its server).
+unsafe fn conn_ref(c: *const CONN) -> Option<(*const CWorker, ConnId)> {
     if c.is_null() {
         return None;
     }
-    // SAFETY: a non-null `CONN *` handed out by the library points to a
-    // slot record, which lives until its server is gone; `owner` never
-    // changes and `bufev` is atomic.
+    // SAFETY: the caller's contract; `owner` never changes and `bufev` is
+    // atomic, so reading them races with nothing.
     unsafe {
         let owner = (*c).owner;
         let id = (*std::ptr::addr_of!((*c).bufev)).load(Ordering::Acquire) as u64;
@@ -267,12 +320,21 @@ fn conn_ref(c: *mut CONN) -> Option<(*const CWorker, ConnId)> {
 
 /// Closes `c`: sets `c->err_type = akg_id`, calls `AKG_FUNC[akg_id](c)` if
 /// set, closes the socket and frees the slot. Runs the callback at most
-/// once per connection (a second call is a no-op). From a thread other than
-/// the connection's worker, the close is handed to that worker.
+/// once per connection (a second call is a no-op). On the connection's
+/// worker (inside a handler) it happens at once; from any other thread the
+/// close is handed to that worker, and a connection that has closed
+/// meanwhile is left alone.
+///
+/// # Safety
+///
+/// `c` is NULL (ignored) or a `CONN *` the library handed to a callback.
 #[unsafe(no_mangle)]
-pub extern "C" fn close_conn(c: *mut CONN, akg_id: uint16) {
+pub unsafe extern "C" fn close_conn(c: *mut CONN, akg_id: uint16) {
     guard("close_conn", || {
-        let Some((owner, id)) = conn_ref(c) else { return };
+        // SAFETY: the caller's contract.
+        let Some((owner, id)) = (unsafe { conn_ref(c) }) else {
+            return;
+        };
         // On the owner thread the record is the worker's to use, and it
         // holds no reference to it while C code runs.
         let done = worker::on_owner(owner, |ctx| ctx.close(c, akg_id));
@@ -283,18 +345,26 @@ pub extern "C" fn close_conn(c: *mut CONN, akg_id: uint16) {
 }
 
 /// `close_conn(c, g_akg_closed_id)`.
+///
+/// # Safety
+///
+/// As for [`close_conn`].
 #[unsafe(no_mangle)]
-pub extern "C" fn close_err_conn(c: *mut CONN) {
-    close_conn(c, AKG_CLOSED)
+pub unsafe extern "C" fn close_err_conn(c: *mut CONN) {
+    // SAFETY: the caller's contract is `close_conn`'s.
+    unsafe { close_conn(c, AKG_CLOSED) }
 }
 
-/// Registers the handler for packet id `id`.
+/// Registers the handler for packet id `id` (NULL removes it). Call before
+/// `start_server`; a change while a server runs takes effect for the next
+/// packet.
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_akg_func(id: uint16, func: FUNC_PTR) {
     set_akg(id, func)
 }
 
-/// Registers the callback run on each new connection.
+/// Registers the callback run on each new connection, on its worker,
+/// before any packet.
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_connected_func(func: FUNC_PTR) {
     set_akg(AKG_CONNECTED, func)
@@ -326,27 +396,35 @@ pub extern "C" fn regist_error_func(func: FUNC_PTR) {
     set_akg(AKG_ERROR, func)
 }
 
-/// Sets the packet magic every head must carry (before `start_server`).
+/// Sets the packet magic every head must carry; read by `start_server`.
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_stx(stx: uint32) {
-    // SAFETY: plain store to the exported global, before the server runs.
-    unsafe { (&raw mut g_stx).write_volatile(stx) }
+    stx_cell().store(stx, Ordering::Release)
 }
 
-/// Queues `size` bytes at `data` for the connection whose `bufev` this is.
-/// Safe from any thread. Returns 0, or -1 if the connection is gone, its
-/// output is over its cap, or the arguments are bad. A `bufev` that is not
-/// one of ours is passed on to libevent's `bufferevent_write` when libevent
-/// is linked into the program.
+/// Queues `size` bytes at `data` for the connection whose `bufev` this is
+/// (the bytes are copied). Safe from any thread. Returns 0, or -1 if the
+/// connection is gone, its output is over its cap (it is then closed as an
+/// error), the other thread's queue to its worker is over 64 MiB, or the
+/// arguments are bad. A `bufev` that is not one of ours is passed on to
+/// libevent's `bufferevent_write` when libevent is linked into the program
+/// (else -1).
+///
+/// # Safety
+///
+/// `data` points to `size` readable bytes (or `size` is 0); a `bufev` that
+/// is not a libmario handle must be what libevent's `bufferevent_write`
+/// accepts.
 #[unsafe(no_mangle)]
-pub extern "C" fn mario_bufferevent_write(
+pub unsafe extern "C" fn mario_bufferevent_write(
     bufev: *mut bufferevent,
     data: *const c_void,
     size: usize,
 ) -> c_int {
     guard("bufferevent_write", || {
         let Some(id) = ConnId::from_raw(bufev as usize as u64) else {
-            return forward_to_libevent(bufev, data, size);
+            // SAFETY: the caller's contract for libevent's handles.
+            return unsafe { forward_to_libevent(bufev, data, size) };
         };
         if size == 0 {
             return 0;
@@ -362,7 +440,12 @@ pub extern "C" fn mario_bufferevent_write(
 
 type BevWrite = unsafe extern "C" fn(*mut bufferevent, *const c_void, usize) -> c_int;
 
-fn forward_to_libevent(bufev: *mut bufferevent, data: *const c_void, size: usize) -> c_int {
+/// libevent's `bufferevent_write`, if the program has it.
+///
+/// # Safety
+///
+/// As for [`mario_bufferevent_write`], for a libevent `bufev`.
+unsafe fn forward_to_libevent(bufev: *mut bufferevent, data: *const c_void, size: usize) -> c_int {
     if bufev.is_null() {
         return -1;
     }
@@ -376,12 +459,14 @@ fn forward_to_libevent(bufev: *mut bufferevent, data: *const c_void, size: usize
         return -1;
     }
     // SAFETY: the symbol is libevent's `bufferevent_write`, whose signature
-    // is `int (struct bufferevent *, const void *, size_t)`.
+    // is `int (struct bufferevent *, const void *, size_t)`; the arguments
+    // are the caller's, under its contract.
     unsafe { std::mem::transmute::<usize, BevWrite>(f)(bufev, data, size) }
 }
 
-/// Creates a log queue: a bounded ring one thread writes to with
-/// `record_log`, drained by the log thread. Never returns NULL.
+/// Creates a log queue: a bounded ring (64 KiB) one thread writes to with
+/// `record_log`, drained by the log thread. Never returns NULL; the queue
+/// lives for the rest of the process.
 #[unsafe(no_mangle)]
 pub extern "C" fn create_log_queue() -> *mut LOG_QUEUE {
     guard("create_log_queue", || {
@@ -390,9 +475,15 @@ pub extern "C" fn create_log_queue() -> *mut LOG_QUEUE {
 }
 
 /// Queues one formatted log line of `len` bytes for `fd` (used by the
-/// header's `record_log`). Returns 0, or -1 if the queue is full or NULL.
+/// header's `record_log`; lines over `MAX_LOG_LINE_LENGTH` are cut).
+/// Returns 0, or -1 if the queue is full or NULL.
+///
+/// # Safety
+///
+/// `queue` is NULL or comes from `create_log_queue` (or a `qlog` field);
+/// `line` points to `len` readable bytes (or `len` is 0).
 #[unsafe(no_mangle)]
-pub extern "C" fn mario_record_log_line(
+pub unsafe extern "C" fn mario_record_log_line(
     queue: *mut LOG_QUEUE,
     fd: c_int,
     line: *const c_char,
@@ -402,7 +493,7 @@ pub extern "C" fn mario_record_log_line(
         if queue.is_null() || (line.is_null() && len > 0) {
             return -1;
         }
-        // SAFETY: queues come from `create_log_queue` and live forever.
+        // SAFETY: the caller's contract; queues live forever.
         let q = unsafe { &*queue };
         let bytes = if len == 0 {
             &[][..]
@@ -418,7 +509,8 @@ pub extern "C" fn mario_record_log_line(
 }
 
 /// Starts the thread that writes every log queue to its descriptors.
-/// Returns 0 (also when it already runs).
+/// Returns 0 (also when it already runs), or -1 if the thread cannot be
+/// created.
 #[unsafe(no_mangle)]
 pub extern "C" fn start_log_thread() -> sint32 {
     guard("start_log_thread", || match logq::start_log_thread() {
@@ -444,11 +536,17 @@ pub extern "C" fn susleep(s: uint32, us: uint32) {
     );
 }
 
-/// Installs `handler` for `sig` with `sigaction` (empty mask, no flags).
+/// Installs `handler` for `sig` with `sigaction` (empty mask, no flags);
+/// NULL restores the default.
+///
+/// # Safety
+///
+/// `handler` must be safe to run as a signal handler at any point of the
+/// program (async-signal-safe).
 #[unsafe(no_mangle)]
-pub extern "C" fn signal_handler(sig: c_int, handler: sighandler_t) {
+pub unsafe extern "C" fn signal_handler(sig: c_int, handler: sighandler_t) {
     // SAFETY: a zeroed `sigaction` is valid; the handler is the caller's
-    // (or NULL, which is SIG_DFL).
+    // (async-signal-safe by contract) or NULL, which is SIG_DFL.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = handler.map_or(libc::SIG_DFL, |h| h as usize);
@@ -459,10 +557,16 @@ pub extern "C" fn signal_handler(sig: c_int, handler: sighandler_t) {
 
 /// Turns the process into a daemon: forks, the parent exits 0, the child
 /// starts a new session and ignores SIGHUP, SIGTERM and SIGPIPE.
+///
+/// # Safety
+///
+/// No other thread may be running (call it first in `main`, as the
+/// original's applications do): the child of `fork` gets only the calling
+/// thread, and locks other threads held would stay locked.
 #[unsafe(no_mangle)]
-pub extern "C" fn run_daemon() {
-    // SAFETY: `fork` in a process that has not started our threads yet (as
-    // applications call it first); `exit` runs C atexit handlers.
+pub unsafe extern "C" fn run_daemon() {
+    // SAFETY: `fork` with no other thread running (the caller's contract);
+    // `exit` runs C atexit handlers.
     unsafe {
         let pid = libc::fork();
         if pid < 0 {
@@ -512,21 +616,20 @@ mod tests {
             ("WORKER", "ind", offset_of!(CWorker, ind)),
             ("WORKER", "qlog", offset_of!(CWorker, qlog)),
             ("WORKER", "server", offset_of!(CWorker, server)),
-            ("WORKER", "mario_private", offset_of!(CWorker, mario)),
             (
                 "WORKER_ARRAY",
                 "size",
-                offset_of!(crate::layout::CWorkerArray, size),
+                offset_of!(crate::records::CWorkerArray, size),
             ),
             (
                 "WORKER_ARRAY",
                 "server",
-                offset_of!(crate::layout::CWorkerArray, server),
+                offset_of!(crate::records::CWorkerArray, server),
             ),
             (
                 "WORKER_ARRAY",
                 "array",
-                offset_of!(crate::layout::CWorkerArray, array),
+                offset_of!(crate::records::CWorkerArray, array),
             ),
             ("SERVER", "server_fd", offset_of!(CServer, server_fd)),
             ("SERVER", "port", offset_of!(CServer, port)),
@@ -573,7 +676,8 @@ mod tests {
     }
 
     /// An idle connection costs its record plus one slab pointer: at most
-    /// 256 bytes of ours (DESIGN.md), buffers being released when idle.
+    /// 256 bytes of ours (docs/ARCHITECTURE.md), buffers being released
+    /// when idle.
     #[test]
     fn idle_connection_record_is_small() {
         let c = Conn::new(0, std::ptr::null_mut());

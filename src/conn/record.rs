@@ -1,62 +1,15 @@
-//! The connection record. Its first fields are, in order and layout, the C
-//! `CONN` of MarioTCP 0.9.9 (see `include/mario/mario.h`): C handlers receive
-//! a pointer to it. The private tail after `user` is ours.
+//! The connection record [`Conn`]. Its first fields are, in order and
+//! layout, the C `CONN` of MarioTCP 0.9.9 (docs/C-API.md): C handlers
+//! receive a pointer to it. The private tail after `user` is ours.
+//!
+//! Uses: records (the owner's `WORKER`), wheel (`NOT_FILED`), conn::id.
 
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::layout::CWorker;
-use crate::proto::Head;
-
-/// A handle naming one connection for its whole life: which server, which
-/// worker, which slot, and the slot's generation. It is what the C field
-/// `CONN.bufev` holds (cast to a pointer), and what cross-thread commands
-/// carry: a handle whose generation no longer matches its slot is stale and
-/// is dropped, so a command can never reach the next client on that slot.
-///
-/// Layout (bit 0 is always 1, so a handle is never a valid, aligned
-/// pointer): bits 1..22 slot, 22..32 worker, 32..40 server, 40..64 generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId(pub(crate) u64);
-
-pub(crate) const MAX_SLOTS: u32 = 1 << 21;
-pub(crate) const MAX_WORKERS: usize = 1 << 10;
-pub(crate) const MAX_SERVERS: usize = 1 << 8;
-const GEN_MASK: u32 = (1 << 24) - 1;
-
-impl ConnId {
-    pub(crate) fn new(server: usize, worker: usize, slot: u32, generation: u32) -> ConnId {
-        debug_assert!(slot < MAX_SLOTS && worker < MAX_WORKERS && server < MAX_SERVERS);
-        ConnId(
-            1 | (u64::from(slot) << 1)
-                | ((worker as u64) << 22)
-                | ((server as u64) << 32)
-                | (u64::from(generation & GEN_MASK) << 40),
-        )
-    }
-
-    /// Decodes a raw handle value; `None` if it is not one of ours.
-    pub(crate) fn from_raw(v: u64) -> Option<ConnId> {
-        (v & 1 == 1).then_some(ConnId(v))
-    }
-
-    pub(crate) fn slot(self) -> u32 {
-        ((self.0 >> 1) & u64::from(MAX_SLOTS - 1)) as u32
-    }
-    pub(crate) fn worker(self) -> usize {
-        ((self.0 >> 22) & (MAX_WORKERS as u64 - 1)) as usize
-    }
-    pub(crate) fn server(self) -> usize {
-        ((self.0 >> 32) & (MAX_SERVERS as u64 - 1)) as usize
-    }
-    pub(crate) fn generation(self) -> u32 {
-        (self.0 >> 40) as u32 & GEN_MASK
-    }
-    /// The raw 64-bit value (as stored in `CONN.bufev`).
-    pub fn as_raw(self) -> u64 {
-        self.0
-    }
-}
+use super::id::ConnId;
+use crate::records::CWorker;
+use crate::wheel::NOT_FILED;
 
 /// Lifecycle of a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +70,7 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A free record for slot `ind` of the worker whose C record is `owner`.
     pub(crate) fn new(ind: u32, owner: *mut CWorker) -> Conn {
         Conn {
             fd: -1,
@@ -139,7 +93,7 @@ impl Conn {
             last_read: 0,
             last_write: 0,
             packet_start: 0,
-            wheel_due: crate::wheel::NOT_FILED,
+            wheel_due: NOT_FILED,
             out_pos: 0,
             partial: Vec::new(),
             out: Vec::new(),
@@ -147,7 +101,7 @@ impl Conn {
     }
 
     /// This connection's id, valid from any thread for the connection's
-    /// whole life (see [`crate::ConnId`]).
+    /// whole life (see [`ConnId`]).
     pub fn id(&self) -> ConnId {
         ConnId(self.bufev.load(Ordering::Relaxed) as u64)
     }
@@ -189,43 +143,6 @@ impl Conn {
         self.fd
     }
 
-    /// Queues `data` for the client. Replies queued during one turn of the
-    /// event loop go out in one `send`. Returns `false` (and closes the
-    /// connection as an error) when the pending output would pass the
-    /// server's cap, or `false` when the connection is already closed.
-    pub fn send(&mut self, data: &[u8]) -> bool {
-        crate::worker::with_owner(self, |ctx, c| ctx.append(c as *mut Conn, data))
-    }
-
-    /// Queues a frame `HEAD{stx, 8 + body.len(), akg_id} + body`, using the
-    /// server's stx.
-    pub fn send_packet(&mut self, akg_id: u16, body: &[u8]) -> bool {
-        let stx = crate::worker::with_owner(self, |ctx, _| ctx.stx());
-        let mut f = [0u8; crate::proto::MAX_PKG_LEN];
-        let n = crate::proto::SIZE_OF_HEAD + body.len();
-        if n > f.len() {
-            return self.send(&Head::frame(stx, akg_id, body));
-        }
-        f[..8].copy_from_slice(
-            &Head {
-                stx,
-                pkglen: n as u16,
-                akg_id,
-            }
-            .to_bytes(),
-        );
-        f[8..n].copy_from_slice(body);
-        self.send(&f[..n])
-    }
-
-    /// Closes the connection: the close callback runs now with `reason`
-    /// (once; later calls do nothing), pending output is flushed as far as
-    /// the socket takes it without blocking, the socket is closed and the
-    /// slot freed after the current callback returns.
-    pub fn close(&mut self, reason: u16) {
-        crate::worker::with_owner(self, |ctx, c| ctx.close(c as *mut Conn, reason))
-    }
-
     /// The tick at which this connection must be looked at again for its
     /// read timeout (`rt` seconds without a byte read) or write timeout
     /// (`wt` seconds of pending output without progress), or for a packet
@@ -246,5 +163,29 @@ impl Conn {
             (Some(r), Some(w)) => Some(r.min(w)),
             (r, w) => r.or(w),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_follows_reads_packets_and_pending_output() {
+        let mut c = Conn::new(0, std::ptr::null_mut());
+        c.last_read = 10;
+        assert_eq!(c.deadline(0, 0), None);
+        assert_eq!(c.deadline(5, 0), Some(16));
+        // A started packet counts from its first byte, not the last read.
+        c.partial = vec![1];
+        c.packet_start = 7;
+        assert_eq!(c.deadline(5, 0), Some(13));
+        // Pending output without progress: the earlier of the two.
+        c.out = vec![0; 4];
+        c.last_write = 9;
+        assert_eq!(c.deadline(5, 2), Some(12));
+        assert_eq!(c.deadline(0, 2), Some(12));
+        c.out_pos = 4;
+        assert_eq!(c.deadline(0, 2), None);
     }
 }

@@ -1,9 +1,10 @@
 //! Harnesses shared by the fuzz targets (`fuzz/`, nightly `cargo fuzz`) and
 //! the corpus replay in the test suite (stable). Not part of the API.
 //!
-//! * [`frames`]: the worker's frame decoding path (`carry_in`, a simulated
-//!   `recv` into a 64 KiB read buffer, `scan`, `carry_out`) under
-//!   fuzzer-chosen read sizes, against an independent reference decoder.
+//! * [`frames`]: the worker's input path (`conn::input::read_once`: carry
+//!   in, a simulated `recv` into a 64 KiB read buffer, scan, carry out)
+//!   under fuzzer-chosen read sizes, against an independent reference
+//!   decoder.
 //! * [`ops`]: short sequences of client operations against a real server
 //!   running in this process, against a model of what the server must do.
 //!
@@ -16,8 +17,13 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::proto::{self, BadHead, Head, MAX_PKG_LEN, Scan};
-use crate::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, Conn, ConnId, DEFAULT_STX, Packet, Server, Verdict};
+use crate::api::{Packet, Server};
+use crate::conn::input::{self, Input};
+use crate::conn::{Conn, ConnId};
+use crate::proto::{self, AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, BadHead, DEFAULT_STX, Head, MAX_PKG_LEN, Scan};
+use crate::server::{close_id, send_to};
+use crate::service::Verdict;
+use crate::sys::Io;
 
 /// Reads the fuzz input front to back; past the end every byte is 0.
 struct Cursor<'a> {
@@ -60,7 +66,8 @@ impl<'a> Cursor<'a> {
 // frames: the decoder under arbitrary read splits
 // ===========================================================================
 
-/// The worker's read buffer size (`worker::RBUF`).
+/// The worker's read buffer size (`worker::RBUF`); any size works for
+/// the decoder, this one makes packets straddle it as in the worker.
 const RBUF: usize = 64 * 1024;
 /// Longest stream [`frames`] builds (three read buffers).
 const MAX_STREAM: usize = 3 * RBUF;
@@ -104,7 +111,8 @@ struct Outcome {
     end: End,
 }
 
-/// The rules of COMPAT.md §4/§7 over a whole stream, written independently
+/// The framing rules of docs/C-API.md ("The wire format", "Bad input")
+/// over a whole stream, written independently
 /// of `proto::scan`: heads are checked as soon as 8 bytes are there
 /// (length and magic, then reserved ids), packets are dispatched once
 /// complete, and `stops(id)` ends decoding after that packet.
@@ -187,12 +195,13 @@ fn check_partial(partial: &[u8], capacity: usize, stx: u32, ctx: &dyn Fn() -> St
     }
 }
 
-/// Feeds `stream` through the worker's read path exactly as
-/// `Worker::read` + `Worker::dispatch` do, one `recv` per step (steps are
-/// used cyclically), and checks every invariant on the way.
+/// Feeds `stream` through the worker's real input path
+/// ([`input::read_once`], the function `Worker::read` calls), one simulated
+/// `recv` per step (steps are used cyclically), and checks every invariant
+/// on the way.
 fn simulate(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]) -> Outcome {
     let mut rbuf = vec![0u8; RBUF];
-    let mut partial: Vec<u8> = Vec::new();
+    let mut conn = Conn::new(0, std::ptr::null_mut());
     let mut packets: Vec<(usize, usize)> = Vec::new();
     // Stream bytes delivered so far, and the offset of the first byte not
     // yet consumed by a dispatched packet (where the partial starts).
@@ -202,16 +211,17 @@ fn simulate(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]
     for i in 0.. {
         let at = pos;
         let ctx = move || format!("steps {steps:?}, step {i}, stream offset {at}");
+        let now = i as u32;
+        assert_eq!(
+            &conn.partial[..],
+            &stream[next..pos],
+            "partial is not the stream's tail; {}",
+            ctx()
+        );
         if pos == stream.len() {
-            assert_eq!(
-                &partial[..],
-                &stream[next..],
-                "partial is not the stream's tail; {}",
-                ctx()
-            );
             return Outcome {
                 packets,
-                end: End::Leftover(partial.len()),
+                end: End::Leftover(conn.partial.len()),
             };
         }
         let mut step = steps[i % steps.len()];
@@ -221,64 +231,81 @@ fn simulate(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]
                 step = Step::Take(usize::MAX);
             }
         }
-        let before = partial.clone();
-        let carried = proto::carry_in(&mut partial, &mut rbuf);
-        assert!(partial.is_empty(), "carry_in left bytes behind; {}", ctx());
-        assert_eq!(carried, pos - next, "carry_in length; {}", ctx());
-        assert_eq!(&rbuf[..carried], &stream[next..pos], "carried bytes; {}", ctx());
+        let carried = pos - next;
         let n = match step {
-            Step::WouldBlock => {
-                proto::carry_out(&mut partial, &rbuf[..carried]);
-                assert_eq!(
-                    partial,
-                    before,
-                    "would-block round trip changed the partial; {}",
-                    ctx()
-                );
-                check_partial(&partial, partial.capacity(), stx, &ctx);
-                continue;
-            }
+            Step::WouldBlock => 0,
             Step::Take(k) => k.min(RBUF - carried).min(stream.len() - pos),
         };
-        idle = 0;
-        rbuf[carried..carried + n].copy_from_slice(&stream[pos..pos + n]);
-        pos += n;
+        let before = conn.partial.clone();
         let avail = carried + n;
         let base = next;
         let mut local = 0;
-        let end = proto::scan(&mut rbuf[..avail], stx, |h, rest| {
-            let off = base + local;
-            assert_eq!(
-                rest.len(),
-                avail - local,
-                "packet slice does not start at the packet"
-            );
-            assert_eq!(
-                Head::parse(rest),
-                Some(h),
-                "head handed over differs from the bytes"
-            );
-            assert_eq!(proto::check_head(&h, stx), Ok(()), "bad head dispatched");
-            let len = h.pkglen as usize;
-            assert!(rest.len() >= len, "incomplete packet dispatched");
-            assert_eq!(
-                &rest[..len],
-                &stream[off..off + len],
-                "packet bytes at offset {off}"
-            );
-            packets.push((off, len));
-            local += len;
-            !stops(h.akg_id)
-        });
-        match end {
-            Scan::Used(used) => {
+        let got = input::read_once(
+            &mut conn,
+            &mut rbuf,
+            stx,
+            now,
+            |_, buf| {
+                assert_eq!(buf.len(), RBUF - carried, "carry_in length; {}", ctx());
+                if n == 0 {
+                    return Io::WouldBlock;
+                }
+                buf[..n].copy_from_slice(&stream[pos..pos + n]);
+                Io::Done(n)
+            },
+            |h, rest| {
+                let off = base + local;
                 assert_eq!(
-                    used,
-                    local,
-                    "Used() disagrees with the packets dispatched; {}",
+                    rest.len(),
+                    avail - local,
+                    "packet slice does not start at the packet"
+                );
+                assert_eq!(
+                    Head::parse(rest),
+                    Some(h),
+                    "head handed over differs from the bytes"
+                );
+                assert_eq!(proto::check_head(&h, stx), Ok(()), "bad head dispatched");
+                let len = h.pkglen as usize;
+                assert!(rest.len() >= len, "incomplete packet dispatched");
+                assert_eq!(
+                    &rest[..len],
+                    &stream[off..off + len],
+                    "packet bytes at offset {off}"
+                );
+                packets.push((off, len));
+                local += len;
+                !stops(h.akg_id)
+            },
+        );
+        if n == 0 {
+            assert!(
+                matches!(got, Input::Drained),
+                "would-block gave {got:?}; {}",
+                ctx()
+            );
+            assert_eq!(
+                &conn.partial[..],
+                &before[..],
+                "would-block round trip changed the partial; {}",
+                ctx()
+            );
+            check_partial(&conn.partial, conn.partial.capacity(), stx, &ctx);
+            continue;
+        }
+        idle = 0;
+        pos += n;
+        assert_eq!(conn.last_read, now, "last read tick; {}", ctx());
+        match got {
+            Input::Read { full } => {
+                assert_eq!(full, n == RBUF - carried, "full read; {}", ctx());
+                let rest = &conn.partial[..];
+                assert_eq!(
+                    rest,
+                    &stream[base + local..pos],
+                    "carry_out kept other bytes; {}",
                     ctx()
                 );
-                let rest = &rbuf[used..avail];
                 if let Some(h) = Head::parse(rest) {
                     assert_eq!(
                         proto::check_head(&h, stx),
@@ -288,12 +315,12 @@ fn simulate(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]
                     );
                     assert!(rest.len() < h.pkglen as usize, "complete packet left; {}", ctx());
                 }
-                next = base + used;
-                proto::carry_out(&mut partial, rest);
-                assert_eq!(&partial[..], rest, "carry_out kept other bytes; {}", ctx());
-                check_partial(&partial, partial.capacity(), stx, &ctx);
+                next = base + local;
+                check_partial(rest, conn.partial.capacity(), stx, &ctx);
             }
-            Scan::Stopped => {
+            Input::Stopped {
+                end: Scan::Stopped, ..
+            } => {
                 let &(off, _) = packets.last().expect("stopped without a packet");
                 let id = Head::parse(&stream[off..]).expect("head").akg_id;
                 assert!(
@@ -306,7 +333,11 @@ fn simulate(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]
                     end: End::Stopped,
                 };
             }
-            Scan::Bad(kind, h, off) => {
+            Input::Stopped {
+                end: Scan::Bad(kind, h, off),
+                avail: got_avail,
+            } => {
+                assert_eq!(got_avail, avail, "bytes in the buffer; {}", ctx());
                 assert_eq!(off, local, "bad head offset; {}", ctx());
                 assert_eq!(
                     Head::parse(&rbuf[off..avail]),
@@ -320,6 +351,7 @@ fn simulate(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]
                     end: End::Bad(kind, base + off),
                 };
             }
+            other => panic!("unexpected {other:?} from a read of {n} bytes; {}", ctx()),
         }
     }
     unreachable!()
@@ -573,8 +605,8 @@ struct Closing {
     graceful: bool,
 }
 
-/// What the server must do with one connection's byte stream (COMPAT.md
-/// §7), computed without the library's decoder.
+/// What the server must do with one connection's byte stream (the rules
+/// of docs/C-API.md), computed without the library's decoder.
 #[derive(Debug, Default)]
 struct Model {
     stream: Vec<u8>,
@@ -1132,7 +1164,7 @@ impl Run {
         let Some(mut c) = self.clients[conn].take() else {
             return; // the model closed it during the sync
         };
-        crate::close_id(c.id, reason);
+        close_id(c.id, reason);
         let (got, eos) = Self::read_to_end(&mut c);
         let graceful = reason != AKG_ERROR;
         if !got.is_empty() || eos == Eos::Timeout || (graceful && eos != Eos::Fin) {
@@ -1152,7 +1184,7 @@ impl Run {
         let Some(c) = self.clients[conn].as_mut() else {
             return;
         };
-        if !crate::send_to(c.id, bytes) {
+        if !send_to(c.id, bytes) {
             self.fail(format!(
                 "conn {conn}: send_to refused although the connection is open"
             ));
@@ -1194,7 +1226,7 @@ impl Run {
 /// next write, or split in two writes; syncs (read every reply so far),
 /// resets (`SO_LINGER` 0), half-close and reopen, `close_id` and `send_to`
 /// from this thread. Every reply, close (FIN or reset, reason) and handler
-/// call is checked against a model of COMPAT.md §7; every connection must
+/// call is checked against a model of docs/C-API.md's semantics; every connection must
 /// get exactly one close callback and no handler call after it.
 /// Connections left open are half-closed and checked at the end. All waits
 /// are bounded (5 s per event).

@@ -1,10 +1,13 @@
 //! The C-visible records `WORKER`, `WORKER_ARRAY` and `SERVER` (see
-//! `include/mario/mario.h`). Field order and types are ABI: C applications
-//! read `c->owner->qlog`, `server->workers->array[i].ind` and so on. Every
-//! server owns one such set, whether it was started from C or from Rust.
+//! `include/mario/mario.h` and docs/C-API.md). Field order and types are
+//! ABI: C applications read `c->owner->qlog`, `server->workers->array[i].ind`
+//! and so on. Every server owns one such set, whether it was started from C
+//! or from Rust. Plain data: nothing here acts.
+//!
+//! Uses: logq (the `LogQueue` type of `qlog`).
 
-use std::ffi::c_int;
-use std::sync::atomic::AtomicU64;
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicI32, AtomicU64};
 
 use crate::logq::LogQueue;
 
@@ -20,8 +23,6 @@ pub struct CWorker {
     pub qlog: *const LogQueue,
     /// `SERVER *server`.
     pub server: *mut CServer,
-    /// Ours: the worker's shared state (`WorkerShared`).
-    pub(crate) mario: *const crate::worker::WorkerShared,
 }
 
 /// C `WORKER_ARRAY` header; `size` workers follow it in the same allocation.
@@ -40,7 +41,7 @@ pub struct CWorkerArray {
 pub struct CServer {
     /// `int server_fd`: the listening socket once started, else -1
     /// (atomic: other threads wait for it to be set).
-    pub server_fd: std::sync::atomic::AtomicI32,
+    pub server_fd: AtomicI32,
     /// `int port`: the port asked for; the port bound once started.
     pub port: c_int,
     /// `WORKER_ARRAY *workers`.
@@ -51,8 +52,9 @@ pub struct CServer {
     pub ret: c_int,
     /// `uint64 conn_count`: connections accepted so far.
     pub conn_count: AtomicU64,
-    /// Ours: the server (`ServerShared`).
-    pub(crate) mario: *const crate::server::ServerShared,
+    /// Ours (`void *mario_private`): the server behind this record, owned by
+    /// the C front end (`ffi`), which alone reads it.
+    pub(crate) mario: *const c_void,
 }
 
 /// Owns a `CServer` and its `CWorkerArray` in C-compatible memory.
@@ -83,7 +85,7 @@ impl CRecords {
             std::alloc::handle_alloc_error(layout);
         }
         let server = Box::into_raw(Box::new(CServer {
-            server_fd: std::sync::atomic::AtomicI32::new(-1),
+            server_fd: AtomicI32::new(-1),
             port: 0,
             workers: array,
             qlog: std::ptr::null(),

@@ -1,0 +1,261 @@
+//! The Rust API: [`Server`] built from closures with [`ServerBuilder`],
+//! [`Packet`], [`StopHandle`], and the methods of [`Conn`] that act
+//! (`send`, `send_packet`, `close`). One of the two front ends over the
+//! reactor's [`Service`] contract (the other is the C ABI, `ffi`).
+//!
+//! Handlers run on the connection's worker thread. A handler that panics
+//! (when the application is built with `panic = "unwind"`) does not take
+//! its worker down: the panic is caught, logged with the packet id, and that
+//! connection is closed as [`AKG_ERROR`](crate::AKG_ERROR); the worker goes
+//! on serving the others.
+//!
+//! Uses: server, worker, service, conn, proto.
+
+mod conn;
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::conn::Conn;
+use crate::proto::{Head, SIZE_OF_HEAD};
+use crate::server::ServerShared;
+use crate::service::{Config, Service, Verdict};
+
+type PacketFn = dyn Fn(&mut Conn, Packet<'_>) -> Verdict + Send + Sync;
+type ConnFn = dyn Fn(&mut Conn) + Send + Sync;
+type CloseFn = dyn Fn(&mut Conn, u16) + Send + Sync;
+/// 256 handler slots of one id page.
+type Page = Box<[Option<Arc<PacketFn>>]>;
+
+/// A packet as handed to a Rust handler.
+pub struct Packet<'a> {
+    head: Head,
+    bytes: &'a mut [u8],
+}
+
+impl Packet<'_> {
+    /// The decoded head.
+    pub fn head(&self) -> Head {
+        self.head
+    }
+    /// The packet id.
+    pub fn id(&self) -> u16 {
+        self.head.akg_id
+    }
+    /// The body (after the 8-byte head).
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[SIZE_OF_HEAD..]
+    }
+    /// The whole frame, head included.
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+/// Handlers in a two-level table indexed by packet id (256 pages of 256),
+/// so lookups are two loads and unused ranges cost nothing.
+struct Handlers {
+    pages: Vec<Option<Page>>,
+    connected: Option<Arc<ConnFn>>,
+    closed: Option<Arc<CloseFn>>,
+}
+
+/// Turns the worker's pointer into the `&mut Conn` a closure gets.
+///
+/// # Safety
+///
+/// `c` is the live record the worker passes to a [`Service`] callback, of
+/// which no other reference is in use: the worker holds none while a
+/// callback runs, and it defers operations by id on this connection until
+/// the callback returns (`holds_conn`).
+unsafe fn conn_mut<'a>(c: *mut Conn) -> &'a mut Conn {
+    // SAFETY: the caller's contract.
+    unsafe { &mut *c }
+}
+
+impl Service for Handlers {
+    fn holds_conn(&self) -> bool {
+        true
+    }
+    fn connected(&self, c: *mut Conn) {
+        if let Some(f) = &self.connected {
+            // SAFETY: a `Service` callback's record (see `conn_mut`).
+            f(unsafe { conn_mut(c) })
+        }
+    }
+    fn packet(&self, c: *mut Conn, head: Head, pkt: &mut [u8]) -> Verdict {
+        let id = head.akg_id as usize;
+        match self.pages[id >> 8].as_ref().and_then(|p| p[id & 0xff].as_ref()) {
+            // SAFETY: a `Service` callback's record (see `conn_mut`).
+            Some(f) => f(unsafe { conn_mut(c) }, Packet { head, bytes: pkt }),
+            None => Verdict::NoHandler,
+        }
+    }
+    fn closed(&self, c: *mut Conn, reason: u16) {
+        if let Some(f) = &self.closed {
+            // SAFETY: a `Service` callback's record (see `conn_mut`).
+            f(unsafe { conn_mut(c) }, reason)
+        }
+    }
+}
+
+/// Builds a [`Server`] from settings and handler closures.
+///
+/// ```no_run
+/// use mario::{Server, Verdict};
+/// let server = Server::builder()
+///     .port(8082)
+///     .workers(2)
+///     .stx(0x8eb6_9af7)
+///     .on_packet(0x6101, |conn, pkt| {
+///         conn.send_packet(pkt.id(), &[]);
+///         Verdict::Continue
+///     })
+///     .build()
+///     .unwrap();
+/// server.run().unwrap();
+/// ```
+pub struct ServerBuilder {
+    cfg: Config,
+    handlers: Handlers,
+}
+
+impl ServerBuilder {
+    /// Port to listen on (0: any free port).
+    pub fn port(mut self, port: u16) -> Self {
+        self.cfg.port = port;
+        self
+    }
+    /// Number of worker threads.
+    pub fn workers(mut self, n: u16) -> Self {
+        self.cfg.workers = n;
+        self
+    }
+    /// Most connections per worker.
+    pub fn conns_per_worker(mut self, n: u32) -> Self {
+        self.cfg.conns_per_worker = n;
+        self
+    }
+    /// Read timeout in seconds (0 disables).
+    pub fn read_timeout(mut self, secs: u32) -> Self {
+        self.cfg.read_timeout = secs;
+        self
+    }
+    /// Write timeout in seconds (0 disables).
+    pub fn write_timeout(mut self, secs: u32) -> Self {
+        self.cfg.write_timeout = secs;
+        self
+    }
+    /// The magic packets must carry.
+    pub fn stx(mut self, stx: u32) -> Self {
+        self.cfg.stx = stx;
+        self
+    }
+    /// Per-connection cap on pending output, in bytes.
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.cfg.output_limit = bytes;
+        self
+    }
+    /// Handler for packet id `id` (ids `0xfffc..` are reserved and
+    /// ignored). Return [`Verdict::Continue`] to go on.
+    pub fn on_packet(
+        mut self,
+        id: u16,
+        f: impl Fn(&mut Conn, Packet<'_>) -> Verdict + Send + Sync + 'static,
+    ) -> Self {
+        let page =
+            self.handlers.pages[(id >> 8) as usize].get_or_insert_with(|| (0..256).map(|_| None).collect());
+        page[(id & 0xff) as usize] = Some(Arc::new(f));
+        self
+    }
+    /// Called on each new connection, on its worker, before any packet.
+    pub fn on_connect(mut self, f: impl Fn(&mut Conn) + Send + Sync + 'static) -> Self {
+        self.handlers.connected = Some(Arc::new(f));
+        self
+    }
+    /// Called once per connection when it closes, with the reason
+    /// ([`crate::AKG_TIMEOUT`], [`crate::AKG_CLOSED`], [`crate::AKG_ERROR`] or
+    /// the id given to [`Conn::close`]).
+    pub fn on_close(mut self, f: impl Fn(&mut Conn, u16) + Send + Sync + 'static) -> Self {
+        self.handlers.closed = Some(Arc::new(f));
+        self
+    }
+    /// Creates the server (nothing listens until [`Server::run`]).
+    pub fn build(self) -> io::Result<Server> {
+        Ok(Server {
+            inner: ServerShared::new(self.cfg, Arc::new(self.handlers))?,
+        })
+    }
+}
+
+/// A server built from Rust. Run it with [`Server::run`] on a thread of
+/// your choice; stop it from anywhere with a [`StopHandle`].
+pub struct Server {
+    inner: Arc<ServerShared>,
+}
+
+impl Server {
+    /// A builder with the defaults of [`Config`].
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            cfg: Config::default(),
+            handlers: Handlers {
+                pages: (0..256).map(|_| None).collect(),
+                connected: None,
+                closed: None,
+            },
+        }
+    }
+
+    /// Binds and serves until stopped. Returns once every connection is
+    /// closed and every worker has exited.
+    pub fn run(&self) -> io::Result<()> {
+        self.inner.run()
+    }
+
+    /// The port: the one configured, or the one bound once running.
+    pub fn port(&self) -> u16 {
+        self.inner.config().port
+    }
+
+    /// Waits up to `timeout` for the server to be listening and returns
+    /// its port.
+    pub fn wait_listening(&self, timeout: Duration) -> Option<u16> {
+        let t0 = Instant::now();
+        while t0.elapsed() < timeout {
+            if self.inner.listening() {
+                return Some(self.port());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
+    }
+
+    /// A handle that stops the server from any thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Connections currently open, per worker.
+    pub fn connections(&self) -> Vec<u32> {
+        self.inner.connections()
+    }
+}
+
+/// Stops a server from any thread (see [`StopHandle::stop`]).
+#[derive(Clone)]
+pub struct StopHandle {
+    inner: Arc<ServerShared>,
+}
+
+impl StopHandle {
+    /// Stops accepting, closes every connection (each close callback runs
+    /// once) and, unless called from one of the server's own threads, waits
+    /// until the workers have exited.
+    pub fn stop(&self) {
+        self.inner.stop()
+    }
+}

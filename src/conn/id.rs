@@ -1,0 +1,91 @@
+//! [`ConnId`]: the name of one connection for its whole life, valid from
+//! any thread.
+//!
+//! Uses: nothing of the crate.
+
+/// A handle naming one connection for its whole life: which server, which
+/// worker, which slot, and the slot's generation. It is what the C field
+/// `CONN.bufev` holds (cast to a pointer), and what cross-thread commands
+/// carry: a handle whose generation no longer matches its slot is stale and
+/// is dropped, so a command can never reach the next client on that slot.
+///
+/// Layout (bit 0 is always 1, so a handle is never a valid, aligned
+/// pointer): bits 1..22 slot, 22..32 worker, 32..40 server, 40..64
+/// generation.
+///
+/// Get one with [`Conn::id`](crate::Conn::id); use it from any thread with
+/// [`send_to`](crate::send_to) and [`close_id`](crate::close_id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub(crate) u64);
+
+/// Most slots one worker may have (the slot field's range).
+pub(crate) const MAX_SLOTS: u32 = 1 << 21;
+/// Most workers one server may have (the worker field's range).
+pub(crate) const MAX_WORKERS: usize = 1 << 10;
+/// Most servers one process may create (the server field's range).
+pub(crate) const MAX_SERVERS: usize = 1 << 8;
+/// Generations wrap at 24 bits.
+pub(crate) const GEN_MASK: u32 = (1 << 24) - 1;
+
+impl ConnId {
+    /// The id of `slot` of `generation` on `worker` of `server`.
+    pub(crate) fn new(server: usize, worker: usize, slot: u32, generation: u32) -> ConnId {
+        debug_assert!(slot < MAX_SLOTS && worker < MAX_WORKERS && server < MAX_SERVERS);
+        ConnId(
+            1 | (u64::from(slot) << 1)
+                | ((worker as u64) << 22)
+                | ((server as u64) << 32)
+                | (u64::from(generation & GEN_MASK) << 40),
+        )
+    }
+
+    /// Decodes a raw handle value; `None` if it is not one of ours.
+    pub(crate) fn from_raw(v: u64) -> Option<ConnId> {
+        (v & 1 == 1).then_some(ConnId(v))
+    }
+
+    /// The slot inside the owning worker.
+    pub(crate) fn slot(self) -> u32 {
+        ((self.0 >> 1) & u64::from(MAX_SLOTS - 1)) as u32
+    }
+    /// The owning worker's index.
+    pub(crate) fn worker(self) -> usize {
+        ((self.0 >> 22) & (MAX_WORKERS as u64 - 1)) as usize
+    }
+    /// The server's process-wide index.
+    pub(crate) fn server(self) -> usize {
+        ((self.0 >> 32) & (MAX_SERVERS as u64 - 1)) as usize
+    }
+    /// The slot's generation when the connection opened (24 bits).
+    pub(crate) fn generation(self) -> u32 {
+        (self.0 >> 40) as u32 & GEN_MASK
+    }
+    /// The raw 64-bit value (as stored in `CONN.bufev`).
+    pub fn as_raw(self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_round_trip_at_their_limits() {
+        for (server, worker, slot, generation) in [
+            (0, 0, 0, 0),
+            (MAX_SERVERS - 1, MAX_WORKERS - 1, MAX_SLOTS - 1, GEN_MASK),
+            (3, 7, 12345, 0x00ab_cdef),
+        ] {
+            let id = ConnId::new(server, worker, slot, generation);
+            assert_eq!(
+                (id.server(), id.worker(), id.slot(), id.generation()),
+                (server, worker, slot, generation)
+            );
+            assert_eq!(ConnId::from_raw(id.as_raw()), Some(id));
+        }
+        // Generations wrap at 24 bits; an even value (a pointer) is not an id.
+        assert_eq!(ConnId::new(0, 0, 0, GEN_MASK + 2).generation(), 1);
+        assert_eq!(ConnId::from_raw(0x1000), None);
+    }
+}

@@ -1,0 +1,71 @@
+//! A worker's connection table and timing wheel driven without sockets,
+//! for the memory and timer-cost benchmark (`cargo bench --bench
+//! idle_table`). It is the worker's own [`ConnTable`]: the same records,
+//! slab, wheel and expiry step; only the sockets and the event loop are
+//! missing.
+
+use crate::conn::table::ConnTable;
+
+/// `n` idle connections in one worker's table.
+pub struct IdleTable {
+    table: ConnTable,
+    due: Vec<u32>,
+    read_timeout: u32,
+    now: u32,
+}
+
+impl IdleTable {
+    /// An empty table whose connections time out after `read_timeout` s.
+    pub fn new(read_timeout: u32) -> IdleTable {
+        IdleTable {
+            table: ConnTable::new(0, 0, std::ptr::null_mut(), std::ptr::null_mut()),
+            due: Vec::new(),
+            read_timeout,
+            now: 0,
+        }
+    }
+
+    /// Adds `n` connections, as a worker does for accepted sockets (with
+    /// no descriptor behind them).
+    pub fn open(&mut self, n: usize) {
+        for _ in 0..n {
+            let p = self.table.open(-1, 0, 0, self.now).expect("table full");
+            // SAFETY: a record of our own live table, no other reference.
+            let c = unsafe { &mut *p };
+            if let Some(due) = c.deadline(self.read_timeout, 0) {
+                self.table.file_timer(c, due);
+            }
+        }
+    }
+
+    /// Connections in the table.
+    pub fn len(&self) -> usize {
+        self.table.slots()
+    }
+
+    /// True when the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records a read on every `every`-th connection (what a worker does on
+    /// each read: one store).
+    pub fn touch(&mut self, every: usize) {
+        for slot in (0..self.table.slots() as u32).step_by(every.max(1)) {
+            if let Some(p) = self.table.get(slot) {
+                // SAFETY: a record of our own live table, no other reference.
+                unsafe { (*p).last_read = self.now };
+            }
+        }
+    }
+
+    /// Advances one second and runs the worker's expiry step. Returns
+    /// (entries looked at, connections timed out). Timed-out connections
+    /// are only counted (no socket to close; they are not filed again).
+    pub fn tick(&mut self) -> (usize, usize) {
+        self.now += 1;
+        self.due.clear();
+        let seen = self.table.expire(self.now, self.read_timeout, 0, &mut self.due);
+        (seen, self.due.len())
+    }
+}

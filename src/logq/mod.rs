@@ -1,0 +1,60 @@
+//! The logging core: bounded single-producer byte rings (`LOG_QUEUE`), the
+//! log thread that writes them out, and the `log` crate sink. A leaf: it
+//! knows nothing of connections or servers.
+//!
+//! A [`LogQueue`] is a ring of bytes holding records `(fd, length, bytes)`.
+//! One thread produces into it ([`LogQueue::push`]); the log thread
+//! ([`start_log_thread`]) drains every registered queue and writes each
+//! record to its file descriptor, in order per queue. The log thread sleeps
+//! when every queue is empty and is woken by the next push, so an idle
+//! process spends no CPU on logging. [`flush`] waits until everything pushed
+//! so far has been written (and writes it on the calling thread when the log
+//! thread was never started).
+//!
+//! [`install_logger`] routes the `log` crate's messages into these queues:
+//! the calling thread's own queue if it registered one with
+//! [`set_thread_queue`], otherwise a shared fallback queue.
+//!
+//! # Concurrency protocol
+//!
+//! * Producer side: a push holds the queue's producer flag (uncontended when
+//!   the queue is used as intended, by one thread), writes the record into
+//!   the free part of the ring and publishes it with a `Release` store of the
+//!   private write offset.
+//! * Consumer side: every drain of a queue happens under its hub's consumer
+//!   mutex (held by the log thread while it drains and writes, or by
+//!   [`flush`] when it writes on the caller's thread). The consumer reads only
+//!   published bytes and frees them with a `Release` store of the private
+//!   read offset.
+//! * Sleep / wake-up: the log thread sets a `sleeping` flag, issues a
+//!   `SeqCst` fence, re-checks every queue and only then parks (with a one
+//!   second safety timeout). A producer, after publishing, issues a `SeqCst`
+//!   fence and loads the flag; only if it is set does it clear it and
+//!   unpark the thread. The two fences guarantee that either the log thread
+//!   sees the new record or the producer sees the flag: no lost wake-up.
+
+//!
+//! # Files
+//!
+//! * `ring`: [`LogQueue`], the ring itself (producer and consumer halves).
+//! * `hub`: the registry of queues, the log thread and [`flush`].
+//! * `write`: writing records to their descriptors.
+//! * `sink`: the `log` crate sink ([`install_logger`]).
+//!
+//! Uses: nothing of the crate.
+
+mod hub;
+mod ring;
+mod sink;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+pub(crate) use hub::log_thread_wakeups;
+pub use hub::{flush, start_log_thread};
+pub use ring::{
+    DEFAULT_QUEUE_BYTES, LogQueue, MAX_LOG_LINE_LENGTH, MAX_QUEUE_BYTES, MIN_QUEUE_BYTES, QueueFull,
+};
+pub use sink::{clear_thread_queue, install_logger, set_thread_queue};

@@ -1,0 +1,464 @@
+//! A worker: one thread, one `mio::Poll`, one connection table, one timing
+//! wheel. Workers accept new connections themselves (see `accept`); a
+//! connection never leaves the worker it was placed on.
+//!
+//! Inside a turn of the loop the worker reads every ready socket into its
+//! one read buffer until the kernel has nothing more, dispatches complete
+//! packets in place, sends each connection's replies right after reading
+//! it, and at the end of the turn sends what callbacks queued elsewhere and
+//! frees the slots closed in the turn. Other threads talk to the worker only
+//! through its mailbox.
+//!
+//! * `ctx`: what callbacks may reach again (output, closing, deferral).
+//! * this file: the loop (events, reads, dispatch, timeouts, lingering
+//!   sockets, shutdown).
+//!
+//! Uses: accept, mailbox, service, conn, records, proto, sys.
+
+mod ctx;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+pub(crate) use ctx::{Ctx, SCRATCH, on_owner, on_worker, with_owner};
+
+use crate::accept::{self, Drained, Listener};
+use crate::conn::input::{self, Input};
+use crate::conn::record::{Conn, State};
+use crate::mailbox::{Cmd, Mailbox};
+use crate::proto::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, BadHead, Head, Scan};
+use crate::records::CWorker;
+use crate::service::{Config, Service, Verdict};
+use crate::sys;
+use ctx::{CtxConfig, DISCARD_MAX};
+
+const WAKER: Token = Token(usize::MAX);
+/// The shared listening socket (see `accept`), watched in every poll.
+pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
+/// Size of the per-worker read buffer.
+const RBUF: usize = 64 * 1024;
+/// At most this many reads per connection per turn before others get a go.
+const READS_PER_TURN: usize = 16;
+
+/// Creates a worker's poll and mailbox.
+pub(crate) fn new_worker(index: usize) -> std::io::Result<(Poll, Arc<Mailbox>)> {
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    Ok((poll, Arc::new(Mailbox::new(index, Box::new(waker)))))
+}
+
+/// The event token of the connection in `slot` of `generation`: events for
+/// a slot's previous occupant are recognised as stale.
+fn token(slot: u32, generation: u32) -> Token {
+    Token(slot as usize | ((generation as usize) << 32))
+}
+
+/// The worker loop's own state.
+pub(crate) struct Worker {
+    ctx: Ctx,
+    poll: Poll,
+    rbuf: Box<[u8]>,
+    /// The area every `CONN.out_buf` of this worker points to.
+    _scratch: Box<[std::cell::UnsafeCell<u8>]>,
+    /// Connections that still had data when their read budget ran out.
+    again: Vec<(u32, u32)>,
+    start: Instant,
+    stopping: bool,
+    expired: Vec<u32>,
+    last_linger_tick: u32,
+    /// The listening socket this worker accepts from.
+    listener: Option<Arc<Listener>>,
+    /// When to try `accept` again after an error.
+    accept_retry: Option<Instant>,
+    /// The last `accept` call stopped at its limit: go on next turn.
+    accept_more: bool,
+}
+
+impl Worker {
+    /// Worker `mailbox.index` of server `server_id`, polling with `poll`,
+    /// running `service`'s callbacks, accepting from `listener`. Its C
+    /// record is `cworker`.
+    pub(crate) fn new(
+        poll: Poll,
+        mailbox: Arc<Mailbox>,
+        server_id: usize,
+        cworker: *mut CWorker,
+        service: Arc<dyn Service>,
+        cfg: &Config,
+        listener: Option<Arc<Listener>>,
+    ) -> Box<Worker> {
+        let scratch: Box<[std::cell::UnsafeCell<u8>]> =
+            (0..SCRATCH).map(|_| std::cell::UnsafeCell::new(0)).collect();
+        let ctx = Ctx::new(
+            mailbox,
+            cworker,
+            scratch.as_ptr() as *mut std::ffi::c_char,
+            service,
+            CtxConfig {
+                server_id,
+                stx: cfg.stx,
+                out_cap: cfg.output_limit,
+                read_timeout: cfg.read_timeout,
+                write_timeout: cfg.write_timeout,
+            },
+        );
+        Box::new(Worker {
+            ctx,
+            poll,
+            rbuf: vec![0u8; RBUF].into_boxed_slice(),
+            _scratch: scratch,
+            again: Vec::new(),
+            start: Instant::now(),
+            stopping: false,
+            expired: Vec::new(),
+            last_linger_tick: 0,
+            listener,
+            accept_retry: None,
+            accept_more: false,
+        })
+    }
+
+    /// Writes this thread's id into the C worker record (`thread_id`).
+    /// Called on the worker's own thread before its loop starts.
+    pub(crate) fn publish_thread_id(&self) {
+        // SAFETY: the record lives as long as the server; this thread is
+        // the only writer of `thread_id`, and it writes before it accepts
+        // any connection, so callbacks (on this thread) read their own
+        // write and other threads are ordered by the start-up hand-shake.
+        unsafe { (*self.ctx.cworker).thread_id = libc::pthread_self() };
+    }
+
+    /// Runs the loop until a stop command; then closes every connection.
+    pub(crate) fn run(mut self: Box<Self>) {
+        ctx::set_current(&self.ctx);
+        let mut events = Events::with_capacity(1024);
+        let mut busy = false;
+        while !self.stopping {
+            self.take_new();
+            self.take_cmds();
+            if self.stopping {
+                break;
+            }
+            // Send what the commands queued and free what they closed now:
+            // `poll` may sleep for long.
+            self.end_turn();
+            self.wait(&mut events, busy);
+            busy = !events.is_empty();
+            self.ctx.now.set(self.start.elapsed().as_secs() as u32);
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == WAKER {
+                    continue;
+                }
+                if t == LISTENER {
+                    self.accept_ready();
+                    continue;
+                }
+                let (slot, generation) = (t.0 as u32, (t.0 >> 32) as u32);
+                let Some(p) = self.ctx.table.live(slot, generation) else {
+                    continue;
+                };
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.read(p, generation, ev.is_read_closed() || ev.is_error());
+                }
+                // Replies made while reading this connection go out now, in
+                // one send, so the client can go on while the other ready
+                // connections are served (the rest of the turn's output is
+                // flushed at its end). The writable case is the same check.
+                if self.ctx.has_output(p) {
+                    self.ctx.flush(p);
+                }
+            }
+            for (slot, generation) in std::mem::take(&mut self.again) {
+                if let Some(p) = self.ctx.table.live(slot, generation) {
+                    self.read(p, generation, true);
+                }
+            }
+            if self.accept_more || self.accept_retry.is_some_and(|t| Instant::now() >= t) {
+                self.accept_ready();
+            }
+            self.expire();
+            self.drain_lingering(false);
+            self.end_turn();
+        }
+        self.shutdown();
+        ctx::clear_current();
+    }
+
+    /// Waits for events. After a busy turn the worker first yields its CPU
+    /// and looks again without blocking: on a loaded machine the clients
+    /// (or the other workers) run meanwhile and usually leave new input, so
+    /// the worker goes on without the sleep and wake-up that blocking in
+    /// `epoll_wait` costs (a context switch on each side and an
+    /// inter-processor interrupt for the wake-up). Only an idle worker
+    /// blocks, so idle CPU stays zero.
+    fn wait(&mut self, events: &mut Events, busy: bool) {
+        let mut timeout = self.timeout();
+        if busy && timeout != Some(Duration::ZERO) {
+            // SAFETY: `sched_yield` takes no arguments and cannot fail.
+            unsafe { libc::sched_yield() };
+            if self.poll.poll(events, Some(Duration::ZERO)).is_ok() && !events.is_empty() {
+                return;
+            }
+        }
+        let sleep = timeout != Some(Duration::ZERO);
+        if sleep && !self.ctx.mailbox.prepare_sleep() {
+            // Something arrived in the mailbox meanwhile: look, don't block.
+            timeout = Some(Duration::ZERO);
+        }
+        if let Err(e) = self.poll.poll(events, timeout)
+            && e.kind() != std::io::ErrorKind::Interrupted
+        {
+            log::error!("worker {} poll failed: {}", self.ctx.mailbox.index, e);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if sleep {
+            self.ctx.mailbox.awake();
+        }
+    }
+
+    /// How long `poll` may sleep: not at all if work is waiting, until the
+    /// next tick if timers are filed, else indefinitely.
+    fn timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() || self.accept_more {
+            return Some(Duration::ZERO);
+        }
+        if let Some(t) = self.accept_retry {
+            return Some(t.saturating_duration_since(Instant::now()));
+        }
+        if !self.ctx.table.has_timers() && self.ctx.linger.borrow().is_empty() {
+            return None;
+        }
+        let next = Duration::from_secs(u64::from(self.ctx.now.get()) + 1);
+        Some(next.saturating_sub(self.start.elapsed()) + Duration::from_millis(1))
+    }
+
+    /// Sends pending output of every dirty connection and frees the slots
+    /// closed during the turn.
+    fn end_turn(&mut self) {
+        self.ctx.flush_dirty();
+        let list = std::mem::take(&mut *self.ctx.to_free.borrow_mut());
+        for slot in list {
+            if self.ctx.table.release(slot) {
+                self.ctx.mailbox.count.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Accepts what the listening socket has; this worker keeps its share.
+    fn accept_ready(&mut self) {
+        let Some(l) = self.listener.clone() else { return };
+        self.accept_retry = None;
+        match l.accept_all(self.ctx.mailbox.index, |a| self.open(a)) {
+            Drained::Empty => self.accept_more = false,
+            Drained::More => self.accept_more = true,
+            Drained::Retry => {
+                self.accept_more = false;
+                self.accept_retry = Some(Instant::now() + accept::RETRY);
+            }
+        }
+    }
+
+    /// Takes connections handed over by other workers.
+    fn take_new(&mut self) {
+        while let Some(a) = self.ctx.mailbox.accept_q.pop() {
+            if self.stopping {
+                sys::close_reset(a.fd);
+                self.ctx.mailbox.count.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            self.open(a);
+        }
+    }
+
+    /// Serves a new connection (its place in the count already taken).
+    fn open(&mut self, a: sys::Accepted) {
+        let ctx = &self.ctx;
+        let Some(p) = ctx.table.open(a.fd, a.ip, a.port, ctx.now.get()) else {
+            log::error!("worker {}: connection table full", ctx.mailbox.index);
+            sys::close_reset(a.fd);
+            ctx.mailbox.count.fetch_sub(1, Ordering::AcqRel);
+            return;
+        };
+        // SAFETY: live slab pointer, no other reference held.
+        let c = unsafe { &mut *p };
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&a.fd),
+            token(c.ind, c.generation),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::error!("register connection: {}", e);
+            c.state = State::Closed;
+            sys::close(a.fd);
+            c.fd = -1;
+            ctx.to_free.borrow_mut().push(c.ind);
+            return;
+        }
+        if ctx.read_timeout > 0 {
+            let due = c.last_read + ctx.read_timeout + 1;
+            ctx.table.file_timer(c, due);
+        }
+        ctx.connected(p);
+    }
+
+    fn take_cmds(&mut self) {
+        while let Some(cmd) = self.ctx.mailbox.take_cmd() {
+            match cmd {
+                Cmd::Stop => self.stopping = true,
+                cmd => self.ctx.apply(cmd),
+            }
+        }
+    }
+
+    /// Reads everything the socket has, dispatching complete packets.
+    /// `hup`: the event also reported the peer's end of stream (or an
+    /// error), so reading goes on to `EOF` even after a short read.
+    fn read(&mut self, p: *mut Conn, generation: u32, hup: bool) {
+        let ctx = &self.ctx;
+        for _ in 0..READS_PER_TURN {
+            // SAFETY: live slab pointer; read only.
+            if unsafe { (*p).state } != State::Open {
+                return;
+            }
+            let mut verdict = Verdict::Continue;
+            let mut last = None;
+            let got = input::read_once(
+                p,
+                &mut self.rbuf,
+                ctx.stx(),
+                ctx.now.get(),
+                sys::recv,
+                |h, rest| {
+                    // SAFETY: live slab pointer; the writes end before the
+                    // callback.
+                    unsafe {
+                        (*p).in_buf = rest.as_mut_ptr().cast();
+                        (*p).in_buf_len = rest.len().min(u16::MAX as usize) as u16;
+                    }
+                    verdict = ctx.packet(p, h, &mut rest[..h.pkglen as usize]);
+                    last = Some(h);
+                    // SAFETY: the callback has returned; no other reference
+                    // remains.
+                    let open = unsafe {
+                        (*p).in_buf_len = 0;
+                        (*p).state == State::Open
+                    };
+                    open && verdict == Verdict::Continue
+                },
+            );
+            match got {
+                Input::Eof => {
+                    // SAFETY: live slab pointer, no other reference held.
+                    unsafe { (*p).peer_eof = true };
+                    ctx.close(p, AKG_CLOSED);
+                    return;
+                }
+                Input::Drained => return,
+                Input::Failed(e) => {
+                    // SAFETY: live slab pointer; read only.
+                    log::debug!("recv on connection {}: {}", unsafe { (*p).ind }, e);
+                    ctx.close(p, AKG_ERROR);
+                    return;
+                }
+                Input::Read { full } => {
+                    if !full && !hup {
+                        // A short read drained the socket; edge-triggered
+                        // readiness reports any later data (or end of
+                        // stream) as a new event.
+                        return;
+                    }
+                }
+                Input::Stopped { end, avail } => {
+                    Self::stopped(ctx, p, end, avail, verdict, last);
+                    return;
+                }
+            }
+        }
+        // SAFETY: live slab pointer, read only.
+        let slot = unsafe { (*p).ind };
+        self.again.push((slot, generation));
+    }
+
+    /// Closes a connection whose input stopped being decoded: after a bad
+    /// head, or a packet whose handler failed or had no handler.
+    fn stopped(ctx: &Ctx, p: *mut Conn, end: Scan, avail: usize, verdict: Verdict, last: Option<Head>) {
+        match end {
+            Scan::Used(_) => unreachable!("a complete scan is not a stop"),
+            Scan::Stopped => {
+                // SAFETY: live slab pointer, read only.
+                if unsafe { (*p).state } == State::Open {
+                    if verdict == Verdict::NoHandler {
+                        let h = last.expect("a packet was dispatched");
+                        log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
+                        ctx.close(p, AKG_CLOSED);
+                    } else {
+                        ctx.close(p, AKG_ERROR);
+                    }
+                }
+            }
+            Scan::Bad(BadHead::Malformed, h, off) => {
+                log::error!(
+                    "pkg error, length: {} pkglen: {} stx: 0x{:x}",
+                    avail - off,
+                    h.pkglen,
+                    h.stx
+                );
+                ctx.close(p, AKG_CLOSED);
+            }
+            Scan::Bad(BadHead::ReservedId, h, _) => {
+                log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
+                ctx.close(p, AKG_CLOSED);
+            }
+        }
+    }
+
+    /// Times out connections whose deadline has passed.
+    fn expire(&mut self) {
+        let ctx = &self.ctx;
+        let mut due = std::mem::take(&mut self.expired);
+        ctx.table
+            .expire(ctx.now.get(), ctx.read_timeout, ctx.write_timeout, &mut due);
+        for &slot in &due {
+            if let Some(p) = ctx.table.get(slot) {
+                ctx.close(p, AKG_TIMEOUT);
+            }
+        }
+        due.clear();
+        self.expired = due;
+    }
+
+    /// Drains lingering sockets; closes those whose peer finished, whose
+    /// time is up, or all of them when `all`. Runs once per tick.
+    fn drain_lingering(&mut self, all: bool) {
+        let now = self.ctx.now.get();
+        if !all && self.last_linger_tick == now {
+            return;
+        }
+        self.last_linger_tick = now;
+        self.ctx.linger.borrow_mut().retain(|&(fd, until)| {
+            let done = all || now >= until || sys::discard_input(fd, DISCARD_MAX);
+            if done {
+                sys::close(fd);
+            }
+            !done
+        });
+    }
+
+    /// Closes every connection (callbacks run); the table frees the
+    /// records when the worker is dropped.
+    fn shutdown(&mut self) {
+        for slot in 0..self.ctx.table.slots() as u32 {
+            if let Some(p) = self.ctx.table.get(slot) {
+                self.ctx.close(p, AKG_CLOSED);
+            }
+        }
+        self.take_new();
+        while self.ctx.mailbox.take_cmd().is_some() {}
+        self.end_turn();
+        self.drain_lingering(true);
+    }
+}
