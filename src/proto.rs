@@ -1,5 +1,7 @@
 //! The classic MarioTCP frame: an 8-byte packed `HEAD` in host byte order
 //! followed by the body. `pkglen` counts the whole packet, head included.
+//!
+//! Uses: nothing of the crate.
 
 /// Size of the packed `HEAD` (`SIZE_OF_HEAD`).
 pub const SIZE_OF_HEAD: usize = 8;

@@ -5,6 +5,8 @@
 //! The reactor works on raw descriptors rather than `std` streams because a
 //! C host must never receive `SIGPIPE` (every send uses `MSG_NOSIGNAL`) and
 //! because the C `CONN.fd` field is the socket itself.
+//!
+//! Uses: nothing of the crate.
 
 use std::io;
 use std::os::fd::RawFd;

@@ -6,6 +6,8 @@
 //! connection has at most one valid entry (the owner records the tick it was
 //! filed under, so stale entries from a previous occupant are skipped).
 //! Filing and expiry are O(1) per connection; nothing is ever searched.
+//!
+//! Uses: nothing of the crate.
 
 /// The wheel. `N` buckets; deadlines further than `N - 1` ticks away are
 /// filed at the horizon and re-filed when it comes due.

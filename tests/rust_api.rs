@@ -731,3 +731,123 @@ fn connections_queued_while_the_worker_is_busy_are_all_served() {
     }
     r.stop();
 }
+
+/// A handler that panics (this test binary unwinds, as an rlib user's
+/// build may) costs its connection, not its worker: the connection is
+/// closed as `AKG_ERROR` with one error line naming the packet id, and the
+/// one worker goes on serving its other connections and new ones. A panic
+/// in the connect handler closes that connection the same way; one in the
+/// close handler is logged and the connection still closes once.
+#[test]
+fn a_panicking_handler_closes_its_connection_and_the_worker_goes_on() {
+    capture_logs();
+    const ID_PANIC: u16 = 0x0bad;
+    const ID_ECHO_P: u16 = 0x0b01;
+    const ID_PANIC_IN_CLOSE: u16 = 0x0b02;
+    let closes: Arc<Mutex<Vec<(SocketAddrV4, u16)>>> = Arc::default();
+    let closes2 = closes.clone();
+    // The next client to connect is refused by a panic while this is set.
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refuse2 = refuse.clone();
+    let r = Running::start(
+        Server::builder()
+            .workers(1)
+            .stx(STX)
+            .read_timeout(0)
+            .on_connect(move |c| {
+                if refuse2.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    panic!("connect handler refuses {}", c.peer());
+                }
+            })
+            .on_packet(ID_ECHO_P, |c, pkt| {
+                c.send(pkt.bytes());
+                Verdict::Continue
+            })
+            .on_packet(ID_PANIC, |_, pkt| panic!("boom in packet {:#x}", pkt.id()))
+            .on_packet(ID_PANIC_IN_CLOSE, |c, _| {
+                c.close(0x0777);
+                Verdict::Continue
+            })
+            .on_close(move |c, reason| {
+                closes2.lock().unwrap().push((c.peer(), reason));
+                if reason == 0x0777 {
+                    panic!("close handler fails");
+                }
+            }),
+    );
+    let echo = |s: &mut TcpStream, tag: u8| {
+        let f = frame(STX, ID_ECHO_P, &[tag; 5]);
+        s.write_all(&f).unwrap();
+        let mut got = vec![0u8; f.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, f);
+    };
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    let closed_with = |who: SocketAddrV4, reason: u16| {
+        let t0 = Instant::now();
+        loop {
+            let n = closes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| **c == (who, reason))
+                .count();
+            if n > 0 || t0.elapsed() > Duration::from_secs(5) {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    let mut a = connect();
+    echo(&mut a, 1);
+    let mut b = connect();
+    echo(&mut b, 2);
+    b.write_all(&frame(STX, ID_PANIC, &[])).unwrap();
+    expect_closed_silently(
+        &mut b,
+        Duration::from_secs(2),
+        "the panicking handler's connection",
+    );
+    assert_eq!(closed_with(local(&b), AKG_ERROR), 1, "closed once, as error");
+    // The same worker still serves the others, old and new.
+    echo(&mut a, 3);
+    let mut c = connect();
+    echo(&mut c, 4);
+    let panics = |needle: &str| {
+        RECORDS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(l, m)| *l == log::Level::Error && m.contains("panicked") && m.contains(needle))
+            .count()
+    };
+    assert_eq!(panics("packet 0x0bad"), 1, "one error line with the packet id");
+    assert_eq!(panics("boom in packet 0xbad"), 1, "the panic's message is logged");
+
+    // Connect handler.
+    refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut refused = connect();
+    expect_closed_silently(&mut refused, Duration::from_secs(2), "the refused connection");
+    assert_eq!(closed_with(local(&refused), AKG_ERROR), 1);
+    assert_eq!(panics("the connect handler"), 1);
+
+    // Close handler: logged, the connection closes once all the same.
+    let mut d = connect();
+    d.write_all(&frame(STX, ID_PANIC_IN_CLOSE, &[])).unwrap();
+    expect_closed_silently(&mut d, Duration::from_secs(2), "close(0x0777)");
+    assert_eq!(closed_with(local(&d), 0x0777), 1);
+    assert_eq!(panics("the close handler (0x0777)"), 1);
+    echo(&mut a, 5);
+    echo(&mut c, 6);
+    r.stop();
+    let all = closes.lock().unwrap();
+    for s in [&a, &c] {
+        let n = all.iter().filter(|(p, _)| *p == local(s)).count();
+        assert_eq!(n, 1, "{} closed {n} times", local(s));
+    }
+}

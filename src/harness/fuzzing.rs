@@ -9,6 +9,8 @@
 //!   running in this process, against a model of what the server must do.
 //!
 //! Both panic (with a description of the input) on any discrepancy.
+//!
+//! Uses: api, server, service, conn, proto, sys.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};

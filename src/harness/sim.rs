@@ -3,6 +3,8 @@
 //! idle_table`). It is the worker's own [`ConnTable`]: the same records,
 //! slab, wheel and expiry step; only the sockets and the event loop are
 //! missing.
+//!
+//! Uses: conn.
 
 use crate::conn::table::ConnTable;
 

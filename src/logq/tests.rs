@@ -1,5 +1,7 @@
 //! Tests of the logging core as a whole: the ring, the hub and log thread,
 //! the `log` sink.
+//!
+//! Uses: `super::ring`, `super::hub`, `super::sink`.
 
 use super::hub::Hub;
 use super::ring::RECORD_HEADER;

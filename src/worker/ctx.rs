@@ -8,7 +8,8 @@
 //! Also the thread-local that tells library calls which worker (if any)
 //! runs on the current thread.
 //!
-//! Uses: conn, mailbox (`Cmd`), service, proto, sys.
+//! Uses: conn, records (the `WORKER` a context runs), mailbox (`Cmd`),
+//! service, proto, sys.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::conn::record::{Conn, State};
 use crate::conn::table::ConnTable;
 use crate::mailbox::{Cmd, Mailbox};
 use crate::proto::{AKG_ERROR, Head};
+use crate::records::CWorker;
 use crate::service::{Service, Verdict};
 use crate::sys::{self, Io};
 
@@ -67,7 +69,7 @@ fn with_current<R>(pick: impl FnOnce(&Ctx) -> bool, f: impl FnOnce(&Ctx) -> R) -
 
 /// Runs `f` with the current thread's worker context if the worker whose C
 /// record is `owner` runs on this thread.
-pub(crate) fn on_owner<R>(owner: *const crate::records::CWorker, f: impl FnOnce(&Ctx) -> R) -> Option<R> {
+pub(crate) fn on_owner<R>(owner: *const CWorker, f: impl FnOnce(&Ctx) -> R) -> Option<R> {
     with_current(|ctx| std::ptr::eq(ctx.cworker, owner), f)
 }
 
@@ -89,7 +91,7 @@ pub(crate) fn on_worker<R>(server_id: usize, worker: usize, f: impl FnOnce(&Ctx)
 pub(crate) struct Ctx {
     pub(crate) mailbox: Arc<Mailbox>,
     pub(crate) server_id: usize,
-    pub(super) cworker: *mut crate::records::CWorker,
+    pub(super) cworker: *mut CWorker,
     service: Arc<dyn Service>,
     /// `service.holds_conn()`, read once.
     holds_conn: bool,
@@ -127,7 +129,7 @@ impl Ctx {
     /// `cworker` and `scratch`.
     pub(super) fn new(
         mailbox: Arc<Mailbox>,
-        cworker: *mut crate::records::CWorker,
+        cworker: *mut CWorker,
         scratch: *mut std::ffi::c_char,
         service: Arc<dyn Service>,
         cfg: CtxConfig,
