@@ -108,6 +108,9 @@ fuzz:
 sanitize:
 	bash benches/sanitize.sh
 
-# Exhaustive models (loom) of the lock-free paths: benches/loom/.
+# Exhaustive models (loom) of the lock-free paths: the mailbox and placement
+# over the real code (the crate's `loom_` tests, built with loom's atomics),
+# and the log ring's line-by-line model in benches/loom/.
 loom:
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom-lib $(CARGO) test --release --lib loom_ -- --test-threads=1
 	cd benches/loom && $(CARGO) test --release

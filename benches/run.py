@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """make bench: our server (maritcp on libmario) against the tokio peer, side by side.
 
-Runs every scenario of DESIGN.md alternating the two servers (A B A B ...,
+Runs every benchmark scenario (BENCHMARKS.md) alternating the two servers (A B A B ...,
 same settings, same worker count, same load generator) for --rounds rounds,
 then writes BENCHMARKS.md: the machine, the commands, a table of medians with
 the ratio ours / peer, and the dated history of earlier results.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the hand-made seed inputs (fuzz/corpus/<target>/seed-*).
 
-The encodings are those documented in src/fuzzing.rs (`frames`, `ops`).
+The encodings are those documented in src/harness/fuzzing.rs (`frames`, `ops`).
 Run from anywhere: python3 fuzz/seeds.py
 """
 import os

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use mio::Token;
 
 use crate::mailbox::Mailbox;
-use crate::sync::{AtomicU32, AtomicUsize};
+use crate::sync::{self, AtomicU32, AtomicUsize, Step};
 use crate::sys::{self, Accepted, SpareFd};
 
 /// Below this many connections held, placement is exactly round robin;
@@ -292,7 +292,12 @@ impl Placement {
 
 /// Takes one place under `cap` in a worker's connection count.
 fn reserve(count: &AtomicU32, cap: u32) -> bool {
-    if count.fetch_add(1, Ordering::AcqRel) >= cap {
+    let over = if sync::broken(Step::CapTest) {
+        count.fetch_add(1, Ordering::AcqRel) > cap
+    } else {
+        count.fetch_add(1, Ordering::AcqRel) >= cap
+    };
+    if over {
         count.fetch_sub(1, Ordering::AcqRel);
         return false;
     }
@@ -406,5 +411,96 @@ mod tests {
         let after = counts(&p);
         assert_eq!(after[1], before[1], "worker 1's place was given back");
         assert_eq!(after[0], before[0] + 10_001);
+    }
+}
+
+/// loom models of placement over the real code (see `mailbox`'s models).
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::mailbox::CMD_BYTES_MAX;
+    use crate::mailbox::loom_models::{WAKE_UP, check, expect_failure, mailbox, wait};
+
+    fn conn(k: i32) -> Accepted {
+        Accepted {
+            fd: k,
+            ip: 0,
+            port: 0,
+        }
+    }
+
+    /// Worker 0 accepts two connections while worker 1 sleeps whenever its
+    /// mailbox looks empty: round robin hands the second to worker 1,
+    /// which must wake up and take it.
+    fn hand_off_wakes_the_worker() {
+        let (m0, _p0) = mailbox(0, CMD_BYTES_MAX);
+        let (m1, p1) = mailbox(1, CMD_BYTES_MAX);
+        let placement = Arc::new(Placement::new(vec![m0.clone(), m1.clone()], 10));
+        let p = placement.clone();
+        let acceptor = loom::thread::spawn(move || {
+            assert!(matches!(p.place(0, conn(1)), Placed::Keep(_)));
+            assert!(matches!(p.place(0, conn(2)), Placed::Handed(1)));
+        });
+        loop {
+            if let Some(a) = m1.accept_q.pop() {
+                assert_eq!(a.fd, 2);
+                break;
+            }
+            wait(&m1, &p1);
+        }
+        acceptor.join().unwrap();
+        assert_eq!(m0.count.load(Ordering::Relaxed), 1);
+        assert_eq!(m1.count.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn loom_hand_off_never_loses_a_wakeup() {
+        check(None, WAKE_UP, hand_off_wakes_the_worker);
+    }
+
+    #[test]
+    #[ignore = "run by loom_broken_placement_is_caught"]
+    fn loom_broken_hand_off_recheck() {
+        check(Some(Step::Recheck), &[], hand_off_wakes_the_worker);
+    }
+
+    /// Two workers of one place each accept at once: one connection is
+    /// kept, one refused, and the count never passes the cap.
+    fn cap_holds() {
+        let (m0, _p0) = mailbox(0, CMD_BYTES_MAX);
+        let placement = Arc::new(Placement::new(vec![m0.clone()], 1));
+        let threads: Vec<_> = (0..2)
+            .map(|k| {
+                let p = placement.clone();
+                loom::thread::spawn(move || matches!(p.place(0, conn(k)), Placed::Keep(_)))
+            })
+            .collect();
+        let kept = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|&k| k)
+            .count();
+        assert_eq!(kept, 1, "connections kept over the cap");
+        assert_eq!(m0.count.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn loom_cap_is_never_exceeded() {
+        check(None, &[], cap_holds);
+    }
+
+    #[test]
+    #[ignore = "run by loom_broken_placement_is_caught"]
+    fn loom_broken_cap_test() {
+        check(Some(Step::CapTest), &[], cap_holds);
+    }
+
+    #[test]
+    fn loom_broken_placement_is_caught() {
+        expect_failure("accept::loom_models::loom_broken_hand_off_recheck", "deadlock");
+        expect_failure(
+            "accept::loom_models::loom_broken_cap_test",
+            "connections kept over the cap",
+        );
     }
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
 use crate::conn::ConnId;
-use crate::sync::{AtomicBool, AtomicU32, AtomicUsize, fence};
+use crate::sync::{self, AtomicBool, AtomicU32, AtomicUsize, Step, fence};
 use crate::sys::Accepted;
 
 /// Cap on bytes queued by other threads for one worker and not yet taken.
@@ -64,6 +64,8 @@ pub(crate) struct Mailbox {
     cmds: SegQueue<Cmd>,
     /// Bytes inside `cmds` not yet taken by the worker.
     cmd_bytes: AtomicUsize,
+    /// The most `cmd_bytes` may reach ([`CMD_BYTES_MAX`]).
+    cmd_cap: usize,
     /// True while the worker is (about to be) blocked in `poll`.
     sleeping: AtomicBool,
     waker: Box<dyn Wake>,
@@ -75,11 +77,18 @@ pub(crate) struct Mailbox {
 impl Mailbox {
     /// An empty mailbox for worker `index`, woken through `waker`.
     pub(crate) fn new(index: usize, waker: Box<dyn Wake>) -> Mailbox {
+        Mailbox::with_budget(index, waker, CMD_BYTES_MAX)
+    }
+
+    /// As [`Mailbox::new`], with room for `cmd_cap` bytes of writes from
+    /// other threads instead of [`CMD_BYTES_MAX`].
+    pub(crate) fn with_budget(index: usize, waker: Box<dyn Wake>, cmd_cap: usize) -> Mailbox {
         Mailbox {
             index,
             accept_q: ArrayQueue::new(HANDOFF_QUEUE),
             cmds: SegQueue::new(),
             cmd_bytes: AtomicUsize::new(0),
+            cmd_cap,
             sleeping: AtomicBool::new(false),
             waker,
             count: AtomicU32::new(0),
@@ -88,7 +97,9 @@ impl Mailbox {
 
     /// Wakes the worker if it may be asleep. Call after pushing to a queue.
     pub(crate) fn notify(&self) {
-        fence(Ordering::SeqCst);
+        if !sync::broken(Step::NotifyFence) {
+            fence(Ordering::SeqCst);
+        }
         if self.sleeping.load(Ordering::Relaxed)
             && self
                 .sleeping
@@ -102,12 +113,18 @@ impl Mailbox {
     }
 
     /// Queues a command and wakes the worker if needed. Writes are refused
-    /// (returns false) when the worker already holds [`CMD_BYTES_MAX`]
-    /// bytes from other threads.
+    /// (returns false) when they would take the bytes from other threads
+    /// that the worker has not taken yet past its budget
+    /// ([`CMD_BYTES_MAX`]).
     pub(crate) fn command(&self, cmd: Cmd) -> bool {
         if let Cmd::Write(_, ref data) = cmd {
             let n = data.len();
-            if self.cmd_bytes.fetch_add(n, Ordering::Relaxed) + n > CMD_BYTES_MAX {
+            if sync::broken(Step::BudgetRmw) {
+                if self.cmd_bytes.load(Ordering::Relaxed) + n > self.cmd_cap {
+                    return false;
+                }
+                self.cmd_bytes.fetch_add(n, Ordering::Relaxed);
+            } else if self.cmd_bytes.fetch_add(n, Ordering::Relaxed) + n > self.cmd_cap {
                 self.cmd_bytes.fetch_sub(n, Ordering::Relaxed);
                 return false;
             }
@@ -133,7 +150,7 @@ impl Mailbox {
     pub(crate) fn prepare_sleep(&self) -> bool {
         self.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        self.accept_q.is_empty() && self.cmds.is_empty()
+        sync::broken(Step::Recheck) || (self.accept_q.is_empty() && self.cmds.is_empty())
     }
 
     /// The worker, after its poll returned: lowers the `sleeping` flag.
@@ -142,7 +159,7 @@ impl Mailbox {
     }
 
     /// Bytes queued by other threads and not yet taken (for tests).
-    #[cfg(test)]
+    #[cfg(any(test, loom))]
     pub(crate) fn queued_bytes(&self) -> usize {
         self.cmd_bytes.load(Ordering::Relaxed)
     }
@@ -198,11 +215,10 @@ mod tests {
 
     #[test]
     fn the_byte_budget_refuses_writes_over_the_cap_and_returns_to_zero() {
-        let (m, _) = mailbox();
-        let big = CMD_BYTES_MAX / 2;
-        assert!(m.command(Cmd::Write(id(1), vec![0; big])));
-        assert!(m.command(Cmd::Write(id(1), vec![0; big])));
-        assert_eq!(m.queued_bytes(), CMD_BYTES_MAX);
+        let m = Mailbox::with_budget(0, Box::new(Rings(Arc::default())), 1000);
+        assert!(m.command(Cmd::Write(id(1), vec![0; 500])));
+        assert!(m.command(Cmd::Write(id(1), vec![0; 500])));
+        assert_eq!(m.queued_bytes(), 1000);
         assert!(!m.command(Cmd::Write(id(1), vec![0; 1])), "over the cap");
         assert!(m.command(Cmd::Close(id(1), 1)), "closes are never refused");
         assert!(m.command(Cmd::Write(id(1), Vec::new())), "an empty write fits");
@@ -212,5 +228,237 @@ mod tests {
         }
         assert_eq!(taken, 4);
         assert_eq!(m.queued_bytes(), 0);
+    }
+}
+
+/// loom models of the mailbox, over this file's real code with loom's
+/// atomics (`make loom`: `RUSTFLAGS="--cfg loom" cargo test --lib
+/// loom_`). Only the poll is a model (an eventfd's one pending event);
+/// crossbeam's queues run as they are, each operation indivisible to loom
+/// (sequentially consistent, as their own `SeqCst` operations are). Each
+/// model also runs with one step of the protocol broken
+/// ([`sync::Step`]), and must then fail: the models can see the bugs they
+/// are meant to rule out.
+#[cfg(all(test, loom))]
+pub(crate) mod loom_models {
+    use super::*;
+    use loom::sync::{Condvar, Mutex};
+    use std::sync::Arc;
+
+    /// A worker's poll as the wake-up protocol sees it: [`Wake::wake`]
+    /// leaves one pending event, [`Poll::wait`] blocks until one is pending
+    /// and takes it, [`Poll::poll_now`] takes one without blocking.
+    #[derive(Default)]
+    pub(crate) struct Poll {
+        rung: Mutex<bool>,
+        cv: Condvar,
+    }
+
+    /// The waker of a [`Poll`].
+    pub(crate) struct Ring(pub(crate) Arc<Poll>);
+
+    impl Wake for Ring {
+        fn wake(&self) -> io::Result<()> {
+            cover("notify rang the waker");
+            *self.0.rung.lock().unwrap() = true;
+            self.0.cv.notify_all();
+            Ok(())
+        }
+    }
+
+    impl Poll {
+        fn wait(&self) {
+            let mut g = self.rung.lock().unwrap();
+            while !*g {
+                g = self.cv.wait(g).unwrap();
+            }
+            *g = false;
+        }
+        fn poll_now(&self) {
+            *self.rung.lock().unwrap() = false;
+        }
+    }
+
+    /// A mailbox and the poll its waker rings.
+    pub(crate) fn mailbox(index: usize, cmd_cap: usize) -> (Arc<Mailbox>, Arc<Poll>) {
+        let poll = Arc::new(Poll::default());
+        let m = Mailbox::with_budget(index, Box::new(Ring(poll.clone())), cmd_cap);
+        (Arc::new(m), poll)
+    }
+
+    /// The end of a worker's turn as `Worker::wait` runs it: block only if
+    /// `prepare_sleep` allows, else look without blocking; then `awake`.
+    pub(crate) fn wait(m: &Mailbox, poll: &Poll) {
+        if m.prepare_sleep() {
+            cover("blocked in poll");
+            poll.wait();
+        } else {
+            cover("the re-check found work");
+            poll.poll_now();
+        }
+        m.awake();
+    }
+
+    thread_local! {
+        static COVERAGE: std::cell::RefCell<std::collections::BTreeSet<&'static str>> =
+            const { std::cell::RefCell::new(std::collections::BTreeSet::new()) };
+    }
+
+    /// Notes that an execution reached the situation `label` (loom runs a
+    /// model's threads on the test's own thread).
+    pub(crate) fn cover(label: &'static str) {
+        COVERAGE.with(|c| c.borrow_mut().insert(label));
+    }
+
+    /// Runs `model` under loom with `step` broken (or none), every
+    /// interleaving up to 3 preemptions, prints how many it explored, and
+    /// requires the executions to have reached each situation of `reach`
+    /// (so a model cannot pass because loom never explored the
+    /// interleavings that matter).
+    pub(crate) fn check(step: Option<Step>, reach: &[&str], model: impl Fn() + Sync + Send + 'static) {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        sync::set_broken(step);
+        RUNS.store(0, Ordering::Relaxed);
+        COVERAGE.with(|c| c.borrow_mut().clear());
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(move || {
+            RUNS.fetch_add(1, Ordering::Relaxed);
+            model()
+        });
+        sync::set_broken(None);
+        let seen = COVERAGE.with(|c| c.borrow().clone());
+        eprintln!(
+            "loom: {} executions, reached {seen:?}",
+            RUNS.load(Ordering::Relaxed)
+        );
+        for r in reach {
+            assert!(seen.contains(r), "no execution reached {r:?} (reached {seen:?})");
+        }
+    }
+
+    /// Runs the `#[ignore]`d test `name` of this test binary in a child
+    /// process and checks that it fails with `expected` in its output (a
+    /// failing loom model may abort its process, which `#[should_panic]`
+    /// cannot catch).
+    pub(crate) fn expect_failure(name: &str, expected: &str) {
+        let exe = std::env::current_exe().expect("test binary path");
+        let out = std::process::Command::new(exe)
+            .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("run the test binary");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("running 1 test"), "{name}: no such test:\n{text}");
+        assert!(
+            !out.status.success(),
+            "{name}: loom found no failure, expected {expected:?}"
+        );
+        assert!(
+            text.contains(expected),
+            "{name}: failed, but without {expected:?}:\n{text}"
+        );
+    }
+
+    fn id() -> ConnId {
+        ConnId::new(0, 0, 1, 1)
+    }
+
+    /// Two threads send a command each to a worker that sleeps whenever
+    /// its mailbox looks empty: it must get both (a lost wake-up leaves it
+    /// blocked for ever, which loom reports as a deadlock).
+    fn commands_wake_the_worker() {
+        let (m, poll) = mailbox(0, CMD_BYTES_MAX);
+        let senders: Vec<_> = [Cmd::Write(id(), vec![1]), Cmd::Close(id(), 7)]
+            .into_iter()
+            .map(|cmd| {
+                let m = m.clone();
+                loom::thread::spawn(move || assert!(m.command(cmd)))
+            })
+            .collect();
+        let mut got = 0;
+        loop {
+            while m.take_cmd().is_some() {
+                got += 1;
+            }
+            if got == 2 {
+                break;
+            }
+            wait(&m, &poll);
+        }
+        for s in senders {
+            s.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn loom_commands_never_lose_a_wakeup() {
+        check(None, WAKE_UP, commands_wake_the_worker);
+    }
+
+    /// What a wake-up model must have explored.
+    pub(crate) const WAKE_UP: &[&str] = &[
+        "blocked in poll",
+        "the re-check found work",
+        "notify rang the waker",
+    ];
+
+    #[test]
+    #[ignore = "run by loom_broken_steps_are_caught"]
+    fn loom_broken_notify_fence() {
+        check(Some(Step::NotifyFence), &[], commands_wake_the_worker);
+    }
+
+    #[test]
+    #[ignore = "run by loom_broken_steps_are_caught"]
+    fn loom_broken_recheck() {
+        check(Some(Step::Recheck), &[], commands_wake_the_worker);
+    }
+
+    /// Two threads write 6 bytes each to a mailbox with room for 10: one
+    /// is refused, what was accepted is what is queued, and taking it all
+    /// brings the count back to 0.
+    fn budget() {
+        let (m, _poll) = mailbox(0, 10);
+        let senders: Vec<_> = (0..2)
+            .map(|_| {
+                let m = m.clone();
+                loom::thread::spawn(move || m.command(Cmd::Write(id(), vec![0; 6])))
+            })
+            .collect();
+        let accepted = senders
+            .into_iter()
+            .map(|s| s.join().unwrap())
+            .filter(|&a| a)
+            .count();
+        assert_eq!(accepted, 1, "writes accepted over the budget");
+        assert_eq!(m.queued_bytes(), 6);
+        while m.take_cmd().is_some() {}
+        assert_eq!(m.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn loom_byte_budget_holds_and_returns_to_zero() {
+        check(None, &[], budget);
+    }
+
+    #[test]
+    #[ignore = "run by loom_broken_steps_are_caught"]
+    fn loom_broken_budget_rmw() {
+        check(Some(Step::BudgetRmw), &[], budget);
+    }
+
+    #[test]
+    fn loom_broken_steps_are_caught() {
+        expect_failure("mailbox::loom_models::loom_broken_notify_fence", "deadlock");
+        expect_failure("mailbox::loom_models::loom_broken_recheck", "deadlock");
+        expect_failure(
+            "mailbox::loom_models::loom_broken_budget_rmw",
+            "writes accepted over the budget",
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! The C header `include/mario/mario.h`: it is fresh (matches what build.rs
 //! generates), compiles warning-free as C99 (with `-DLINUX32`, `-DLINUX64`,
-//! neither, and `_GNU_SOURCE`) and as C++, declares every name of COMPAT.md
-//! sections 2-6 with its exact type and value, gives applications the
-//! standard headers of section 1 but not `<math.h>`, and a program using all
+//! neither, and `_GNU_SOURCE`) and as C++, declares every name of
+//! docs/C-API.md (Types, Constants, Structures, Functions) with its exact
+//! type and value, gives applications the standard headers of its
+//! "Building" section but not `<math.h>`, and a program using all
 //! of it links against `libmario.a` with the documented link line and runs.
 
 mod common;
@@ -13,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// A program that uses every element of COMPAT.md sections 2-6 by name
-/// (and one function or macro of each standard header of section 1). Its
+/// A program that uses every element of docs/C-API.md by name (and one
+/// function or macro of each standard header it promises). Its
 /// compile-time checks are `_Static_assert` / `static_assert` and `#error`;
 /// its run-time checks print `CHECK FAILED` and make it exit non-zero. It
 /// logs through every `slog_*` macro, prints `LOGGED`, waits for EOF on
@@ -355,7 +356,7 @@ static void log_all(LOG_QUEUE *q) {
     CHECK(record_log(q, STDOUT_FILENO, "direct %d\n", 7) == 0);
 }
 
-/* ---- the standard headers of section 1, through mario.h alone ---- */
+/* ---- the standard headers docs/C-API.md promises, through mario.h alone ---- */
 static int sum_ints(int n, ...) {
     va_list ap;
     int i, s = 0;

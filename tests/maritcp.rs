@@ -1,4 +1,4 @@
-//! The C sample server `c-examples/maritcp` (COMPAT.md section 8), built
+//! The C sample server `c-examples/maritcp` (c-examples/README.md), built
 //! with ASan/UBSan (`target/ctests/maritcp-asan`) and as shipped
 //! (`c-examples/maritcp`), and the `mario_client` program.
 

@@ -1,29 +1,21 @@
-//! loom models of libmario's lock-free protocols.
+//! loom model of libmario's log ring and log thread.
 //!
-//! loom cannot run the library itself (its atomics, `thread::park`, mio's
-//! `Waker` and crossbeam's queues are not loom's), so each module below is a
-//! line-by-line copy of one protocol with loom's types: the same atomics, the
-//! same orderings, the same fences, the same checks, in the same order. Every
-//! modelled step names the function of the real source it copies (line
-//! numbers as of commit c5677b7). What is deliberately not copied is said
+//! The worker side (the mailbox's wake-up protocol, its byte budget, the
+//! placement cap) is checked over the real code: libmario's own `loom_`
+//! tests, built with `--cfg loom` so that `src/sync.rs` hands it loom's
+//! atomics (`make loom` runs both). The log ring uses `thread::park`, a
+//! `OnceLock` and raw byte copies that loom cannot stand in for without
+//! rewriting it, so [`logq`] is a line-by-line copy of that protocol with
+//! loom's types: the same atomics, the same orderings, the same fences, the
+//! same checks, in the same order. Every modelled step names the function
+//! of src/logq/ it copies (src/logq/ has not changed since the model was
+//! written: `git log src/logq*`). What is deliberately not copied is said
 //! where it is left out; none of it takes part in the protocol (statistics
-//! counters, time-outs, the byte-level framing of log lines, sockets).
+//! counters, time-outs, the byte-level framing of log lines).
 //!
 //! * [`logq`]: the log ring (`LogQueue::push` / `take`, the producer spin
 //!   lock), the log thread's sleep and wake-up (`Hub::run` / `notify`),
 //!   `Hub::flush`, and registering a queue while the log thread runs.
-//! * [`worker`]: a worker's sleep protocol (`Worker::run`) against
-//!   `WorkerShared::notify`, the acceptor's hand-off with the per-worker
-//!   connection cap (`ServerShared::accept_loop`), the cross-thread command
-//!   path with its byte budget (`WorkerShared::command`, `take_cmds`) and
-//!   the `ConnId` generation check (`Ctx::lookup`, `Worker::open`).
-//!
-//! Crossbeam's `ArrayQueue` / `SegQueue` are modelled by [`worker::Queue`]:
-//! the items live in a loom `Mutex<VecDeque>` (the queues' own correctness is
-//! crossbeam's business), but their emptiness, which the sleep protocol
-//! reads, is what crossbeam gives: a `SeqCst` read-modify-write of `tail` per
-//! push, and `is_empty` as two `SeqCst` loads, taking no lock, so the model
-//! adds no synchronisation that the real queues lack.
 //!
 //! Each protocol takes a variant switch set to the real code by default;
 //! the tests also run deliberately broken variants (a fence removed, the
@@ -45,12 +37,11 @@
 //! the thread that alone stores it.
 
 pub mod logq;
-pub mod worker;
 
 use loom::sync::atomic::{AtomicBool, Ordering};
 
-/// `flag.swap(false, Ordering::AcqRel)` as the wakers use it
-/// (src/logq.rs:492, src/worker.rs:68), modelled as
+/// `flag.swap(false, Ordering::AcqRel)` as the log's waker uses it
+/// (`Hub::notify`, src/logq/hub.rs), modelled as
 /// `compare_exchange(true, false, AcqRel, Acquire)`.
 ///
 /// Why: loom 0.7 does not enforce the atomicity of read-modify-writes in its

@@ -1,4 +1,4 @@
-//! Model of src/logq.rs: the single-producer byte ring [`LogQueue`], its
+//! Model of src/logq/ (ring.rs and hub.rs): the single-producer byte ring [`LogQueue`], its
 //! producer spin lock, and the [`Hub`] (the log thread's drain / sleep /
 //! wake-up loop, `notify`, `flush`, registering queues).
 //!
@@ -9,7 +9,7 @@
 //! `any_pending`, `drain_with`, `run`, `flush`, `create_queue`.
 //!
 //! Left out, as they take no part in the protocol: cutting long lines
-//! (`push` before `lock_producer`; pure code, unit-tested in src/), the
+//! (`push` before `lock_producer`; pure code, unit-tested in src/logq/tests.rs), the
 //! informational C mirrors `size` / `producer` / `consumer` (written with
 //! `Relaxed`, never read by Rust), the `wakeups` statistics counter, writing
 //! to file descriptors (the model appends the records to a list instead),
@@ -35,37 +35,37 @@ use loom::thread::{self, Thread};
 
 use crate::cover;
 
-/// `RECORD_HEADER` (src/logq.rs:59): `fd` as `i32`, then the length as `u16`.
+/// `RECORD_HEADER` (src/logq/ring.rs): `fd` as `i32`, then the length as `u16`.
 pub const RECORD_HEADER: usize = 6;
 
-/// Spins of `lock_producer` before it yields (64 in src/logq.rs:272).
+/// Spins of `lock_producer` before it yields (64 in src/logq/ring.rs).
 pub const SPINS: usize = 1;
 /// Yields of `lock_producer` before it gives up (about 10 ms worth in
-/// src/logq.rs:278-286; at least one).
+/// src/logq/ring.rs; at least one).
 pub const YIELDS: usize = 1;
 
 /// Which parts of the protocol are present. [`LogVariant::REAL`] is the
 /// code as written; the others exist to show that the model catches bugs.
 #[derive(Debug, Clone, Copy)]
 pub struct LogVariant {
-    /// `fence(SeqCst)` in `Hub::notify` (src/logq.rs:491).
+    /// `fence(SeqCst)` in `Hub::notify` (src/logq/hub.rs).
     pub notify_fence: bool,
-    /// `fence(SeqCst)` in `Hub::run` after raising `sleeping` (src/logq.rs:562).
+    /// `fence(SeqCst)` in `Hub::run` after raising `sleeping` (src/logq/hub.rs).
     pub run_fence: bool,
-    /// `Hub::run` re-checks `any_pending()` before parking (src/logq.rs:563).
+    /// `Hub::run` re-checks `any_pending()` before parking (src/logq/hub.rs).
     pub recheck: bool,
-    /// `push` publishes `head` with `Release` (src/logq.rs:253); `false`:
+    /// `push` publishes `head` with `Release` (src/logq/ring.rs); `false`:
     /// `Relaxed`.
     pub head_release: bool,
-    /// `take` frees bytes with a `Release` store of `tail` (src/logq.rs:374);
+    /// `take` frees bytes with a `Release` store of `tail` (src/logq/ring.rs);
     /// `false`: `Relaxed`.
     pub tail_release: bool,
-    /// `push` takes the producer flag (src/logq.rs:220); `false`: it does not.
+    /// `push` takes the producer flag (src/logq/ring.rs); `false`: it does not.
     pub producer_lock: bool,
 }
 
 impl LogVariant {
-    /// The protocol as src/logq.rs has it.
+    /// The protocol as src/logq/ has it.
     pub const REAL: LogVariant = LogVariant {
         notify_fence: true,
         run_fence: true,
@@ -76,11 +76,11 @@ impl LogVariant {
     };
 }
 
-/// `QueueFull` (src/logq.rs:82).
+/// `QueueFull` (src/logq/ring.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
 
-/// `LogQueue` (src/logq.rs:104), less the C mirrors and the `hub` pointer
+/// `LogQueue` (src/logq/ring.rs), less the C mirrors and the `hub` pointer
 /// (the hub is passed to [`LogQueue::push`] instead: loom has no statics).
 pub struct LogQueue {
     head: AtomicU32,
@@ -90,7 +90,7 @@ pub struct LogQueue {
     v: LogVariant,
 }
 
-/// `ProducerGuard` (src/logq.rs:151): releases the producer flag on drop.
+/// `ProducerGuard` (src/logq/ring.rs): releases the producer flag on drop.
 struct ProducerGuard<'a>(&'a AtomicBool);
 
 impl Drop for ProducerGuard<'_> {
@@ -110,12 +110,12 @@ impl LogQueue {
         }
     }
 
-    /// `LogQueue::is_empty` (src/logq.rs:196).
+    /// `LogQueue::is_empty` (src/logq/ring.rs).
     pub fn is_empty(&self) -> bool {
         self.head.load(Ordering::Acquire) == self.tail.load(Ordering::Acquire)
     }
 
-    /// `LogQueue::push` (src/logq.rs:211), from `lock_producer` on; `line`
+    /// `LogQueue::push` (src/logq/ring.rs), from `lock_producer` on; `line`
     /// is at most `MAX_LOG_LINE_LENGTH` bytes (no cutting).
     pub fn push(&self, hub: &Hub, fd: i32, line: &[u8]) -> Result<(), QueueFull> {
         let len = line.len();
@@ -125,7 +125,7 @@ impl LogQueue {
             None
         };
         let size = self.buf.len();
-        // src/logq.rs:224 `self.head.load(Ordering::Relaxed)`: only the
+        // src/logq/ring.rs `self.head.load(Ordering::Relaxed)`: only the
         // holder of the producer flag stores `head`, so this reads its own
         // last store (see `own_load`).
         let head = own_load(&self.head);
@@ -151,13 +151,13 @@ impl LogQueue {
             Ordering::Relaxed
         };
         self.head.store(pos as u32, order);
-        // (src/logq.rs:254 stores the C mirror `producer` here: omitted.)
+        // (src/logq/ring.rs stores the C mirror `producer` here: omitted.)
         drop(guard);
         hub.notify();
         Ok(())
     }
 
-    /// `LogQueue::lock_producer` (src/logq.rs:263).
+    /// `LogQueue::lock_producer` (src/logq/ring.rs).
     fn lock_producer(&self) -> Option<ProducerGuard<'_>> {
         let try_lock = || {
             self.producing
@@ -184,7 +184,7 @@ impl LogQueue {
         None
     }
 
-    /// `LogQueue::write_at` (src/logq.rs:298): byte by byte, so that loom
+    /// `LogQueue::write_at` (src/logq/ring.rs): byte by byte, so that loom
     /// checks every byte's accesses.
     fn write_at(&self, pos: usize, src: &[u8]) -> usize {
         let size = self.buf.len();
@@ -194,7 +194,7 @@ impl LogQueue {
         (pos + src.len()) % size
     }
 
-    /// `LogQueue::read_at` (src/logq.rs:319).
+    /// `LogQueue::read_at` (src/logq/ring.rs).
     fn read_at(&self, pos: usize, dst: &mut [u8]) {
         let size = self.buf.len();
         for (i, d) in dst.iter_mut().enumerate() {
@@ -202,12 +202,12 @@ impl LogQueue {
         }
     }
 
-    /// `LogQueue::take` (src/logq.rs:338): appends the published records to
+    /// `LogQueue::take` (src/logq/ring.rs): appends the published records to
     /// `out` and frees them. Call only under the hub's `drain` mutex.
     fn take(&self, out: &mut Vec<(i32, Vec<u8>)>) -> bool {
         let size = self.buf.len();
         let head = self.head.load(Ordering::Acquire) as usize;
-        // src/logq.rs:344 `self.tail.load(Ordering::Relaxed)`: only the
+        // src/logq/ring.rs `self.tail.load(Ordering::Relaxed)`: only the
         // holder of the drain mutex stores `tail` (see `own_load`).
         let start = own_load(&self.tail);
         let mut tail = start;
@@ -218,7 +218,7 @@ impl LogQueue {
             self.read_at(tail, &mut header);
             let fd = i32::from_ne_bytes([header[0], header[1], header[2], header[3]]);
             let len = usize::from(u16::from_ne_bytes([header[4], header[5]]));
-            // src/logq.rs:354 drops everything on a bad header ("cannot
+            // src/logq/ring.rs drops everything on a bad header ("cannot
             // happen"); the model insists that it does not.
             assert!(
                 RECORD_HEADER + len <= used,
@@ -238,7 +238,7 @@ impl LogQueue {
             Ordering::Relaxed
         };
         self.tail.store(tail as u32, order);
-        // (src/logq.rs:375 stores the C mirror `consumer` here: omitted.)
+        // (src/logq/ring.rs stores the C mirror `consumer` here: omitted.)
         true
     }
 }
@@ -291,14 +291,14 @@ impl OnceThread {
     }
 }
 
-/// `DrainState` (src/logq.rs:414). `written` stands for the file
+/// `DrainState` (src/logq/hub.rs). `written` stands for the file
 /// descriptors: every record the consumer wrote, in order.
 pub struct DrainState {
     queues: Vec<Arc<LogQueue>>,
     pub written: Vec<(i32, Vec<u8>)>,
 }
 
-/// `Hub` (src/logq.rs:431), less `start_lock` (the model starts the log
+/// `Hub` (src/logq/hub.rs), less `start_lock` (the model starts the log
 /// thread once, by hand) and `wakeups`.
 pub struct Hub {
     registry: Mutex<Vec<Arc<LogQueue>>>,
@@ -329,7 +329,7 @@ impl Hub {
         }
     }
 
-    /// `Hub::create_queue` (src/logq.rs:479), with a ring of `size` bytes
+    /// `Hub::create_queue` (src/logq/hub.rs), with a ring of `size` bytes
     /// (no clamping to `MIN_QUEUE_BYTES`: tiny rings wrap and fill early).
     pub fn create_queue(&self, size: usize) -> Arc<LogQueue> {
         let queue = Arc::new(LogQueue::new(size, self.v));
@@ -339,7 +339,7 @@ impl Hub {
         queue
     }
 
-    /// `Hub::notify` (src/logq.rs:488).
+    /// `Hub::notify` (src/logq/hub.rs).
     fn notify(&self) {
         if self.v.notify_fence {
             fence(Ordering::SeqCst);
@@ -352,12 +352,12 @@ impl Hub {
         }
     }
 
-    /// `Hub::any_pending` (src/logq.rs:502).
+    /// `Hub::any_pending` (src/logq/hub.rs).
     fn any_pending(&self) -> bool {
         self.registry.lock().unwrap().iter().any(|q| !q.is_empty())
     }
 
-    /// `Hub::drain_with` + `write_records` (src/logq.rs:509, 606).
+    /// `Hub::drain_with` + `write_records` (src/logq/hub.rs, src/logq/write.rs).
     fn drain_to_fds(&self, st: &mut DrainState) -> bool {
         if self.registered.load(Ordering::Acquire) != st.queues.len() {
             if !st.queues.is_empty() {
@@ -384,7 +384,7 @@ impl Hub {
         self.drain.lock().unwrap()
     }
 
-    /// `Hub::start` (src/logq.rs:537): spawns the log thread, then raises
+    /// `Hub::start` (src/logq/hub.rs): spawns the log thread, then raises
     /// `started`. The model's log thread returns once it has written
     /// `expect_bytes` bytes of lines (the real one never returns).
     pub fn start(hub: &Arc<Hub>, expect_bytes: usize) -> loom::thread::JoinHandle<()> {
@@ -394,7 +394,7 @@ impl Hub {
         t
     }
 
-    /// `Hub::run` (src/logq.rs:552).
+    /// `Hub::run` (src/logq/hub.rs).
     fn run(&self, expect_bytes: usize) {
         self.thread.init_current();
         loop {
@@ -423,7 +423,7 @@ impl Hub {
         }
     }
 
-    /// `Hub::flush` (src/logq.rs:572) without its deadline: returns once
+    /// `Hub::flush` (src/logq/hub.rs) without its deadline: returns once
     /// every queue is empty with nobody between taking and writing.
     pub fn flush(&self) -> bool {
         loop {

@@ -8,7 +8,7 @@ use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*, fence};
 use loom::thread;
 
-/// The wake-up pattern of `Hub::notify` / `WorkerShared::notify` reduced
+/// The wake-up pattern of `Hub::notify` / `Mailbox::notify` reduced
 /// to six lines. T2 is the sleeper (raise the flag, lower it, raise it
 /// again, fence, look for work); T1 is the waker (maybe clear the flag with
 /// `take`, publish work, fence, look at the flag). C++20 forbids the

@@ -1,4 +1,4 @@
-//! The maritcp LOGIN server (see `c-examples/` and COMPAT.md section 8)
+//! The maritcp LOGIN server (see `c-examples/README.md`)
 //! written the way a Rust user would write it with tokio: the peer libmario
 //! is benchmarked against.
 //!
