@@ -16,7 +16,6 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, fence};
 
 /// A step of a lock-free protocol that a loom model may break on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(loom), allow(dead_code))]
 pub(crate) enum Step {
     /// The `SeqCst` fence a sender issues before it looks at `sleeping`.
     NotifyFence,

@@ -247,7 +247,7 @@ pub fn flush(timeout: Duration) -> bool {
 }
 
 /// Iterations of the global log thread's loop (for tests).
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg(test)]
 pub(crate) fn log_thread_wakeups() -> u64 {
     GLOBAL_HUB.wakeups.load(Ordering::Relaxed)
 }

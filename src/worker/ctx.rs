@@ -222,7 +222,8 @@ impl Ctx {
                 break;
             }
             for cmd in cmds {
-                self.apply(cmd);
+                // Only writes and closes are ever deferred.
+                let _ = self.apply(cmd);
             }
         }
     }
@@ -248,8 +249,10 @@ impl Ctx {
         .unwrap_or(Verdict::Stop)
     }
 
-    /// Applies a write or close command to a live connection.
-    pub(crate) fn apply(&self, cmd: Cmd) {
+    /// Applies a command: a write or close to a live connection (one that
+    /// has closed meanwhile is left alone). Returns true for `Stop`, which
+    /// is the loop's to act on.
+    pub(crate) fn apply(&self, cmd: Cmd) -> bool {
         match cmd {
             Cmd::Write(id, data) => {
                 if let Some(p) = self.lookup(id) {
@@ -261,8 +264,9 @@ impl Ctx {
                     self.close(p, reason);
                 }
             }
-            Cmd::Stop => {}
+            Cmd::Stop => return true,
         }
+        false
     }
 
     /// Appends `data` to the output of the connection at `p` (see

@@ -29,7 +29,7 @@ pub(crate) use ctx::{Ctx, SCRATCH, on_owner, on_worker, with_owner};
 use crate::accept::{self, Drained, Listener};
 use crate::conn::input::{self, Input};
 use crate::conn::record::{Conn, State};
-use crate::mailbox::{Cmd, Mailbox};
+use crate::mailbox::Mailbox;
 use crate::proto::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, BadHead, Head, Scan};
 use crate::records::CWorker;
 use crate::service::{Config, Service, Verdict};
@@ -307,9 +307,8 @@ impl Worker {
 
     fn take_cmds(&mut self) {
         while let Some(cmd) = self.ctx.mailbox.take_cmd() {
-            match cmd {
-                Cmd::Stop => self.stopping = true,
-                cmd => self.ctx.apply(cmd),
+            if self.ctx.apply(cmd) {
+                self.stopping = true;
             }
         }
     }
