@@ -7,6 +7,12 @@ then writes BENCHMARKS.md: the machine, the commands, a table of medians with
 the ratio ours / peer, and the dated history of earlier results.
 
     python3 benches/run.py [--rounds 3] [--quick] [--out BENCHMARKS.md]
+                           [--compare OLD_MARITCP]
+
+--compare runs a third server in every round, another build of maritcp
+(say, the last commit's: `git worktree add /tmp/before HEAD~1 && make -C
+/tmp/before`), and adds the column "ours / before": a before/after
+measurement of a change, from one run.
 """
 import argparse, datetime, json, os, platform, re, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -43,16 +49,16 @@ def rss_kib(pid):
 class Server:
     """One server process on a free port, started in the foreground."""
 
-    def __init__(self, kind):
+    def __init__(self, kind, maritcp=None):
         self.kind = kind
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix=f"mario-bench-{kind}-")
         out = open(os.path.join(self.dir, "stdout.txt"), "w")
         err = open(os.path.join(self.dir, "stderr.txt"), "w")
-        if kind == "mario":
+        if kind in ("mario", "before"):
             with open(os.path.join(self.dir, "init.conf"), "w") as f:
                 f.write(f"PORT {self.port}\nTIMEOUT {TIMEOUT}\nWORKERNUM {WORKERS}\nCONNNUM 20000\n")
-            cmd = [MARITCP, "-f"]
+            cmd = [maritcp or MARITCP, "-f"]
         else:
             cmd = [PEER, "--port", str(self.port), "--workers", str(WORKERS), "--timeout", str(TIMEOUT)]
         self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
@@ -157,7 +163,10 @@ def main():
                     help="where the raw results are saved")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the report from the saved raw results (after editing benches/NOTES.md)")
+    ap.add_argument("--compare", metavar="MARITCP",
+                    help="also run this maritcp binary (another build) in every round, as 'before'")
     a = ap.parse_args()
+    kinds = ("mario", "tokio") + (("before",) if a.compare else ())
     if a.report_only:
         raw = json.load(open(a.raw))
         a.rounds, a.quick = raw["rounds"], raw["quick"]
@@ -168,8 +177,8 @@ def main():
     results = {}  # (scenario, kind) -> [json]
     for r in range(a.rounds):
         for name, args in scenarios(a.quick):
-            for kind in ("mario", "tokio"):
-                s = Server(kind)
+            for kind in kinds:
+                s = Server(kind, a.compare if kind == "before" else None)
                 try:
                     res = run_bench(args, s)
                 finally:
@@ -178,8 +187,8 @@ def main():
                 print(f"round {r + 1} {name:14} {kind:6} rate {res.get('rate', 0):>10.0f}/s "
                       f"cpu/op {res.get('server_cpu_us_per_op') or 0:6.2f} us "
                       f"rss {res.get('rss_max_kib') or 0} KiB", file=sys.stderr, flush=True)
-        for kind in ("mario", "tokio"):
-            s = Server(kind)
+        for kind in kinds:
+            s = Server(kind, a.compare if kind == "before" else None)
             try:
                 res = idle_cpu(s, 3 if a.quick else 5)
             finally:
@@ -201,17 +210,24 @@ def med(results, key, field):
     return statistics.median(vals) if vals else None
 
 
+def ratios(results, scen, field, peer):
+    """Median of ours / `peer`, and each round's ratio (the spread)."""
+    m, t = med(results, (scen, "mario"), field), med(results, (scen, peer), field)
+    ratio = (m / t) if (m is not None and t) else None
+    pairs = zip(results.get((scen, "mario"), []), results.get((scen, peer), []))
+    per = [x.get(field) / y.get(field) for x, y in pairs if x.get(field) is not None and y.get(field)]
+    return (f"{ratio:.2f} x" if ratio is not None else "-"), (" ".join(f"{r:.2f}" for r in per) if per else "-")
+
+
 def write_report(a, results, mem, today, replace_today=False):
     rows = []
+    before = any(k[1] == "before" for k in results)
 
     def row(label, scen, field, fmt, target):
         m, t = med(results, (scen, "mario"), field), med(results, (scen, "tokio"), field)
-        ratio = (m / t) if (m is not None and t) else None
-        # The ratio of each round's back-to-back pair shows the spread.
-        pairs = zip(results.get((scen, "mario"), []), results.get((scen, "tokio"), []))
-        per = [x.get(field) / y.get(field) for x, y in pairs if x.get(field) is not None and y.get(field)]
-        spread = " ".join(f"{r:.2f}" for r in per) if per else "-"
-        rows.append((label, fmt(m), fmt(t), f"{ratio:.2f} x" if ratio is not None else "-", spread, target))
+        ratio, spread = ratios(results, scen, field, "tokio")
+        extra = ratios(results, scen, field, "before") if before else ()
+        rows.append((label, fmt(m), fmt(t), ratio, spread, *extra, target))
 
     n = lambda v: "-" if v is None else f"{v:,.0f}"
     us = lambda v: "-" if v is None else f"{v:.2f} us"
@@ -227,16 +243,19 @@ def write_report(a, results, mem, today, replace_today=False):
     row("RSS holding 15,000 connections (churn 1000/s): KiB", "hold 15000", "rss_max_kib", n, "<= 0.2 x")
     row("same: failures", "hold 15000", "failures_total", n, "0")
     m, t = med(results, ("idle", "mario"), "idle_cpu_pct"), med(results, ("idle", "tokio"), "idle_cpu_pct")
-    rows.append(("idle server CPU", f"{m:.2f} %", f"{t:.2f} %", "-", "-", "0"))
+    rows.append(("idle server CPU", f"{m:.2f} %", f"{t:.2f} %", "-", "-", *(("-", "-") if before else ()), "0"))
 
     cpu = "unknown"
     try:
         cpu = re.search(r"model name\s*:\s*(.*)", open("/proc/cpuinfo").read()).group(1)
     except Exception:
         pass
-    table = ["| scenario | ours (maritcp + libmario) | tokio peer | ours / peer | per round | target |",
-             "|---|---|---|---|---|---|"]
-    table += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} |" for r in rows]
+    table = ["| scenario | ours (maritcp + libmario) | tokio peer | ours / peer | per round |"
+             + (" ours / before | per round |" if before else "") + " target |",
+             "|---|---|---|---|---|" + ("---|---|" if before else "") + "---|"]
+    table += ["| " + " | ".join(r) + " |" for r in rows]
+    compared = (f"\n- \"before\": `{a.compare}` (another build of maritcp), run in the same rounds;"
+                " \"ours / before\" is the change's before/after ratio.") if before and getattr(a, "compare", None) else ""
     head = f"""# Benchmarks
 
 Generated by `make bench` (`python3 benches/run.py --rounds {a.rounds}{' --quick' if a.quick else ''}`)
@@ -251,7 +270,7 @@ on {today}.
 - Load: `target/release/mario-bench` (one process; one thread, and for the rps and cps scenarios
   also two threads, marked "2 generator threads") with `--pid` for the server's CPU time
   (utime + stime from /proc over the measured window) and RSS (max VmRSS during the run).
-- Medians over {a.rounds} rounds; "per round" is ours / peer within each round's back-to-back pair.
+- Medians over {a.rounds} rounds; "per round" is ours / peer within each round's back-to-back pair.{compared}
 
 """
     hist_start = "## History"
