@@ -230,13 +230,15 @@ impl Proc {
         }
     }
 
-    /// The `EV close serial=S ...` line of connection `serial`, if logged.
+    /// The `EV close serial=S ...` line of connection `serial`, if logged
+    /// (complete lines only: the log thread may be writing the last one).
     pub fn close_event(&self, serial: u32) -> Option<String> {
         let key = format!("EV close serial={serial} ");
         self.stdout()
-            .lines()
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
             .find(|l| l.contains(&key))
-            .map(str::to_string)
+            .map(|l| l.trim_end().to_string())
     }
 
     /// Waits for the close event of `serial` and returns (reason, packets).
