@@ -51,15 +51,17 @@ impl Head {
         o
     }
 
-    /// Builds a whole frame: a head for `akg_id` followed by `body`.
-    /// Panics if the frame would exceed `u16::MAX` bytes.
-    pub fn frame(stx: u32, akg_id: u16, body: &[u8]) -> Vec<u8> {
-        let len = SIZE_OF_HEAD + body.len();
-        let pkglen = u16::try_from(len).expect("frame longer than 65535 bytes");
+    /// Builds a whole frame: a head for `akg_id` followed by `body`;
+    /// `None` if it would not fit `pkglen` (more than 65,535 bytes). It
+    /// does not check `MAX_PKG_LEN`: a frame over 1,500 bytes is built, and
+    /// refused by a server that receives it (see [`check_head`]).
+    pub fn frame(stx: u32, akg_id: u16, body: &[u8]) -> Option<Vec<u8>> {
+        let len = SIZE_OF_HEAD.checked_add(body.len())?;
+        let pkglen = u16::try_from(len).ok()?;
         let mut v = Vec::with_capacity(len);
         v.extend_from_slice(&Head { stx, pkglen, akg_id }.to_bytes());
         v.extend_from_slice(body);
-        v
+        Some(v)
     }
 }
 
@@ -167,7 +169,7 @@ mod tests {
             let b = Head { akg_id: id, ..h };
             assert_eq!(check_head(&b, h.stx), Err(BadHead::ReservedId));
         }
-        let f = Head::frame(7, 3, b"ab");
+        let f = Head::frame(7, 3, b"ab").unwrap();
         assert_eq!(
             Head::parse(&f),
             Some(Head {
@@ -176,5 +178,7 @@ mod tests {
                 akg_id: 3
             })
         );
+        assert_eq!(Head::frame(7, 3, &[0; 65527]).map(|f| f.len()), Some(65535));
+        assert_eq!(Head::frame(7, 3, &[0; 65528]), None);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use mio::Poll;
 
 use crate::accept::Listener;
 use crate::conn::ConnId;
-use crate::conn::id::{MAX_SERVERS, MAX_WORKERS};
+use crate::conn::id::MAX_SERVERS;
 use crate::logq::{self, LogQueue};
 use crate::mailbox::{Cmd, Mailbox};
 use crate::records::CRecords;
@@ -50,32 +50,44 @@ pub(crate) struct ServerShared {
     pub records: CRecords,
     life: Mutex<Lifecycle>,
     changed: Condvar,
+    /// True while the workers run and take commands (set once they are
+    /// started, cleared when a stop begins).
+    serving: AtomicBool,
 }
 
-/// Servers by id, for [`ConnId`] lookups from any thread.
+/// Servers by number, for [`ConnId`] lookups from any thread. Numbers are
+/// never reused (a stale id must never reach a later server), so the
+/// registry only grows, to at most [`MAX_SERVERS`] entries.
 static REGISTRY: RwLock<Vec<Weak<ServerShared>>> = RwLock::new(Vec::new());
 
 /// Finds the mailbox of the worker that owns `id`, if its server still
-/// exists.
+/// exists and serves.
 fn worker_of(id: ConnId) -> Option<Arc<Mailbox>> {
     let reg = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
     let s = reg.get(id.server())?.upgrade()?;
+    if !s.serving.load(Ordering::Acquire) {
+        return None;
+    }
     s.workers.get(id.worker()).cloned()
 }
 
-/// Queues `data` for connection `id` from any thread. On the owning worker
-/// it is appended directly; elsewhere it becomes a command for the owner.
-/// Returns false if the connection is known to be gone or the owner's
-/// command queue is over its byte cap.
+/// Queues `data` (copied) for connection `id`, from any thread.
+///
+/// On the connection's own worker (inside any handler) the bytes are
+/// appended to its output at once, in order with every other write to it:
+/// `true` means they were queued. `false`: the connection is gone (a stale
+/// id never reaches another connection), it takes no more output (closed,
+/// or closing after an error), or the output would pass its cap (the
+/// connection is then closed as `AKG_ERROR`). Inside the close handler of
+/// a graceful close the bytes are the last data before FIN.
+///
+/// From any other thread the bytes become a command to the owning worker:
+/// `true` means the command was queued (not that the bytes will be
+/// delivered: they are dropped if the connection closes first), `false`
+/// that the server has stopped or the worker already holds 64 MiB from
+/// other threads.
 pub fn send_to(id: ConnId, data: &[u8]) -> bool {
-    if let Some(r) = worker::on_worker(id.server(), id.worker(), |ctx| {
-        if ctx.is_busy(id.slot()) {
-            // A callback holds this connection: queue behind it.
-            ctx.defer(Cmd::Write(id, data.to_vec()));
-            return true;
-        }
-        ctx.lookup(id).is_some_and(|p| ctx.append(p, data))
-    }) {
+    if let Some(r) = worker::on_worker(id.server(), id.worker(), |ctx| ctx.write(id, data)) {
         return r;
     }
     match worker_of(id) {
@@ -84,17 +96,14 @@ pub fn send_to(id: ConnId, data: &[u8]) -> bool {
     }
 }
 
-/// Closes connection `id` with `reason` from any thread: at once on the
-/// owning worker, else as a command to it. A connection that has closed
-/// meanwhile is left alone (its slot may serve another client by then).
+/// Closes connection `id` gracefully with `reason`, from any thread: what
+/// was queued before is delivered, then FIN. On the owning worker it
+/// happens at once, or, for the connection a handler is running on, when
+/// that handler returns (its output is refused meanwhile); elsewhere it
+/// becomes a command to the owner. A connection that has closed meanwhile
+/// is left alone (its slot may serve another client by then).
 pub fn close_id(id: ConnId, reason: u16) {
-    let done = worker::on_worker(id.server(), id.worker(), |ctx| {
-        if ctx.is_busy(id.slot()) {
-            ctx.defer(Cmd::Close(id, reason));
-        } else if let Some(p) = ctx.lookup(id) {
-            ctx.close(p, reason);
-        }
-    });
+    let done = worker::on_worker(id.server(), id.worker(), |ctx| ctx.close_id(id, reason));
     if done.is_none()
         && let Some(w) = worker_of(id)
     {
@@ -106,12 +115,7 @@ impl ServerShared {
     /// Creates a server: its records, log queues and worker polls. Nothing
     /// runs until [`ServerShared::run`].
     pub(crate) fn new(cfg: Config, service: Arc<dyn Service>) -> io::Result<Arc<ServerShared>> {
-        if cfg.workers == 0 || cfg.workers as usize > MAX_WORKERS {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("worker count must be 1..={MAX_WORKERS}"),
-            ));
-        }
+        cfg.validate()?;
         let n = cfg.workers as usize;
         let mut polls = Vec::with_capacity(n);
         let mut workers = Vec::with_capacity(n);
@@ -122,18 +126,14 @@ impl ServerShared {
         }
         let records = CRecords::new(cfg.workers);
         let mut reg = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
-        let id = match reg.iter().position(|w| w.strong_count() == 0) {
-            Some(i) => i,
-            None if reg.len() < MAX_SERVERS => {
-                reg.push(Weak::new());
-                reg.len() - 1
-            }
-            None => {
-                return Err(io::Error::other(format!(
-                    "more than {MAX_SERVERS} servers at once"
-                )));
-            }
-        };
+        if reg.len() >= MAX_SERVERS {
+            return Err(io::Error::other(format!(
+                "this process has created {MAX_SERVERS} servers, the most it may: server numbers are \
+                 never reused, so that a connection id can never name a later server's connection"
+            )));
+        }
+        reg.push(Weak::new());
+        let id = reg.len() - 1;
         let s = Arc::new(ServerShared {
             id,
             cfg: Mutex::new(cfg),
@@ -146,6 +146,7 @@ impl ServerShared {
                 stop: false,
             }),
             changed: Condvar::new(),
+            serving: AtomicBool::new(false),
         });
         reg[id] = Arc::downgrade(&s);
         drop(reg);
@@ -250,6 +251,7 @@ impl ServerShared {
                 return Err(e);
             }
         };
+        self.serving.store(true, Ordering::Release);
         // Like the original: flush the C streams, then announce; only then
         // does any connection get served.
         // SAFETY: `fflush(NULL)` flushes every C output stream.
@@ -263,6 +265,7 @@ impl ServerShared {
         {
             // Only out of memory gets here.
             log::error!("cannot watch the listening socket: {e}");
+            self.serving.store(false, Ordering::Release);
             self.stop_workers(threads);
             sys::close(lfd);
             return Err(e);
@@ -273,6 +276,9 @@ impl ServerShared {
             life = self.changed.wait(life).unwrap_or_else(|e| e.into_inner());
         }
         drop(life);
+        // Connections are closing: commands from other threads would only
+        // be dropped, so they are refused from now on.
+        self.serving.store(false, Ordering::Release);
         listener.close();
         self.stop_workers(threads);
         listener.drain_queues();
@@ -299,7 +305,7 @@ impl ServerShared {
                 .ok_or_else(|| io::Error::other("worker poll already taken"))?;
             epolls.push(poll.as_raw_fd());
             let cw = self.records.worker(i);
-            let worker = SendPtr(Worker::new(
+            let worker = match Worker::new(
                 poll,
                 w.clone(),
                 self.id,
@@ -307,7 +313,13 @@ impl ServerShared {
                 self.service.clone(),
                 cfg,
                 Some(listener.clone()),
-            ));
+            ) {
+                Ok(w) => SendPtr(w),
+                Err(e) => {
+                    self.stop_workers(threads);
+                    return Err(e);
+                }
+            };
             // SAFETY: the record lives as long as the server.
             let qlog = unsafe { &*(*cw).qlog };
             let ready = ready_tx.clone();

@@ -3,29 +3,40 @@
 //! and the callbacks it runs ([`Service`]). Both front ends implement
 //! `Service`: the Rust API with closures, the C ABI through `AKG_FUNC`.
 //!
-//! Uses: conn (the record), proto (the head and `DEFAULT_STX`).
+//! Uses: conn (the record and the id's limits), proto (the head and
+//! `DEFAULT_STX`).
+
+use std::io;
 
 use crate::conn::Conn;
+use crate::conn::id::{MAX_SLOTS, MAX_WORKERS};
 use crate::proto::{DEFAULT_STX, Head};
 
-/// Server settings.
+/// Server settings. [`Config::validate`] gives each one's range; a server
+/// is not built with a value out of range.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// TCP port on `0.0.0.0`; 0 picks a free port (see
     /// [`Server::port`](crate::Server::port)).
     pub port: u16,
-    /// Worker threads (at least 1).
+    /// Worker threads, 1..=256.
     pub workers: u16,
-    /// Most connections one worker holds (a cap, not a preallocation).
+    /// Most connections one worker holds, 1..=1,048,576 (a cap, not a
+    /// preallocation). A closed connection still delivering its output
+    /// counts until it is done.
     pub conns_per_worker: u32,
-    /// Seconds without a byte read before a connection times out; 0: never.
+    /// Seconds without a byte read before a connection times out (closed
+    /// gracefully as `AKG_TIMEOUT`); 0: never. Any value works: the
+    /// arithmetic saturates.
     pub read_timeout: u32,
-    /// Seconds pending output may go without progress; 0: never.
+    /// Seconds pending output may go without progress before the
+    /// connection is reset as `AKG_TIMEOUT`; 0: never for open
+    /// connections, 300 for closed ones still delivering output.
     pub write_timeout: u32,
     /// The magic every packet head must carry.
     pub stx: u32,
-    /// Most bytes of output one connection may have pending; past it the
-    /// connection is closed as an error.
+    /// Most bytes of output one connection may have pending,
+    /// 1..=4,294,967,295; past it the connection is reset as `AKG_ERROR`.
     pub output_limit: usize,
     /// `listen(2)` backlog.
     pub backlog: i32,
@@ -33,6 +44,31 @@ pub struct Config {
 
 /// Default per-connection output cap: 4 MiB.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 4 << 20;
+
+impl Config {
+    /// Checks every setting's range; the error (`InvalidInput`) names the
+    /// setting, its value and its range.
+    pub fn validate(&self) -> io::Result<()> {
+        let bad = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+        if self.workers == 0 || usize::from(self.workers) > MAX_WORKERS {
+            return bad(format!("workers is {}, must be 1..={MAX_WORKERS}", self.workers));
+        }
+        if self.conns_per_worker == 0 || self.conns_per_worker > MAX_SLOTS {
+            return bad(format!(
+                "connections per worker is {}, must be 1..={MAX_SLOTS}",
+                self.conns_per_worker
+            ));
+        }
+        if self.output_limit == 0 || self.output_limit > u32::MAX as usize {
+            return bad(format!(
+                "output limit is {} bytes, must be 1..={}",
+                self.output_limit,
+                u32::MAX
+            ));
+        }
+        Ok(())
+    }
+}
 
 impl Default for Config {
     fn default() -> Config {

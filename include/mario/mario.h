@@ -234,12 +234,14 @@ extern uint32 g_stx;
 extern FUNC_PTR AKG_FUNC[65536];
 
 /*
- Creates a server for `port` with `workernum` worker threads of at most
- `connnum` connections each, closing connections idle for `read_timeout`
- seconds or whose output makes no progress for `write_timeout` seconds
- (0 or less disables either). Nothing listens until `start_server`.
- Returns NULL (with a message on stderr) on bad arguments or failure.
- The server lives for the rest of the process.
+ Creates a server for `port` (0..=65535) with `workernum` worker threads
+ (1..=256) of at most `connnum` connections each (1..=1048576),
+ closing connections idle for `read_timeout` seconds (gracefully) or
+ whose output makes no progress for `write_timeout` seconds (reset); 0
+ or less disables either, and any positive value works. Nothing listens
+ until `start_server`. Returns NULL (with a message naming the bad
+ argument on stderr) on bad arguments or failure. The server lives for
+ the rest of the process.
  */
 SERVER *init_server(int port,
                     uint16 workernum,
@@ -275,9 +277,9 @@ void *start_server(void *arg);
 void mario_stop_server(SERVER *s);
 
 /*
- Sets the cap on a connection's pending output, in bytes (default 4 MiB,
- at least 1); over it the connection is closed as an error. Takes effect
- at `start_server`.
+ Sets the cap on a connection's pending output, in bytes (default 4 MiB;
+ 0 counts as 1, more than 4,294,967,295 as that); output past it resets
+ the connection as an error. Takes effect at `start_server`.
 
  # Safety
 
@@ -430,10 +432,11 @@ void run_daemon(void);
 
 #ifndef MARIO_RECORD_LOG_
 #define MARIO_RECORD_LOG_
-/* record_log(queue, fd, fmt, ...): formats one line (cut at
- * MAX_LOG_LINE_LENGTH - 1 bytes, keeping its final newline) and queues it
- * for the log thread. Returns 0, or -1 if the queue is full. Only one
- * thread may write to a given queue. */
+/* record_log(queue, fd, fmt, ...): formats one line and queues it for the
+ * log thread. A line longer than MAX_LOG_LINE_LENGTH - 1 bytes is cut,
+ * before any UTF-8 character the cut would split, and ends with a newline.
+ * Returns 0, or -1 if the queue is full. Only one thread may write to a
+ * given queue. */
 static inline sint32 record_log(LOG_QUEUE *queue, int fd, const char *fmt, ...) {
     char line[MAX_LOG_LINE_LENGTH];
     va_list ap;
@@ -444,8 +447,18 @@ static inline sint32 record_log(LOG_QUEUE *queue, int fd, const char *fmt, ...) 
     if (n < 0)
         return -1;
     if ((size_t)n >= sizeof(line)) {
-        n = (int)sizeof(line) - 1;
-        line[n - 1] = '\n';
+        /* keep line[0..cut), then '\n' */
+        int cut = (int)sizeof(line) - 2, i = cut, k;
+        unsigned char lead;
+        if (((unsigned char)line[cut] & 0xc0) == 0x80) {
+            for (k = 0; k < 3 && i > 0 && ((unsigned char)line[i] & 0xc0) == 0x80; k++)
+                i--;
+            lead = (unsigned char)line[i];
+            if ((lead & 0xc0) == 0xc0 && i + (lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2) > cut)
+                cut = i;
+        }
+        line[cut] = '\n';
+        n = cut + 1;
     }
     return mario_record_log_line(queue, fd, line, (size_t)n);
 }

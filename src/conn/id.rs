@@ -9,8 +9,12 @@
 /// carry: a handle whose generation no longer matches its slot is stale and
 /// is dropped, so a command can never reach the next client on that slot.
 ///
+/// A handle never names another connection for the life of the process:
+/// servers are numbered once per process (never reused), and a slot whose
+/// generation would wrap is retired instead of reused.
+///
 /// Layout (bit 0 is always 1, so a handle is never a valid, aligned
-/// pointer): bits 1..22 slot, 22..32 worker, 32..40 server, 40..64
+/// pointer): bits 1..21 slot, 21..29 worker, 29..41 server, 41..64
 /// generation.
 ///
 /// Get one with [`Conn::id`](crate::Conn::id); use it from any thread with
@@ -19,13 +23,15 @@
 pub struct ConnId(pub(crate) u64);
 
 /// Most slots one worker may have (the slot field's range).
-pub(crate) const MAX_SLOTS: u32 = 1 << 21;
+pub(crate) const MAX_SLOTS: u32 = 1 << 20;
 /// Most workers one server may have (the worker field's range).
-pub(crate) const MAX_WORKERS: usize = 1 << 10;
-/// Most servers one process may create (the server field's range).
-pub(crate) const MAX_SERVERS: usize = 1 << 8;
-/// Generations wrap at 24 bits.
-pub(crate) const GEN_MASK: u32 = (1 << 24) - 1;
+pub(crate) const MAX_WORKERS: usize = 1 << 8;
+/// Most servers one process may create in its life (the server field's
+/// range; server numbers are never reused).
+pub(crate) const MAX_SERVERS: usize = 1 << 12;
+/// The generation field's range (23 bits); a slot is retired when its
+/// generation reaches it.
+pub(crate) const GEN_MASK: u32 = (1 << 23) - 1;
 
 impl ConnId {
     /// The id of `slot` of `generation` on `worker` of `server`.
@@ -33,9 +39,9 @@ impl ConnId {
         debug_assert!(slot < MAX_SLOTS && worker < MAX_WORKERS && server < MAX_SERVERS);
         ConnId(
             1 | (u64::from(slot) << 1)
-                | ((worker as u64) << 22)
-                | ((server as u64) << 32)
-                | (u64::from(generation & GEN_MASK) << 40),
+                | ((worker as u64) << 21)
+                | ((server as u64) << 29)
+                | (u64::from(generation & GEN_MASK) << 41),
         )
     }
 
@@ -50,15 +56,15 @@ impl ConnId {
     }
     /// The owning worker's index.
     pub(crate) fn worker(self) -> usize {
-        ((self.0 >> 22) & (MAX_WORKERS as u64 - 1)) as usize
+        ((self.0 >> 21) & (MAX_WORKERS as u64 - 1)) as usize
     }
-    /// The server's process-wide index.
+    /// The server's process-wide number.
     pub(crate) fn server(self) -> usize {
-        ((self.0 >> 32) & (MAX_SERVERS as u64 - 1)) as usize
+        ((self.0 >> 29) & (MAX_SERVERS as u64 - 1)) as usize
     }
-    /// The slot's generation when the connection opened (24 bits).
+    /// The slot's generation when the connection opened (23 bits).
     pub(crate) fn generation(self) -> u32 {
-        (self.0 >> 40) as u32 & GEN_MASK
+        (self.0 >> 41) as u32 & GEN_MASK
     }
     /// The raw 64-bit value (as stored in `CONN.bufev`).
     pub fn as_raw(self) -> u64 {
@@ -75,7 +81,7 @@ mod tests {
         for (server, worker, slot, generation) in [
             (0, 0, 0, 0),
             (MAX_SERVERS - 1, MAX_WORKERS - 1, MAX_SLOTS - 1, GEN_MASK),
-            (3, 7, 12345, 0x00ab_cdef),
+            (3, 7, 12345, 0x002b_cdef),
         ] {
             let id = ConnId::new(server, worker, slot, generation);
             assert_eq!(
@@ -84,8 +90,12 @@ mod tests {
             );
             assert_eq!(ConnId::from_raw(id.as_raw()), Some(id));
         }
-        // Generations wrap at 24 bits; an even value (a pointer) is not an id.
-        assert_eq!(ConnId::new(0, 0, 0, GEN_MASK + 2).generation(), 1);
+        // The fields do not overlap: all ones in one leaves the others 0.
+        let all = ConnId::new(MAX_SERVERS - 1, 0, 0, 0);
+        assert_eq!((all.worker(), all.slot(), all.generation()), (0, 0, 0));
+        let all = ConnId::new(0, MAX_WORKERS - 1, 0, 0);
+        assert_eq!((all.server(), all.slot(), all.generation()), (0, 0, 0));
+        // An even value (a pointer) is not an id.
         assert_eq!(ConnId::from_raw(0x1000), None);
     }
 }

@@ -116,8 +116,8 @@ mod tests {
     fn a_packet_split_across_reads_is_dispatched_once_when_complete() {
         let mut c = Conn::new(0, std::ptr::null_mut());
         let mut rbuf = vec![0u8; 64];
-        let a = Head::frame(STX, 1, b"hello");
-        let b = Head::frame(STX, 2, b"world!");
+        let a = Head::frame(STX, 1, b"hello").expect("a small frame");
+        let b = Head::frame(STX, 2, b"world!").expect("a small frame");
         let stream = [a.clone(), b.clone()].concat();
         let mut got = Vec::new();
         // The first read ends inside the second packet's head.
@@ -162,7 +162,7 @@ mod tests {
             |_, _| true,
         );
         assert!(matches!(e, Input::Failed(_)));
-        let bad = Head::frame(STX ^ 1, 1, b"");
+        let bad = Head::frame(STX ^ 1, 1, b"").expect("a small frame");
         match feed(&mut c, &mut rbuf, &bad, 0, &mut got) {
             Input::Stopped {
                 end: Scan::Bad(..),
@@ -170,7 +170,11 @@ mod tests {
             } => {}
             other => panic!("{other:?}"),
         }
-        let two = [Head::frame(STX, 1, b""), Head::frame(STX, 2, b"")].concat();
+        let two = [
+            Head::frame(STX, 1, b"").expect("a small frame"),
+            Head::frame(STX, 2, b"").expect("a small frame"),
+        ]
+        .concat();
         assert!(matches!(
             feed(&mut c, &mut rbuf, &two, 0, &mut got),
             Input::Read { full: true }

@@ -177,12 +177,14 @@ unsafe fn shared(s: *const SERVER) -> Option<Arc<ServerShared>> {
     }
 }
 
-/// Creates a server for `port` with `workernum` worker threads of at most
-/// `connnum` connections each, closing connections idle for `read_timeout`
-/// seconds or whose output makes no progress for `write_timeout` seconds
-/// (0 or less disables either). Nothing listens until `start_server`.
-/// Returns NULL (with a message on stderr) on bad arguments or failure.
-/// The server lives for the rest of the process.
+/// Creates a server for `port` (0..=65535) with `workernum` worker threads
+/// (1..=256) of at most `connnum` connections each (1..=1048576),
+/// closing connections idle for `read_timeout` seconds (gracefully) or
+/// whose output makes no progress for `write_timeout` seconds (reset); 0
+/// or less disables either, and any positive value works. Nothing listens
+/// until `start_server`. Returns NULL (with a message naming the bad
+/// argument on stderr) on bad arguments or failure. The server lives for
+/// the rest of the process.
 #[unsafe(no_mangle)]
 pub extern "C" fn init_server(
     port: c_int,
@@ -197,10 +199,6 @@ pub extern "C" fn init_server(
             eprintln!("init_server: bad port {port}");
             return std::ptr::null_mut();
         };
-        if workernum == 0 || connnum == 0 {
-            eprintln!("init_server: workernum and connnum must be at least 1");
-            return std::ptr::null_mut();
-        }
         let cfg = Config {
             port,
             workers: workernum,
@@ -282,9 +280,9 @@ pub unsafe extern "C" fn mario_stop_server(s: *mut SERVER) {
     })
 }
 
-/// Sets the cap on a connection's pending output, in bytes (default 4 MiB,
-/// at least 1); over it the connection is closed as an error. Takes effect
-/// at `start_server`.
+/// Sets the cap on a connection's pending output, in bytes (default 4 MiB;
+/// 0 counts as 1, more than 4,294,967,295 as that); output past it resets
+/// the connection as an error. Takes effect at `start_server`.
 ///
 /// # Safety
 ///
@@ -294,7 +292,7 @@ pub unsafe extern "C" fn mario_set_output_limit(s: *mut SERVER, bytes: usize) {
     guard("mario_set_output_limit", || {
         // SAFETY: the caller's contract.
         if let Some(srv) = unsafe { shared(s) } {
-            srv.configure(|c| c.output_limit = bytes.max(1));
+            srv.configure(|c| c.output_limit = bytes.clamp(1, u32::MAX as usize));
         }
     })
 }
@@ -675,17 +673,24 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// An idle connection costs its record plus one slab pointer: at most
-    /// 256 bytes of ours (docs/ARCHITECTURE.md), buffers being released
-    /// when idle.
+    /// An idle connection costs its record, its slot's bookkeeping, one
+    /// slab pointer and one wheel entry: at most 256 bytes of ours
+    /// (docs/ARCHITECTURE.md), buffers being released when idle.
     #[test]
     fn idle_connection_record_is_small() {
-        let c = Conn::new(0, std::ptr::null_mut());
-        assert_eq!(c.out.capacity() + c.partial.capacity(), 0);
-        let per_conn = size_of::<Conn>() + size_of::<*mut Conn>() + size_of::<u32>();
+        let t = crate::conn::table::ConnTable::new(0, 0, std::ptr::null_mut(), std::ptr::null_mut());
+        let p = t.open(-1, 0, 0, 0).unwrap();
+        // SAFETY: a record of a live test table, read only.
+        let slot = unsafe {
+            assert_eq!((*p).partial.capacity(), 0);
+            (*p).ind
+        };
+        assert_eq!(t.with_slot(slot, |s| s.out.capacity()), 0);
+        let record = size_of::<Conn>();
+        let slot = size_of::<crate::conn::table::Slot>();
+        let per_conn = record + slot + size_of::<*mut Conn>() + size_of::<u32>();
         eprintln!(
-            "idle connection: {} byte record + slab and wheel entries = {per_conn} bytes",
-            size_of::<Conn>()
+            "idle connection: {record} byte record + {slot} byte slot + slab and wheel entries = {per_conn} bytes"
         );
         assert!(per_conn <= 256, "idle connection costs {per_conn} bytes");
     }

@@ -32,10 +32,10 @@ impl IdleTable {
     pub fn open(&mut self, n: usize) {
         for _ in 0..n {
             let p = self.table.open(-1, 0, 0, self.now).expect("table full");
-            // SAFETY: a record of our own live table, no other reference.
-            let c = unsafe { &mut *p };
-            if let Some(due) = c.deadline(self.read_timeout, 0) {
-                self.table.file_timer(c, due);
+            // SAFETY: a record of our own live table; read only.
+            let slot = unsafe { (*p).ind };
+            if let Some(due) = self.table.deadline(slot, self.read_timeout, 0) {
+                self.table.file_timer(slot, due);
             }
         }
     }

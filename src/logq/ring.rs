@@ -168,9 +168,9 @@ impl LogQueue {
     pub fn push(&self, fd: i32, line: &[u8]) -> Result<(), QueueFull> {
         let (body, newline) = if line.len() > MAX_LOG_LINE_LENGTH {
             if line.last() == Some(&b'\n') {
-                (&line[..MAX_LOG_LINE_LENGTH - 1], true)
+                (&line[..char_cut(line, MAX_LOG_LINE_LENGTH - 1)], true)
             } else {
-                (&line[..MAX_LOG_LINE_LENGTH], false)
+                (&line[..char_cut(line, MAX_LOG_LINE_LENGTH)], false)
             }
         } else {
             (line, false)
@@ -333,6 +333,33 @@ impl LogQueue {
         self.consumer.store(tail as u32, Ordering::Relaxed);
         true
     }
+}
+
+/// Where to cut `b` to keep at most `max` bytes without splitting a UTF-8
+/// character: `max`, or the start of the character the cut would split
+/// (at most 3 bytes earlier). Bytes that are not UTF-8 are cut at `max`.
+pub(crate) fn char_cut(b: &[u8], max: usize) -> usize {
+    if b.len() <= max {
+        return b.len();
+    }
+    if b[max] & 0xc0 != 0x80 {
+        return max; // the cut is before a character's first byte
+    }
+    for back in 1..=max.min(3) {
+        let i = max - back;
+        let lead = b[i];
+        if lead & 0xc0 == 0x80 {
+            continue; // another continuation byte
+        }
+        let len = match lead {
+            0xf0.. => 4,
+            0xe0.. => 3,
+            0xc0.. => 2,
+            _ => 1,
+        };
+        return if i + len > max { i } else { max };
+    }
+    max
 }
 
 /// Copies `src` into `cells`, which must have the same length.

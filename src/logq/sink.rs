@@ -55,20 +55,22 @@ impl LineBuf {
         &self.buf[..self.len]
     }
 
-    /// Ends the line with `'\n'`, replacing the last byte if it is full.
+    /// Ends the line with `'\n'` (`write_str` always leaves room for it).
     fn end_line(&mut self) {
-        if self.len < self.buf.len() {
-            self.buf[self.len] = b'\n';
-            self.len += 1;
-        } else {
-            self.buf[self.len - 1] = b'\n';
-        }
+        self.buf[self.len] = b'\n';
+        self.len += 1;
     }
 }
 
 impl fmt::Write for LineBuf {
+    /// Appends what fits, cut on a character boundary (one byte is kept
+    /// for the newline), so a cut line stays valid UTF-8.
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let n = s.len().min(self.buf.len() - self.len);
+        let room = (self.buf.len() - 1).saturating_sub(self.len);
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
         self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
         self.len += n;
         Ok(())

@@ -1,21 +1,48 @@
 //! The part of a worker that callbacks may reach again while it runs them
 //! (through `Conn` methods, `send_to` / `close_id`, or the C functions):
 //! the connection table, each connection's output, closing, and the
-//! deferral of operations on a connection a Rust callback holds. Everything
+//! sockets of closed connections still delivering their output. Everything
 //! mutable is in `Cell`/`RefCell`, and no borrow is held while a callback
 //! runs.
+//!
+//! # Closing
+//!
+//! A **graceful** close (every close the application or the peer asks
+//! for: `close_conn` with any reason, `Conn::close`, `close_id`, a handler
+//! returning non-zero, the peer's end of stream, a read timeout, bad
+//! input, server stop) runs the close callback (which may queue a last
+//! reply), frees the slot at the end of the turn, and delivers everything
+//! queued before it, then FIN: the descriptor lives on (`closing`) until
+//! the output is gone. An **abort** (what the library finds broken: a
+//! socket error, output over its cap, output that made no progress for the
+//! write timeout) runs the close callback (which may not queue anything)
+//! and resets the connection at once.
+//!
+//! # Held connections
+//!
+//! While a Rust handler holds `&mut Conn` (the service's `holds_conn`),
+//! nothing else may touch that record. Writes by id never do (they go to
+//! the slot's bookkeeping, in order with the handler's own writes); a close
+//! by id of a held connection marks it `Doomed` (further output refused)
+//! and runs when the handler returns.
 //!
 //! Also the thread-local that tells library calls which worker (if any)
 //! runs on the current thread.
 //!
-//! Uses: conn, records (the `WORKER` a context runs), mailbox (`Cmd`),
-//! service, proto, sys.
+//! Uses: `super::closing` (closed connections' sockets), conn, records (the
+//! `WORKER` a context runs), mailbox (`Cmd`), service, proto, sys.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use crate::conn::record::{Conn, State};
-use crate::conn::table::ConnTable;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
+use super::closing::{Closing, DISCARD_MAX, DRAIN_IDLE_DEFAULT, Drained};
+use crate::conn::ConnId;
+use crate::conn::record::Conn;
+use crate::conn::table::{Append, ConnTable, State};
 use crate::mailbox::{Cmd, Mailbox};
 use crate::proto::{AKG_ERROR, Head};
 use crate::records::CWorker;
@@ -24,18 +51,10 @@ use crate::sys::{self, Io};
 
 /// Size of the per-worker scratch area behind `CONN.out_buf`.
 pub(crate) const SCRATCH: usize = 2048;
-/// Output buffers kept for reuse, and the largest capacity kept.
-const POOL_MAX: usize = 256;
-const POOL_BUF_MAX: usize = 16 * 1024;
-/// Most sockets one worker keeps lingering; past it they close at once.
-const LINGER_MAX: usize = 4096;
-/// A lingering socket is closed after at most this many ticks (seconds).
-pub(crate) const LINGER_TICKS: u32 = 2;
-/// Most input discarded from a closing socket per look.
-pub(crate) const DISCARD_MAX: usize = 256 * 1024;
-
-/// No Rust callback holds a connection.
-const NOT_BUSY: u32 = u32::MAX;
+/// Event tokens of draining connections: this bit and the drain's index
+/// (connection tokens use the low 56 bits; the waker and the listener
+/// are checked first).
+pub(super) const DRAIN_TOKEN: usize = 1 << 62;
 
 thread_local! {
     /// The worker context of the current thread, while its loop runs.
@@ -87,6 +106,15 @@ pub(crate) fn on_worker<R>(server_id: usize, worker: usize, f: impl FnOnce(&Ctx)
     with_current(|ctx| ctx.server_id == server_id && ctx.mailbox.index == worker, f)
 }
 
+/// How a connection ends (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Deliver what was queued, then FIN.
+    Graceful,
+    /// Reset at once: the library found the connection broken.
+    Abort,
+}
+
 /// See the module docs.
 pub(crate) struct Ctx {
     pub(crate) mailbox: Arc<Mailbox>,
@@ -100,19 +128,20 @@ pub(crate) struct Ctx {
     pub(super) read_timeout: u32,
     pub(super) write_timeout: u32,
     pub(super) table: ConnTable,
+    /// The worker's poll, for re-registering a draining socket.
+    registry: Registry,
     /// Slots with output to send at the end of the turn.
     dirty: RefCell<Vec<u32>>,
     /// Slots closed during the turn, freed at its end.
     pub(super) to_free: RefCell<Vec<u32>>,
     /// The current tick (seconds since the worker started).
     pub(super) now: Cell<u32>,
-    pool: RefCell<Vec<Vec<u8>>>,
-    /// Slot held by a running Rust callback, or `NOT_BUSY`.
-    busy: Cell<u32>,
-    /// Operations on the held connection, run when its callback returns.
-    deferred: RefCell<Vec<Cmd>>,
-    /// Closed sockets still draining input (fd, tick to close by).
-    pub(super) linger: RefCell<Vec<(i32, u32)>>,
+    /// Slots held by running Rust callbacks (nested callbacks stack up).
+    held: RefCell<Vec<u32>>,
+    /// Closes asked for by id while the connection was held, in order.
+    doomed: RefCell<Vec<(ConnId, u16, Ending)>>,
+    /// Sockets of closed connections still finishing.
+    pub(super) closing: RefCell<Closing>,
 }
 
 /// What [`Ctx::new`] needs to know of its server.
@@ -126,12 +155,14 @@ pub(super) struct CtxConfig {
 
 impl Ctx {
     /// A worker context with an empty table whose records point to
-    /// `cworker` and `scratch`.
+    /// `cworker` and `scratch`; draining sockets are registered with
+    /// `registry`.
     pub(super) fn new(
         mailbox: Arc<Mailbox>,
         cworker: *mut CWorker,
         scratch: *mut std::ffi::c_char,
         service: Arc<dyn Service>,
+        registry: Registry,
         cfg: CtxConfig,
     ) -> Ctx {
         let index = mailbox.index;
@@ -146,13 +177,13 @@ impl Ctx {
             read_timeout: cfg.read_timeout,
             write_timeout: cfg.write_timeout,
             table: ConnTable::new(cfg.server_id, index, cworker, scratch),
+            registry,
             dirty: RefCell::new(Vec::new()),
             to_free: RefCell::new(Vec::new()),
             now: Cell::new(0),
-            pool: RefCell::new(Vec::new()),
-            busy: Cell::new(NOT_BUSY),
-            deferred: RefCell::new(Vec::new()),
-            linger: RefCell::new(Vec::new()),
+            held: RefCell::new(Vec::new()),
+            doomed: RefCell::new(Vec::new()),
+            closing: RefCell::new(Closing::default()),
         }
     }
 
@@ -161,41 +192,35 @@ impl Ctx {
         self.stx
     }
 
-    /// The live connection `id` names on this worker.
-    pub(crate) fn lookup(&self, id: crate::conn::ConnId) -> Option<*mut Conn> {
-        self.table.lookup(id)
+    /// True while a Rust callback holds `&mut` to the connection in `slot`.
+    fn is_held(&self, slot: u32) -> bool {
+        self.held.borrow().contains(&slot)
     }
 
-    /// True while a Rust callback holds `&mut` to the connection in `slot`:
-    /// operations on it by id are then deferred until the callback returns.
-    pub(crate) fn is_busy(&self, slot: u32) -> bool {
-        self.busy.get() == slot
-    }
-
-    /// Defers an operation on a connection held by a callback.
-    pub(crate) fn defer(&self, cmd: Cmd) {
-        self.deferred.borrow_mut().push(cmd);
+    /// Whether the connection in `slot` is open (not closed, not closing,
+    /// no close pending).
+    pub(crate) fn is_open(&self, slot: u32) -> bool {
+        self.table.state(slot) == State::Open
     }
 
     /// Runs one application callback on the connection at `p`: marks it
-    /// held if the service makes `&mut Conn` of it (running what was
-    /// deferred meanwhile once the outermost callback returns), and turns a
-    /// panic of the callback into `None` after logging it with `what`
-    /// (which names the callback and packet). The connection is left as the
-    /// callback left it; the caller decides what a panic means for it.
+    /// held if the service makes `&mut Conn` of it (running the closes by
+    /// id that were asked for meanwhile once no callback holds it), and
+    /// turns a panic of the callback into `None` after logging it with
+    /// `what` (which names the callback and packet). The connection is left
+    /// as the callback left it; the caller decides what a panic means.
     fn callback<R>(&self, p: *mut Conn, what: impl FnOnce() -> String, f: impl FnOnce() -> R) -> Option<R> {
-        let prev = if self.holds_conn {
-            // SAFETY: live slab pointer (or derived from the `&mut` of an
-            // enclosing callback, not in use while this one runs); read only.
-            self.busy.replace(unsafe { (*p).ind })
-        } else {
-            NOT_BUSY
-        };
+        // SAFETY: live slab pointer (or derived from the `&mut` of an
+        // enclosing callback, not in use while this one runs); read only.
+        let slot = unsafe { (*p).ind };
+        if self.holds_conn {
+            self.held.borrow_mut().push(slot);
+        }
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         if self.holds_conn {
-            self.busy.set(prev);
-            if prev == NOT_BUSY {
-                self.run_deferred();
+            self.held.borrow_mut().pop();
+            if !self.is_held(slot) {
+                self.run_doomed(slot);
             }
         }
         r.map_err(|payload| {
@@ -204,8 +229,6 @@ impl Ctx {
                 .copied()
                 .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
                 .unwrap_or("(no message)");
-            // SAFETY: live slab pointer, read only.
-            let slot = unsafe { (*p).ind };
             log::error!(
                 "worker {}: {} panicked on connection {slot}: {msg}; closing it as error",
                 self.mailbox.index,
@@ -215,15 +238,23 @@ impl Ctx {
         .ok()
     }
 
-    fn run_deferred(&self) {
-        loop {
-            let cmds = std::mem::take(&mut *self.deferred.borrow_mut());
-            if cmds.is_empty() {
-                break;
+    /// Runs the closes by id asked for while `slot` was held.
+    fn run_doomed(&self, slot: u32) {
+        let mine: Vec<(ConnId, u16, Ending)> = {
+            let mut d = self.doomed.borrow_mut();
+            if d.is_empty() {
+                return;
             }
-            for cmd in cmds {
-                // Only writes and closes are ever deferred.
-                let _ = self.apply(cmd);
+            let (mine, rest) = d.drain(..).partition(|(id, _, _)| id.slot() == slot);
+            *d = rest;
+            mine
+        };
+        for (id, reason, how) in mine {
+            if self.table.generation(slot) == id.generation() && self.table.state(slot) == State::Doomed {
+                let p = self.table.get(slot).expect("a doomed slot exists");
+                // Let `end` see an open connection again.
+                self.table.set_state(slot, State::Open);
+                self.end(p, reason, how);
             }
         }
     }
@@ -255,102 +286,102 @@ impl Ctx {
     pub(crate) fn apply(&self, cmd: Cmd) -> bool {
         match cmd {
             Cmd::Write(id, data) => {
-                if let Some(p) = self.lookup(id) {
-                    self.append(p, &data);
-                }
+                self.write(id, &data);
             }
-            Cmd::Close(id, reason) => {
-                if let Some(p) = self.lookup(id) {
-                    self.close(p, reason);
-                }
-            }
+            Cmd::Close(id, reason) => self.close_id(id, reason),
             Cmd::Stop => return true,
         }
         false
     }
 
-    /// Appends `data` to the output of the connection at `p` (see
-    /// `Conn::send`). `p` is a live slab pointer (or derived from the
-    /// `&mut` a callback holds), and no other reference to it is in use.
-    /// Returns false if the connection is closed, or (closing it as an
-    /// error) if the output would pass its cap.
-    pub(crate) fn append(&self, p: *mut Conn, data: &[u8]) -> bool {
-        // SAFETY: see the contract above; `c` is dropped before `close`.
-        let c = unsafe { &mut *p };
-        if c.state != State::Open && c.state != State::Closing {
-            return false;
-        }
-        let pending = c.out.len() - c.out_pos as usize;
-        if pending + data.len() > self.out_cap {
-            log::warn!(
-                "output of connection {} over its cap ({} bytes pending, cap {}): closing",
-                c.ind,
-                pending + data.len(),
-                self.out_cap
-            );
-            self.close(p, AKG_ERROR);
-            return false;
-        }
-        if pending == 0 {
-            c.last_write = self.now.get();
-            if self.write_timeout > 0 {
-                let due = c.last_write + self.write_timeout + 1;
-                self.table.file_timer(c, due);
+    /// Appends `data` to connection `id`'s output, on this (its) worker:
+    /// the one write path, for writes by id and direct ones alike, so they
+    /// land in the stream in the order they are made. Returns true when the
+    /// bytes were queued: false when the connection is gone or takes no
+    /// output, or when the output would pass its cap (the connection is
+    /// then closed as an error, and "over its cap" logged).
+    pub(crate) fn write(&self, id: ConnId, data: &[u8]) -> bool {
+        let (slot, generation) = (id.slot(), id.generation());
+        let now = self.now.get();
+        match self.table.append(slot, generation, data, self.out_cap, now) {
+            Append::Queued { first, mark } => {
+                if first && self.write_timeout > 0 {
+                    self.table
+                        .file_timer(slot, now.saturating_add(self.write_timeout).saturating_add(1));
+                }
+                if mark {
+                    self.dirty.borrow_mut().push(slot);
+                }
+                true
+            }
+            Append::Refused => false,
+            Append::OverCap { total } => {
+                log::warn!(
+                    "output of connection {slot} over its cap ({total} bytes pending, cap {}): closing",
+                    self.out_cap
+                );
+                self.end_id(id, AKG_ERROR, Ending::Abort);
+                false
             }
         }
-        if c.out.capacity() == 0
-            && let Some(b) = self.pool.borrow_mut().pop()
-        {
-            c.out = b;
-        }
-        c.out.extend_from_slice(data);
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty.borrow_mut().push(c.ind);
-        }
-        true
     }
 
-    fn release_out(&self, c: &mut Conn) {
-        let mut b = std::mem::take(&mut c.out);
-        c.out_pos = 0;
-        b.clear();
-        let mut pool = self.pool.borrow_mut();
-        if b.capacity() <= POOL_BUF_MAX && pool.len() < POOL_MAX {
-            pool.push(b);
+    /// Closes connection `id` gracefully on this (its) worker: at once, or
+    /// when the handler holding it returns. A connection that has closed
+    /// (or is closing) is left alone.
+    pub(crate) fn close_id(&self, id: ConnId, reason: u16) {
+        self.end_id(id, reason, Ending::Graceful);
+    }
+
+    /// Ends connection `id` as `how` says: at once, or (with further output
+    /// refused) when the handler holding it returns.
+    fn end_id(&self, id: ConnId, reason: u16, how: Ending) {
+        let slot = id.slot();
+        if self.is_held(slot) {
+            if self.table.generation(slot) == id.generation() && self.table.state(slot) == State::Open {
+                self.table.set_state(slot, State::Doomed);
+                self.doomed.borrow_mut().push((id, reason, how));
+            }
+        } else if let Some(p) = self.table.lookup(id) {
+            self.end(p, reason, how);
         }
     }
 
-    /// True if the connection at `p` is open with output not yet sent.
-    pub(super) fn has_output(&self, p: *mut Conn) -> bool {
-        // SAFETY: live slab pointer; read only.
-        unsafe { (*p).state == State::Open && ((*p).out_pos as usize) < (*p).out.len() }
+    /// True if the connection in `slot` is open with output not yet sent.
+    pub(super) fn has_output(&self, slot: u32) -> bool {
+        self.table
+            .with_slot(slot, |s| s.state == State::Open && s.pending() > 0)
     }
 
-    /// Sends as much pending output as the socket takes now.
+    /// Sends as much pending output of the open connection at `p` as the
+    /// socket takes now; a send error aborts it.
     pub(super) fn flush(&self, p: *mut Conn) {
-        // SAFETY: live slab pointer, no other reference in use; `c` is not
-        // used after `close`.
-        let c = unsafe { &mut *p };
-        while (c.out_pos as usize) < c.out.len() {
-            match sys::send(c.fd, &c.out[c.out_pos as usize..]) {
-                Io::Done(n) => {
-                    c.out_pos += n as u32;
-                    c.last_write = self.now.get();
-                }
-                Io::WouldBlock => break,
-                Io::Err(e) => {
-                    log::debug!("send on connection {}: {}", c.ind, e);
-                    self.close(p, AKG_ERROR);
-                    return;
+        // SAFETY: live slab pointer, read only, outside callbacks.
+        let (fd, slot) = unsafe { ((*p).fd, (*p).ind) };
+        let now = self.now.get();
+        let failed = self.table.with_slot(slot, |s| {
+            while s.pending() > 0 {
+                match sys::send(fd, &s.out[s.out_pos as usize..]) {
+                    Io::Done(n) => {
+                        s.out_pos += n as u32;
+                        s.last_write = now;
+                    }
+                    Io::WouldBlock => break,
+                    Io::Err(e) => return Some(e),
                 }
             }
-        }
-        if c.out_pos as usize == c.out.len() {
-            self.release_out(c);
-        } else if c.out_pos as usize > c.out.len() / 2 {
-            c.out.drain(..c.out_pos as usize);
-            c.out_pos = 0;
+            if s.pending() > 0 && s.out_pos as usize > s.out.len() / 2 {
+                s.out.drain(..s.out_pos as usize);
+                s.out_pos = 0;
+            }
+            None
+        });
+        if let Some(e) = failed {
+            log::debug!("send on connection {slot}: {e}");
+            self.end(p, AKG_ERROR, Ending::Abort);
+        } else if !self.table.with_slot(slot, |s| s.pending() > 0) {
+            let (out, _) = self.table.take_output(slot);
+            self.table.recycle(out);
         }
     }
 
@@ -363,13 +394,11 @@ impl Ctx {
                 break;
             }
             for &slot in &list {
-                let Some(p) = self.table.get(slot) else { continue };
-                // SAFETY: live slab pointer, no other reference held.
-                let open = unsafe {
-                    (*p).dirty = false;
-                    (*p).state == State::Open
-                };
-                if open {
+                let open = self.table.with_slot(slot, |s| {
+                    s.dirty = false;
+                    s.state == State::Open
+                });
+                if open && let Some(p) = self.table.get(slot) {
                     self.flush(p);
                 }
             }
@@ -383,59 +412,149 @@ impl Ctx {
         }
     }
 
-    /// Closes the connection at `p` with `reason`: runs the close callback
-    /// once, flushes what the socket takes, closes the socket; the slot is
-    /// freed at the end of the turn. A second call does nothing. `p`: as
-    /// for [`Ctx::append`].
+    /// Closes the connection at `p` with `reason`, gracefully (see the
+    /// module docs). `p` is a live slab pointer or derived from the `&mut`
+    /// a callback holds, and no other reference to it is in use. A second
+    /// call does nothing.
     pub(crate) fn close(&self, p: *mut Conn, reason: u16) {
-        {
-            // SAFETY: see the contract; the reference ends before the
-            // callback, which may reach the connection again.
+        self.end(p, reason, Ending::Graceful);
+    }
+
+    /// Aborts the connection at `p` (see the module docs). As for
+    /// [`Ctx::close`].
+    pub(super) fn abort(&self, p: *mut Conn, reason: u16) {
+        self.end(p, reason, Ending::Abort);
+    }
+
+    /// Ends the connection at `p`: runs the close callback once, then
+    /// finishes the socket as `how` says; the slot is freed at the end of
+    /// the turn.
+    fn end(&self, p: *mut Conn, reason: u16, how: Ending) {
+        let slot = {
+            // SAFETY: see `close`; the reference ends before the callback,
+            // which may reach the connection again.
             let c = unsafe { &mut *p };
-            if c.state != State::Open {
+            if self.table.state(c.ind) != State::Open {
                 return;
             }
             c.err_type = reason;
             c.in_buf_len = 0;
-            // `Closing` during the callback: it may still queue a last
-            // reply, and a nested close is a no-op.
-            c.state = State::Closing;
+            c.ind
+        };
+        if how == Ending::Abort {
+            let (out, _) = self.table.take_output(slot);
+            self.table.recycle(out);
         }
+        // During the callback a graceful close takes a last reply; a nested
+        // close is a no-op either way.
+        self.table.set_state(
+            slot,
+            match how {
+                Ending::Graceful => State::Closing,
+                Ending::Abort => State::Aborting,
+            },
+        );
         // A panic is logged by `callback`; the connection closes anyway.
         let _ = self.callback(
             p,
             || format!("the close handler ({reason:#06x})"),
             || self.service.closed(p, reason),
         );
+        self.table.set_state(slot, State::Closed);
         // SAFETY: the callback has returned; no other reference remains.
         let c = unsafe { &mut *p };
-        c.state = State::Closed;
-        if reason != AKG_ERROR && !c.peer_eof {
-            // Deliver what was queued before the close (lingering close):
-            // input that arrives unread would make `close` answer with a
-            // reset that destroys our last replies. So discard what is
-            // waiting, send, shut our side (FIN after the data), and keep
-            // the socket draining for a moment before closing it.
-            let eof = sys::discard_input(c.fd, DISCARD_MAX);
-            if (c.out_pos as usize) < c.out.len() {
-                let _ = sys::send(c.fd, &c.out[c.out_pos as usize..]);
+        let fd = std::mem::replace(&mut c.fd, -1);
+        c.partial = Vec::new();
+        let (out, pos) = self.table.take_output(slot);
+        match how {
+            Ending::Abort => {
+                sys::close_reset(fd);
+                self.table.recycle(out);
             }
-            sys::shutdown_write(c.fd);
-            let mut linger = self.linger.borrow_mut();
-            if !eof && linger.len() < LINGER_MAX {
-                linger.push((c.fd, self.now.get() + LINGER_TICKS));
-            } else {
-                sys::close(c.fd);
+            Ending::Graceful => self.finish(fd, out, pos, c.peer_eof),
+        }
+        self.to_free.borrow_mut().push(slot);
+    }
+
+    /// Delivers `out[pos..]` on the socket of a closed connection, then
+    /// FIN; what the socket does not take now goes on draining.
+    fn finish(&self, fd: i32, out: Vec<u8>, mut pos: usize, peer_eof: bool) {
+        let now = self.now.get();
+        let mut peer_eof = peer_eof;
+        if pos < out.len() {
+            // Unread input would make the kernel answer with a reset that
+            // destroys what is still to be sent: discard it first.
+            if !peer_eof {
+                peer_eof = sys::discard_input(fd, DISCARD_MAX);
+            }
+            while pos < out.len() {
+                match sys::send(fd, &out[pos..]) {
+                    Io::Done(n) => pos += n,
+                    Io::WouldBlock => break,
+                    Io::Err(e) => {
+                        log::debug!("closed connection's output: send: {e}");
+                        sys::close(fd);
+                        self.table.recycle(out);
+                        return;
+                    }
+                }
+            }
+        }
+        if pos < out.len() {
+            let i = self.closing.borrow_mut().drain(fd, out, pos, now, peer_eof);
+            let token = Token(DRAIN_TOKEN | i as usize);
+            match self
+                .registry
+                .reregister(&mut SourceFd(&fd), token, Interest::READABLE | Interest::WRITABLE)
+            {
+                Ok(()) => {
+                    // The drain keeps a place in the count until it ends.
+                    self.mailbox.count.fetch_add(1, Ordering::AcqRel);
+                }
+                Err(e) => {
+                    log::error!("closed connection: cannot watch its socket ({e}): reset");
+                    self.closing.borrow_mut().drain_failed(i);
+                }
             }
         } else {
-            if (c.out_pos as usize) < c.out.len() && reason != AKG_ERROR {
-                let _ = sys::send(c.fd, &c.out[c.out_pos as usize..]);
-            }
-            sys::close(c.fd);
+            self.closing.borrow_mut().finish(fd, peer_eof, now);
+            self.table.recycle(out);
         }
-        c.fd = -1;
-        self.release_out(c);
-        c.partial = Vec::new();
-        self.to_free.borrow_mut().push(c.ind);
+    }
+
+    /// An event for draining connection `i`.
+    pub(super) fn drain_event(&self, i: u32) {
+        let r = self.closing.borrow_mut().drain_event(i, self.now.get());
+        match r {
+            Drained::Pending => {}
+            Drained::Done(out) => {
+                self.table.recycle(out);
+                self.mailbox.count.fetch_sub(1, Ordering::AcqRel);
+            }
+            Drained::Failed => {
+                self.mailbox.count.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Once per tick: the closing sockets' timeouts (see `Closing::tick`).
+    pub(super) fn tick_closing(&self) {
+        let limit = if self.write_timeout > 0 {
+            self.write_timeout
+        } else {
+            DRAIN_IDLE_DEFAULT
+        };
+        let ended = self.closing.borrow_mut().tick(self.now.get(), limit);
+        if ended > 0 {
+            self.mailbox.count.fetch_sub(ended as u32, Ordering::AcqRel);
+        }
+    }
+
+    /// At stop, after the deadline: see `Closing::abandon`.
+    pub(super) fn abandon_closing(&self, waited_ms: u128) {
+        let ended = self.closing.borrow_mut().abandon(waited_ms);
+        if ended > 0 {
+            self.mailbox.count.fetch_sub(ended as u32, Ordering::AcqRel);
+        }
     }
 }

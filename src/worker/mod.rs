@@ -9,12 +9,15 @@
 //! frees the slots closed in the turn. Other threads talk to the worker only
 //! through its mailbox.
 //!
-//! * `ctx`: what callbacks may reach again (output, closing, deferral).
-//! * this file: the loop (events, reads, dispatch, timeouts, lingering
-//!   sockets, shutdown).
+//! * `ctx`: what callbacks may reach again (output, closing, held
+//!   connections).
+//! * `closing`: sockets of closed connections still delivering their
+//!   output, or lingering after FIN.
+//! * this file: the loop (events, reads, dispatch, timeouts, shutdown).
 //!
 //! Uses: accept, mailbox, service, conn, records, proto, sys.
 
+mod closing;
 mod ctx;
 
 use std::sync::Arc;
@@ -28,13 +31,14 @@ pub(crate) use ctx::{Ctx, SCRATCH, on_owner, on_worker, with_owner};
 
 use crate::accept::{self, Drained, Listener};
 use crate::conn::input::{self, Input};
-use crate::conn::record::{Conn, State};
+use crate::conn::record::Conn;
+use crate::conn::table::State;
 use crate::mailbox::Mailbox;
 use crate::proto::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, BadHead, Head, Scan};
 use crate::records::CWorker;
 use crate::service::{Config, Service, Verdict};
 use crate::sys;
-use ctx::{CtxConfig, DISCARD_MAX};
+use ctx::{CtxConfig, DRAIN_TOKEN};
 
 const WAKER: Token = Token(usize::MAX);
 /// The shared listening socket (see `accept`), watched in every poll.
@@ -43,6 +47,9 @@ pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 const RBUF: usize = 64 * 1024;
 /// At most this many reads per connection per turn before others get a go.
 const READS_PER_TURN: usize = 16;
+/// At stop, how long a worker goes on delivering the output of the
+/// connections it closed before it resets what is left.
+pub(crate) const STOP_FLUSH: Duration = Duration::from_secs(3);
 
 /// Creates a worker's poll and mailbox.
 pub(crate) fn new_worker(index: usize) -> std::io::Result<(Poll, Arc<Mailbox>)> {
@@ -69,7 +76,8 @@ pub(crate) struct Worker {
     start: Instant,
     stopping: bool,
     expired: Vec<u32>,
-    last_linger_tick: u32,
+    /// The tick `closing` was last looked at.
+    last_closing_tick: u32,
     /// The listening socket this worker accepts from.
     listener: Option<Arc<Listener>>,
     /// When to try `accept` again after an error.
@@ -90,7 +98,7 @@ impl Worker {
         service: Arc<dyn Service>,
         cfg: &Config,
         listener: Option<Arc<Listener>>,
-    ) -> Box<Worker> {
+    ) -> std::io::Result<Box<Worker>> {
         let scratch: Box<[std::cell::UnsafeCell<u8>]> =
             (0..SCRATCH).map(|_| std::cell::UnsafeCell::new(0)).collect();
         let ctx = Ctx::new(
@@ -98,6 +106,7 @@ impl Worker {
             cworker,
             scratch.as_ptr() as *mut std::ffi::c_char,
             service,
+            poll.registry().try_clone()?,
             CtxConfig {
                 server_id,
                 stx: cfg.stx,
@@ -106,7 +115,7 @@ impl Worker {
                 write_timeout: cfg.write_timeout,
             },
         );
-        Box::new(Worker {
+        Ok(Box::new(Worker {
             ctx,
             poll,
             rbuf: vec![0u8; RBUF].into_boxed_slice(),
@@ -115,11 +124,11 @@ impl Worker {
             start: Instant::now(),
             stopping: false,
             expired: Vec::new(),
-            last_linger_tick: 0,
+            last_closing_tick: 0,
             listener,
             accept_retry: None,
             accept_more: false,
-        })
+        }))
     }
 
     /// Writes this thread's id into the C worker record (`thread_id`).
@@ -148,7 +157,7 @@ impl Worker {
             self.end_turn();
             self.wait(&mut events, busy);
             busy = !events.is_empty();
-            self.ctx.now.set(self.start.elapsed().as_secs() as u32);
+            self.tick();
             for ev in events.iter() {
                 let t = ev.token();
                 if t == WAKER {
@@ -156,6 +165,10 @@ impl Worker {
                 }
                 if t == LISTENER {
                     self.accept_ready();
+                    continue;
+                }
+                if t.0 & DRAIN_TOKEN != 0 {
+                    self.ctx.drain_event((t.0 & !DRAIN_TOKEN) as u32);
                     continue;
                 }
                 let (slot, generation) = (t.0 as u32, (t.0 >> 32) as u32);
@@ -169,7 +182,7 @@ impl Worker {
                 // one send, so the client can go on while the other ready
                 // connections are served (the rest of the turn's output is
                 // flushed at its end). The writable case is the same check.
-                if self.ctx.has_output(p) {
+                if self.ctx.has_output(slot) {
                     self.ctx.flush(p);
                 }
             }
@@ -182,11 +195,20 @@ impl Worker {
                 self.accept_ready();
             }
             self.expire();
-            self.drain_lingering(false);
             self.end_turn();
         }
         self.shutdown();
         ctx::clear_current();
+    }
+
+    /// Sets the current tick; on a new tick, times out closing sockets.
+    fn tick(&mut self) {
+        let now = self.start.elapsed().as_secs().min(u64::from(u32::MAX)) as u32;
+        self.ctx.now.set(now);
+        if now != self.last_closing_tick {
+            self.last_closing_tick = now;
+            self.ctx.tick_closing();
+        }
     }
 
     /// Waits for events. After a busy turn the worker first yields its CPU
@@ -230,7 +252,7 @@ impl Worker {
         if let Some(t) = self.accept_retry {
             return Some(t.saturating_duration_since(Instant::now()));
         }
-        if !self.ctx.table.has_timers() && self.ctx.linger.borrow().is_empty() {
+        if !self.ctx.table.has_timers() && self.ctx.closing.borrow().is_empty() {
             return None;
         }
         let next = Duration::from_secs(u64::from(self.ctx.now.get()) + 1);
@@ -286,21 +308,22 @@ impl Worker {
         };
         // SAFETY: live slab pointer, no other reference held.
         let c = unsafe { &mut *p };
+        let slot = c.ind;
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&a.fd),
-            token(c.ind, c.generation),
+            token(slot, ctx.table.generation(slot)),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::error!("register connection: {}", e);
-            c.state = State::Closed;
+            ctx.table.set_state(slot, State::Closed);
             sys::close(a.fd);
             c.fd = -1;
-            ctx.to_free.borrow_mut().push(c.ind);
+            ctx.to_free.borrow_mut().push(slot);
             return;
         }
         if ctx.read_timeout > 0 {
-            let due = c.last_read + ctx.read_timeout + 1;
-            ctx.table.file_timer(c, due);
+            let due = c.last_read.saturating_add(ctx.read_timeout).saturating_add(1);
+            ctx.table.file_timer(slot, due);
         }
         ctx.connected(p);
     }
@@ -318,9 +341,10 @@ impl Worker {
     /// error), so reading goes on to `EOF` even after a short read.
     fn read(&mut self, p: *mut Conn, generation: u32, hup: bool) {
         let ctx = &self.ctx;
+        // SAFETY: live slab pointer; read only.
+        let slot = unsafe { (*p).ind };
         for _ in 0..READS_PER_TURN {
-            // SAFETY: live slab pointer; read only.
-            if unsafe { (*p).state } != State::Open {
+            if !ctx.is_open(slot) {
                 return;
             }
             let mut verdict = Verdict::Continue;
@@ -342,11 +366,8 @@ impl Worker {
                     last = Some(h);
                     // SAFETY: the callback has returned; no other reference
                     // remains.
-                    let open = unsafe {
-                        (*p).in_buf_len = 0;
-                        (*p).state == State::Open
-                    };
-                    open && verdict == Verdict::Continue
+                    unsafe { (*p).in_buf_len = 0 };
+                    ctx.is_open(slot) && verdict == Verdict::Continue
                 },
             );
             match got {
@@ -358,9 +379,8 @@ impl Worker {
                 }
                 Input::Drained => return,
                 Input::Failed(e) => {
-                    // SAFETY: live slab pointer; read only.
-                    log::debug!("recv on connection {}: {}", unsafe { (*p).ind }, e);
-                    ctx.close(p, AKG_ERROR);
+                    log::debug!("recv on connection {slot}: {e}");
+                    ctx.abort(p, AKG_ERROR);
                     return;
                 }
                 Input::Read { full } => {
@@ -377,8 +397,6 @@ impl Worker {
                 }
             }
         }
-        // SAFETY: live slab pointer, read only.
-        let slot = unsafe { (*p).ind };
         self.again.push((slot, generation));
     }
 
@@ -389,7 +407,7 @@ impl Worker {
             Scan::Used(_) => unreachable!("a complete scan is not a stop"),
             Scan::Stopped => {
                 // SAFETY: live slab pointer, read only.
-                if unsafe { (*p).state } == State::Open {
+                if ctx.is_open(unsafe { (*p).ind }) {
                     if verdict == Verdict::NoHandler {
                         let h = last.expect("a packet was dispatched");
                         log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
@@ -415,40 +433,31 @@ impl Worker {
         }
     }
 
-    /// Times out connections whose deadline has passed.
+    /// Times out connections whose deadline has passed: output that made
+    /// no progress for the write timeout is aborted (the peer is not
+    /// reading), a read timeout closes gracefully.
     fn expire(&mut self) {
         let ctx = &self.ctx;
+        let now = ctx.now.get();
         let mut due = std::mem::take(&mut self.expired);
         ctx.table
-            .expire(ctx.now.get(), ctx.read_timeout, ctx.write_timeout, &mut due);
+            .expire(now, ctx.read_timeout, ctx.write_timeout, &mut due);
         for &slot in &due {
             if let Some(p) = ctx.table.get(slot) {
-                ctx.close(p, AKG_TIMEOUT);
+                if ctx.table.write_stalled(slot, ctx.write_timeout, now) {
+                    ctx.abort(p, AKG_TIMEOUT);
+                } else {
+                    ctx.close(p, AKG_TIMEOUT);
+                }
             }
         }
         due.clear();
         self.expired = due;
     }
 
-    /// Drains lingering sockets; closes those whose peer finished, whose
-    /// time is up, or all of them when `all`. Runs once per tick.
-    fn drain_lingering(&mut self, all: bool) {
-        let now = self.ctx.now.get();
-        if !all && self.last_linger_tick == now {
-            return;
-        }
-        self.last_linger_tick = now;
-        self.ctx.linger.borrow_mut().retain(|&(fd, until)| {
-            let done = all || now >= until || sys::discard_input(fd, DISCARD_MAX);
-            if done {
-                sys::close(fd);
-            }
-            !done
-        });
-    }
-
-    /// Closes every connection (callbacks run); the table frees the
-    /// records when the worker is dropped.
+    /// Closes every connection gracefully (callbacks run), delivers what
+    /// they had queued for at most [`STOP_FLUSH`], then resets what is left.
+    /// The table frees the records when the worker is dropped.
     fn shutdown(&mut self) {
         for slot in 0..self.ctx.table.slots() as u32 {
             if let Some(p) = self.ctx.table.get(slot) {
@@ -458,6 +467,23 @@ impl Worker {
         self.take_new();
         while self.ctx.mailbox.take_cmd().is_some() {}
         self.end_turn();
-        self.drain_lingering(true);
+        let t0 = Instant::now();
+        let mut events = Events::with_capacity(256);
+        while self.ctx.closing.borrow().draining() > 0 && t0.elapsed() < STOP_FLUSH {
+            let wait = (STOP_FLUSH - t0.elapsed()).min(Duration::from_millis(100));
+            if let Err(e) = self.poll.poll(&mut events, Some(wait))
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                log::error!("worker {} poll failed: {}", self.ctx.mailbox.index, e);
+                break;
+            }
+            self.tick();
+            for ev in events.iter() {
+                if ev.token().0 & DRAIN_TOKEN != 0 && ev.token() != WAKER && ev.token() != LISTENER {
+                    self.ctx.drain_event((ev.token().0 & !DRAIN_TOKEN) as u32);
+                }
+            }
+        }
+        self.ctx.abandon_closing(t0.elapsed().as_millis());
     }
 }

@@ -12,7 +12,9 @@
  *
  * Environment: TS_PORT (required), TS_WORKERS (2), TS_CONNNUM (1024),
  * TS_RTIMEOUT (0), TS_WTIMEOUT (0), TS_OUTLIMIT (bytes, optional),
- * TS_STX (hex; unset: regist_stx is never called, so DEFAULT_STX applies).
+ * TS_STX (hex; unset: regist_stx is never called, so DEFAULT_STX applies),
+ * TS_LASTWORD (set: the close callback writes a last frame, id 0x000a,
+ * body "bye", and logs what bufferevent_write returned as lastword=R).
  *
  * Packet ids:
  *   0x0001 ECHO        reply with the whole packet
@@ -27,7 +29,7 @@
  *                      frames if body[1] (uint32) is non-zero
  *   0x0008 FLOOD       reply body uint32 n: n frames of 1500 bytes
  * Close events are logged as
- *   EV close serial=S reason=R packets=P worker=W slot=I
+ *   EV close serial=S reason=R packets=P worker=W slot=I [lastword=R]
  */
 #define _POSIX_C_SOURCE 200809L
 #include "mario/mario.h"
@@ -39,6 +41,7 @@
 #define ID_INFO 0x0005
 #define ID_SUB 0x0007
 #define ID_FLOOD 0x0008
+#define ID_BYE 0x000a
 
 typedef struct {
 	uint32 magic;
@@ -58,6 +61,7 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint32 next_serial = 1;
 static unsigned long n_connected, n_closed, n_packets, n_violations;
 static int stopping; /* accessed with __atomic builtins */
+static int lastword; /* TS_LASTWORD */
 
 /* The blaster's set of subscribed connections (guarded by lock). */
 #define MAX_SUBS 65536
@@ -81,6 +85,14 @@ static ST *state_of(CONN *c) {
 		return NULL;
 	}
 	return st;
+}
+
+static void put_head(char *p, uint16 len, uint16 id) {
+	HEAD h;
+	h.stx = stx_used;
+	h.pkglen = len;
+	h.akg_id = id;
+	memcpy(p, &h, sizeof(h));
 }
 
 static sint32 on_connected(CONN *c) {
@@ -128,8 +140,17 @@ static sint32 on_close(CONN *c) {
 		unsubscribe(c);
 	n_closed++;
 	pthread_mutex_unlock(&lock);
-	slog_info(c->owner->qlog, "EV close serial=%u reason=%u packets=%u worker=%u slot=%u", st->serial,
-			c->err_type, st->packets, c->owner->ind, c->ind);
+	if (lastword) {
+		char bye[11];
+		put_head(bye, sizeof(bye), ID_BYE);
+		memcpy(bye + 8, "bye", 3);
+		int r = bufferevent_write(c->bufev, bye, sizeof(bye));
+		slog_info(c->owner->qlog, "EV close serial=%u reason=%u packets=%u worker=%u slot=%u lastword=%d",
+				st->serial, c->err_type, st->packets, c->owner->ind, c->ind, r);
+	} else {
+		slog_info(c->owner->qlog, "EV close serial=%u reason=%u packets=%u worker=%u slot=%u", st->serial,
+				c->err_type, st->packets, c->owner->ind, c->ind);
+	}
 	st->magic = 0;
 	free(st);
 	/* c->user is deliberately left dangling: the library must clear it. */
@@ -178,14 +199,6 @@ static sint32 on_closem1(CONN *c) {
 static sint32 on_fail(CONN *c) {
 	packet_state(c);
 	return -1;
-}
-
-static void put_head(char *p, uint16 len, uint16 id) {
-	HEAD h;
-	h.stx = stx_used;
-	h.pkglen = len;
-	h.akg_id = id;
-	memcpy(p, &h, sizeof(h));
 }
 
 static sint32 on_info(CONN *c) {
@@ -302,6 +315,7 @@ int main(void) {
 			env_int("TS_RTIMEOUT", 0), env_int("TS_WTIMEOUT", 0));
 	if (server == NULL)
 		return 2;
+	lastword = getenv("TS_LASTWORD") != NULL;
 	if (getenv("TS_OUTLIMIT"))
 		mario_set_output_limit(server, (size_t) atol(getenv("TS_OUTLIMIT")));
 	const char *sx = getenv("TS_STX");

@@ -356,7 +356,7 @@ pub fn connect(port: u16) -> TcpStream {
 }
 
 pub fn frame(stx: u32, id: u16, body: &[u8]) -> Vec<u8> {
-    Head::frame(stx, id, body)
+    Head::frame(stx, id, body).expect("a frame of at most 65,535 bytes")
 }
 
 /// Reads one frame (head + body).
