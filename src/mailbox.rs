@@ -120,11 +120,11 @@ impl Mailbox {
         if let Cmd::Write(_, ref data) = cmd {
             let n = data.len();
             if sync::broken(Step::BudgetRmw) {
-                if self.cmd_bytes.load(Ordering::Relaxed) + n > self.cmd_cap {
+                if self.cmd_bytes.load(Ordering::Relaxed).saturating_add(n) > self.cmd_cap {
                     return false;
                 }
                 self.cmd_bytes.fetch_add(n, Ordering::Relaxed);
-            } else if self.cmd_bytes.fetch_add(n, Ordering::Relaxed) + n > self.cmd_cap {
+            } else if self.cmd_bytes.fetch_add(n, Ordering::Relaxed).saturating_add(n) > self.cmd_cap {
                 self.cmd_bytes.fetch_sub(n, Ordering::Relaxed);
                 return false;
             }

@@ -335,3 +335,48 @@ fn idle_server_uses_no_cpu() {
 fn idle_server_with_read_timers_uses_no_cpu() {
     idle_cpu(30);
 }
+
+/// A C log line cut at `MAX_LOG_LINE_LENGTH` ends before any UTF-8
+/// character the cut would split (2-, 3- and 4-byte characters, after 0 to
+/// 3 ASCII bytes): every line is valid UTF-8, ends with a newline and is at
+/// most 2,048 bytes, and at most a character's worth shorter than the cut.
+#[test]
+fn long_c_log_lines_are_cut_on_character_boundaries() {
+    ensure_built();
+    let out = Command::new(root().join("target/ctests/utf8log"))
+        .env("ASAN_OPTIONS", ASAN_OPTIONS)
+        .env("UBSAN_OPTIONS", UBSAN_OPTIONS)
+        .output()
+        .expect("run utf8log");
+    assert!(
+        out.status.success(),
+        "utf8log: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&[u8]> = out
+        .stdout
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"[INFO] "))
+        .collect();
+    assert_eq!(lines.len(), 12, "{}", String::from_utf8_lossy(&out.stdout));
+    for (i, l) in lines.iter().enumerate() {
+        let char_len = [2, 3, 4][i / 4];
+        assert!(
+            l.ends_with(b"\n") && l.len() <= MAX_LINE,
+            "line {i}: {} bytes",
+            l.len()
+        );
+        assert!(
+            l.len() > MAX_LINE - 1 - char_len,
+            "line {i}: cut too short ({} bytes)",
+            l.len()
+        );
+        assert!(
+            std::str::from_utf8(l).is_ok(),
+            "line {i} is not UTF-8: ends {:x?}",
+            &l[l.len() - 5..]
+        );
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DONE"));
+}

@@ -59,7 +59,7 @@ pub(crate) struct Slot {
     /// Tick of the last write progress (or when output became pending).
     pub(crate) last_write: u32,
     /// Bytes of `out` already sent.
-    pub(crate) out_pos: u32,
+    pub(crate) out_pos: usize,
     /// Output waiting to be written (empty, with no allocation, when idle).
     pub(crate) out: Vec<u8>,
 }
@@ -79,7 +79,7 @@ impl Slot {
 
     /// Bytes queued and not yet sent.
     pub(crate) fn pending(&self) -> usize {
-        self.out.len() - self.out_pos as usize
+        self.out.len() - self.out_pos
     }
 }
 
@@ -304,7 +304,7 @@ impl ConnTable {
     /// Takes the output of `slot`: the buffer and how much of it was sent.
     pub(crate) fn take_output(&self, slot: u32) -> (Vec<u8>, usize) {
         self.with_slot(slot, |s| {
-            let pos = s.out_pos as usize;
+            let pos = s.out_pos;
             s.out_pos = 0;
             (std::mem::take(&mut s.out), pos)
         })

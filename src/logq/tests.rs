@@ -354,6 +354,61 @@ fn concurrent_producers_do_not_corrupt() {
     }
 }
 
+/// A cut never splits a UTF-8 character (1 to 4 bytes, at every offset);
+/// bytes that are not UTF-8 are cut at the limit.
+#[test]
+fn cuts_end_on_a_character_boundary() {
+    use super::ring::char_cut;
+    for ch in ["a", "é", "€", "😀"] {
+        for pad in 0..4 {
+            let s = "x".repeat(pad) + &ch.repeat(1000);
+            let b = s.as_bytes();
+            for max in [5, 100, 2047, 2048] {
+                let n = char_cut(b, max);
+                let want = if b.len() <= max {
+                    n == b.len()
+                } else {
+                    n <= max && max - n < ch.len()
+                };
+                assert!(want, "{ch} pad {pad} max {max}: {n}");
+                assert!(
+                    std::str::from_utf8(&b[..n]).is_ok(),
+                    "{ch} pad {pad} max {max}: {n}"
+                );
+            }
+        }
+    }
+    assert_eq!(char_cut(&[0x80; 10], 5), 5);
+    assert_eq!(char_cut(b"abc", 5), 3);
+    // Through the queue: 3,000-byte lines of "é", whose cut would split a
+    // character (at byte 2,047 with a newline, 2,048 without).
+    let hub = test_hub();
+    let q = hub.create_queue(DEFAULT_QUEUE_BYTES);
+    q.push(1, ("é".repeat(1500) + "\n").as_bytes()).unwrap();
+    q.push(1, ("x".to_string() + &"é".repeat(1500)).as_bytes())
+        .unwrap();
+    let got = drain_records(hub);
+    assert_eq!(
+        got[0].1.len(),
+        MAX_LOG_LINE_LENGTH - 1,
+        "one byte of a split character dropped"
+    );
+    assert!(got[0].1.ends_with("é\n".as_bytes()));
+    assert!(std::str::from_utf8(&got[0].1).is_ok());
+    assert_eq!(got[1].1.len(), MAX_LOG_LINE_LENGTH - 1);
+    assert!(std::str::from_utf8(&got[1].1).is_ok());
+    // The log sink.
+    let long = "é".repeat(1500);
+    let l = format_line(7, log::Level::Info, &format_args!("{long}"));
+    assert!(l.as_bytes().len() <= MAX_LOG_LINE_LENGTH);
+    assert!(
+        l.as_bytes().ends_with("é\n".as_bytes()),
+        "{:?}",
+        &l.as_bytes()[l.as_bytes().len() - 4..]
+    );
+    assert!(std::str::from_utf8(l.as_bytes()).is_ok());
+}
+
 #[test]
 fn format_line_shape_and_cut() {
     let line = format_line(42, log::Level::Warn, &format_args!("hello {}", 5));

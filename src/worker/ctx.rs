@@ -361,17 +361,17 @@ impl Ctx {
         let now = self.now.get();
         let failed = self.table.with_slot(slot, |s| {
             while s.pending() > 0 {
-                match sys::send(fd, &s.out[s.out_pos as usize..]) {
+                match sys::send(fd, &s.out[s.out_pos..]) {
                     Io::Done(n) => {
-                        s.out_pos += n as u32;
+                        s.out_pos += n;
                         s.last_write = now;
                     }
                     Io::WouldBlock => break,
                     Io::Err(e) => return Some(e),
                 }
             }
-            if s.pending() > 0 && s.out_pos as usize > s.out.len() / 2 {
-                s.out.drain(..s.out_pos as usize);
+            if s.pending() > 0 && s.out_pos > s.out.len() / 2 {
+                s.out.drain(..s.out_pos);
                 s.out_pos = 0;
             }
             None

@@ -1,0 +1,289 @@
+//! The Rust API's closes and re-entrant calls on one's own connection:
+//! every close initiator delivers everything queued before it (exact byte
+//! counts), and writes by id made on the owning worker land in the stream
+//! where they are made, exactly like direct writes, with return values
+//! that mean "queued".
+
+mod common;
+use common::{STX, frame};
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mario::{ConnId, Server, ServerBuilder, Verdict};
+
+const ID_FLOOD: u16 = 0x0008;
+const ID_FLOOD_CLOSE: u16 = 0x0009;
+const ID_FLOOD_STOP: u16 = 0x000a;
+const ID_ORDER: u16 = 0x000b;
+const ID_CLOSE_BY_ID: u16 = 0x000c;
+const ID_LAST: u16 = 0x000d;
+const FLOOD_N: usize = 20_000;
+const BODY: usize = 1492;
+
+/// A server on a thread of this process, stopped on drop.
+struct Running {
+    server: Arc<Server>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+    port: u16,
+}
+
+impl Running {
+    fn start(b: ServerBuilder) -> Running {
+        let server = Arc::new(b.port(0).build().expect("build"));
+        let s = server.clone();
+        let thread = Some(std::thread::spawn(move || s.run()));
+        let port = server.wait_listening(Duration::from_secs(10)).expect("listening");
+        Running { server, thread, port }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.server.stop_handle().stop();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap().unwrap();
+        }
+    }
+}
+
+/// Queues FLOOD_N frames of 1500 bytes (30,000,000 bytes).
+fn flood(c: &mut mario::Conn) {
+    for _ in 0..FLOOD_N {
+        assert!(c.send_packet(ID_FLOOD, &[b'x'; BODY]));
+    }
+}
+
+/// Reads to the end: (bytes, how it ended, the last 64 bytes).
+fn read_all(s: &mut TcpStream) -> (usize, io::Result<()>, Vec<u8>) {
+    let mut n = 0;
+    let mut last = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(k) => {
+                n += k;
+                last.extend_from_slice(&buf[..k]);
+                let cut = last.len().saturating_sub(64);
+                last.drain(..cut);
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    (n, end, last)
+}
+
+type Closes = Arc<Mutex<Vec<(ConnId, u16)>>>;
+
+fn flood_server(ids: Arc<Mutex<Vec<ConnId>>>, closes: Closes) -> ServerBuilder {
+    Server::builder()
+        .workers(1)
+        .stx(STX)
+        .read_timeout(0)
+        .output_limit(64 << 20)
+        .on_connect(move |c| ids.lock().unwrap().push(c.id()))
+        .on_packet(ID_FLOOD, |c, _| {
+            flood(c);
+            Verdict::Continue
+        })
+        .on_packet(ID_FLOOD_CLOSE, |c, _| {
+            flood(c);
+            c.close(0x0777);
+            Verdict::Continue
+        })
+        .on_packet(ID_FLOOD_STOP, |c, _| {
+            flood(c);
+            Verdict::Stop
+        })
+        .on_close(move |c, reason| closes.lock().unwrap().push((c.id(), reason)))
+}
+
+/// Every Rust close initiator delivers all 30,000,000 bytes, then FIN.
+#[test]
+fn every_rust_close_delivers_everything_then_fin() {
+    let ids: Arc<Mutex<Vec<ConnId>>> = Arc::default();
+    let closes: Closes = Arc::default();
+    let r = Running::start(flood_server(ids.clone(), closes.clone()));
+    let want = FLOOD_N * 1500;
+    let reason_of = |id: ConnId| {
+        let t0 = Instant::now();
+        loop {
+            if let Some(&(_, r)) = closes.lock().unwrap().iter().find(|(i, _)| *i == id) {
+                return r;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "no close callback");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let last_id = || *ids.lock().unwrap().last().unwrap();
+
+    // Conn::close in the handler.
+    let mut s = r.connect();
+    s.write_all(&frame(STX, ID_FLOOD_CLOSE, &[])).unwrap();
+    let (n, end, _) = read_all(&mut s);
+    assert_eq!((n, end.is_ok()), (want, true), "Conn::close");
+    assert_eq!(reason_of(last_id()), 0x0777);
+
+    // Verdict::Stop (closed as error, gracefully).
+    let mut s = r.connect();
+    s.write_all(&frame(STX, ID_FLOOD_STOP, &[])).unwrap();
+    let (n, end, _) = read_all(&mut s);
+    assert_eq!((n, end.is_ok()), (want, true), "Verdict::Stop");
+    assert_eq!(reason_of(last_id()), mario::AKG_ERROR);
+
+    // close_id from another thread, once the output is queued.
+    let mut s = r.connect();
+    s.write_all(&frame(STX, ID_FLOOD, &[])).unwrap();
+    let mut first = [0u8; 1500];
+    s.read_exact(&mut first).unwrap();
+    let id = last_id();
+    std::thread::spawn(move || mario::close_id(id, 0x0778))
+        .join()
+        .unwrap();
+    let (n, end, _) = read_all(&mut s);
+    assert_eq!((n + 1500, end.is_ok()), (want, true), "close_id");
+    assert_eq!(reason_of(id), 0x0778);
+
+    // The peer's half-close.
+    let mut s = r.connect();
+    s.write_all(&frame(STX, ID_FLOOD, &[])).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let (n, end, _) = read_all(&mut s);
+    assert_eq!((n, end.is_ok()), (want, true), "half-close");
+    assert_eq!(reason_of(last_id()), mario::AKG_CLOSED);
+}
+
+/// Section 3: writes by id on the owning worker land where they are made;
+/// a write in the close handler is the last data before FIN; a close by id
+/// of the connection a handler holds refuses later output and runs when
+/// the handler returns; return values mean "queued".
+#[test]
+fn writes_by_id_land_in_order_and_closes_by_id_wait_for_the_handler() {
+    let results: Arc<Mutex<Vec<(&'static str, bool)>>> = Arc::default();
+    let (r1, r2, r3) = (results.clone(), results.clone(), results.clone());
+    let f = |tag: &[u8]| frame(STX, ID_LAST, tag);
+    let r = Running::start(
+        Server::builder()
+            .workers(1)
+            .stx(STX)
+            .read_timeout(0)
+            .on_packet(ID_ORDER, move |c, _| {
+                let id = c.id();
+                let mut res = r1.lock().unwrap();
+                res.push(("send_to A", mario::send_to(id, &frame(STX, ID_LAST, b"A"))));
+                res.push(("send_packet B", c.send_packet(ID_LAST, b"B")));
+                res.push(("send_to BYE", mario::send_to(id, &frame(STX, ID_LAST, b"BYE"))));
+                drop(res);
+                c.close(0x0701);
+                Verdict::Continue
+            })
+            .on_packet(ID_CLOSE_BY_ID, move |c, _| {
+                let id = c.id();
+                let mut res = r2.lock().unwrap();
+                res.push(("send before", c.send_packet(ID_LAST, b"before")));
+                mario::close_id(id, 0x0702);
+                res.push(("open after close_id", c.is_open()));
+                res.push(("send after close_id", c.send_packet(ID_LAST, b"after")));
+                res.push((
+                    "send_to after close_id",
+                    mario::send_to(id, &frame(STX, ID_LAST, b"after")),
+                ));
+                Verdict::Continue
+            })
+            .on_close(move |c, reason| {
+                if reason == 0x0701 || reason == 0x0702 {
+                    let mut res = r3.lock().unwrap();
+                    res.push((
+                        "send_to in on_close",
+                        mario::send_to(c.id(), &frame(STX, ID_LAST, b"X")),
+                    ));
+                    res.push(("send in on_close", c.send_packet(ID_LAST, b"Y")));
+                }
+            }),
+    );
+    let mut s = r.connect();
+    s.write_all(&frame(STX, ID_ORDER, &[])).unwrap();
+    let (_, end, last) = read_all(&mut s);
+    assert!(end.is_ok(), "{end:?}");
+    let want: Vec<u8> = [f(b"A"), f(b"B"), f(b"BYE"), f(b"X"), f(b"Y")].concat();
+    assert_eq!(last, want[want.len() - last.len().min(want.len())..]);
+    assert!(last.ends_with(&want), "stream ends {last:x?}");
+    let res = results.lock().unwrap().clone();
+    assert!(res.iter().all(|(_, ok)| *ok), "{res:?}");
+    results.lock().unwrap().clear();
+
+    let mut s = r.connect();
+    s.write_all(&frame(STX, ID_CLOSE_BY_ID, &[])).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, [f(b"before"), f(b"X"), f(b"Y")].concat());
+    let res = results.lock().unwrap().clone();
+    assert_eq!(
+        res,
+        vec![
+            ("send before", true),
+            ("open after close_id", false),
+            ("send after close_id", false),
+            ("send_to after close_id", false),
+            ("send_to in on_close", true),
+            ("send in on_close", true),
+        ]
+    );
+}
+
+/// A write by id from another thread returns true when the command is
+/// queued, false for a connection known gone; it never reaches the next
+/// connection on the same slot.
+#[test]
+fn writes_by_id_from_another_thread_mean_queued() {
+    let ids: Arc<Mutex<Vec<(ConnId, u32)>>> = Arc::default();
+    let closed = Arc::new(AtomicBool::new(false));
+    let (i2, c2) = (ids.clone(), closed.clone());
+    let r = Running::start(
+        Server::builder()
+            .workers(1)
+            .stx(STX)
+            .read_timeout(0)
+            .on_connect(move |c| i2.lock().unwrap().push((c.id(), c.slot())))
+            .on_close(move |_, _| c2.store(true, Ordering::SeqCst)),
+    );
+    let mut a = r.connect();
+    assert!(common::wait_for(Duration::from_secs(5), || ids
+        .lock()
+        .unwrap()
+        .len()
+        == 1));
+    let (id_a, slot_a) = ids.lock().unwrap()[0];
+    assert!(mario::send_to(id_a, &frame(STX, ID_LAST, b"hi")));
+    let mut got = vec![0u8; 10];
+    a.read_exact(&mut got).unwrap();
+    assert_eq!(got, frame(STX, ID_LAST, b"hi"));
+    drop(a);
+    assert!(common::wait_for(Duration::from_secs(5), || closed.load(Ordering::SeqCst)));
+    // The slot serves a new client; the old id reaches nothing.
+    let mut b = r.connect();
+    assert!(common::wait_for(Duration::from_secs(5), || ids
+        .lock()
+        .unwrap()
+        .len()
+        == 2));
+    let (id_b, slot_b) = ids.lock().unwrap()[1];
+    assert_eq!(slot_b, slot_a, "the slot is reused");
+    assert_ne!(id_b, id_a);
+    mario::send_to(id_a, b"stale");
+    mario::close_id(id_a, 1);
+    assert!(mario::send_to(id_b, &frame(STX, ID_LAST, b"b")));
+    let mut got = vec![0u8; 9];
+    b.read_exact(&mut got).unwrap();
+    assert_eq!(got, frame(STX, ID_LAST, b"b"), "only b's own bytes");
+}
