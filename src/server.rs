@@ -102,12 +102,17 @@ pub fn send_to(id: ConnId, data: &[u8]) -> bool {
 /// that handler returns (its output is refused meanwhile); elsewhere it
 /// becomes a command to the owner. A connection that has closed meanwhile
 /// is left alone (its slot may serve another client by then).
-pub fn close_id(id: ConnId, reason: u16) {
-    let done = worker::on_worker(id.server(), id.worker(), |ctx| ctx.close_id(id, reason));
-    if done.is_none()
-        && let Some(w) = worker_of(id)
-    {
-        w.command(Cmd::Close(id, reason));
+///
+/// Returns false when the connection is known to be gone (on its worker:
+/// closed or closing; from elsewhere: its server has stopped), true when
+/// the close was done or handed to the owning worker.
+pub fn close_id(id: ConnId, reason: u16) -> bool {
+    if let Some(r) = worker::on_worker(id.server(), id.worker(), |ctx| ctx.close_id(id, reason)) {
+        return r;
+    }
+    match worker_of(id) {
+        Some(w) => w.command(Cmd::Close(id, reason)),
+        None => false,
     }
 }
 

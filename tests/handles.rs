@@ -71,7 +71,10 @@ fn rust_ids_of_a_stopped_server_never_reach_the_next_one() {
     assert_eq!(slot_b, slot_a, "same worker, same slot");
     assert_ne!(id_b, id_a);
     assert!(!mario::send_to(id_a, &frame(STX, 1, b"stale")));
-    mario::close_id(id_a, 0x0101);
+    assert!(
+        !mario::close_id(id_a, 0x0101),
+        "a stopped server's id closed something"
+    );
     drop(a);
     assert!(
         !mario::send_to(id_a, &frame(STX, 1, b"stale")),

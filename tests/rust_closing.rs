@@ -21,6 +21,7 @@ const ID_FLOOD_STOP: u16 = 0x000a;
 const ID_ORDER: u16 = 0x000b;
 const ID_CLOSE_BY_ID: u16 = 0x000c;
 const ID_LAST: u16 = 0x000d;
+const ID_STALE: u16 = 0x000e;
 const FLOOD_N: usize = 20_000;
 const BODY: usize = 1492;
 
@@ -191,7 +192,7 @@ fn writes_by_id_land_in_order_and_closes_by_id_wait_for_the_handler() {
                 let id = c.id();
                 let mut res = r2.lock().unwrap();
                 res.push(("send before", c.send_packet(ID_LAST, b"before")));
-                mario::close_id(id, 0x0702);
+                res.push(("close_id", mario::close_id(id, 0x0702)));
                 res.push(("open after close_id", c.is_open()));
                 res.push(("send after close_id", c.send_packet(ID_LAST, b"after")));
                 res.push((
@@ -232,6 +233,7 @@ fn writes_by_id_land_in_order_and_closes_by_id_wait_for_the_handler() {
         res,
         vec![
             ("send before", true),
+            ("close_id", true),
             ("open after close_id", false),
             ("send after close_id", false),
             ("send_to after close_id", false),
@@ -248,12 +250,19 @@ fn writes_by_id_land_in_order_and_closes_by_id_wait_for_the_handler() {
 fn writes_by_id_from_another_thread_mean_queued() {
     let ids: Arc<Mutex<Vec<(ConnId, u32)>>> = Arc::default();
     let closed = Arc::new(AtomicBool::new(false));
-    let (i2, c2) = (ids.clone(), closed.clone());
+    let stale: Arc<Mutex<Option<ConnId>>> = Arc::default();
+    let refused: Arc<Mutex<Option<(bool, bool)>>> = Arc::default();
+    let (i2, c2, s2, r2) = (ids.clone(), closed.clone(), stale.clone(), refused.clone());
     let r = Running::start(
         Server::builder()
             .workers(1)
             .stx(STX)
             .read_timeout(0)
+            .on_packet(ID_STALE, move |_, _| {
+                let id = s2.lock().unwrap().expect("a stale id");
+                *r2.lock().unwrap() = Some((mario::send_to(id, b"x"), mario::close_id(id, 1)));
+                Verdict::Continue
+            })
             .on_connect(move |c| i2.lock().unwrap().push((c.id(), c.slot())))
             .on_close(move |_, _| c2.store(true, Ordering::SeqCst)),
     );
@@ -282,6 +291,18 @@ fn writes_by_id_from_another_thread_mean_queued() {
     assert_ne!(id_b, id_a);
     mario::send_to(id_a, b"stale");
     mario::close_id(id_a, 1);
+    // On the owning worker the same calls are refused at once.
+    *stale.lock().unwrap() = Some(id_a);
+    b.write_all(&frame(STX, ID_STALE, &[])).unwrap();
+    assert!(common::wait_for(Duration::from_secs(5), || refused
+        .lock()
+        .unwrap()
+        .is_some()));
+    assert_eq!(
+        *refused.lock().unwrap(),
+        Some((false, false)),
+        "(send_to, close_id) of a stale id"
+    );
     assert!(mario::send_to(id_b, &frame(STX, ID_LAST, b"b")));
     let mut got = vec![0u8; 9];
     b.read_exact(&mut got).unwrap();

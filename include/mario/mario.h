@@ -366,6 +366,23 @@ void regist_stx(uint32 stx);
 int mario_bufferevent_write(struct bufferevent *bufev, const void *data, size_t size);
 
 /*
+ Closes the connection whose `c->bufev` this is, gracefully, with
+ `akg_id` as the reason (as `close_conn` does), from any thread: the way
+ to close a connection kept by its handle, since a `CONN *` names its
+ slot (the next client's, once the connection has closed) while a handle
+ names one connection only. On the owning worker it happens at once (for
+ the connection a handler runs on, when the handler returns); elsewhere
+ it is handed to that worker. Returns 0, or -1 when the handle is not one
+ of libmario's, its connection is known to be gone, or its server has
+ stopped. A connection that closes meanwhile is left alone.
+
+ # Safety
+
+ None: any value is accepted (a handle is never dereferenced).
+ */
+sint32 mario_close_bufev(struct bufferevent *bufev, uint16 akg_id);
+
+/*
  Creates a log queue: a bounded ring (64 KiB) one thread writes to with
  `record_log`, drained by the log thread. Never returns NULL; the queue
  lives for the rest of the process.

@@ -337,7 +337,7 @@ pub unsafe extern "C" fn close_conn(c: *mut CONN, akg_id: uint16) {
         // holds no reference to it while C code runs.
         let done = worker::on_owner(owner, |ctx| ctx.close(c, akg_id));
         if done.is_none() {
-            server::close_id(id, akg_id);
+            let _ = server::close_id(id, akg_id);
         }
     })
 }
@@ -433,6 +433,29 @@ pub unsafe extern "C" fn mario_bufferevent_write(
         // SAFETY: the caller passes `size` readable bytes at `data`.
         let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) };
         if server::send_to(id, bytes) { 0 } else { -1 }
+    })
+}
+
+/// Closes the connection whose `c->bufev` this is, gracefully, with
+/// `akg_id` as the reason (as `close_conn` does), from any thread: the way
+/// to close a connection kept by its handle, since a `CONN *` names its
+/// slot (the next client's, once the connection has closed) while a handle
+/// names one connection only. On the owning worker it happens at once (for
+/// the connection a handler runs on, when the handler returns); elsewhere
+/// it is handed to that worker. Returns 0, or -1 when the handle is not one
+/// of libmario's, its connection is known to be gone, or its server has
+/// stopped. A connection that closes meanwhile is left alone.
+///
+/// # Safety
+///
+/// None: any value is accepted (a handle is never dereferenced).
+#[unsafe(no_mangle)]
+pub extern "C" fn mario_close_bufev(bufev: *mut bufferevent, akg_id: uint16) -> sint32 {
+    guard("mario_close_bufev", || {
+        let Some(id) = ConnId::from_raw(bufev as usize as u64) else {
+            return -1;
+        };
+        if server::close_id(id, akg_id) { 0 } else { -1 }
     })
 }
 

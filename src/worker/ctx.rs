@@ -288,7 +288,9 @@ impl Ctx {
             Cmd::Write(id, data) => {
                 self.write(id, &data);
             }
-            Cmd::Close(id, reason) => self.close_id(id, reason),
+            Cmd::Close(id, reason) => {
+                self.close_id(id, reason);
+            }
             Cmd::Stop => return true,
         }
         false
@@ -320,7 +322,7 @@ impl Ctx {
                     "output of connection {slot} over its cap ({total} bytes pending, cap {}): closing",
                     self.out_cap
                 );
-                self.end_id(id, AKG_ERROR, Ending::Abort);
+                let _ = self.end_id(id, AKG_ERROR, Ending::Abort);
                 false
             }
         }
@@ -328,22 +330,28 @@ impl Ctx {
 
     /// Closes connection `id` gracefully on this (its) worker: at once, or
     /// when the handler holding it returns. A connection that has closed
-    /// (or is closing) is left alone.
-    pub(crate) fn close_id(&self, id: ConnId, reason: u16) {
-        self.end_id(id, reason, Ending::Graceful);
+    /// (or is closing) is left alone: returns false.
+    pub(crate) fn close_id(&self, id: ConnId, reason: u16) -> bool {
+        self.end_id(id, reason, Ending::Graceful)
     }
 
     /// Ends connection `id` as `how` says: at once, or (with further output
-    /// refused) when the handler holding it returns.
-    fn end_id(&self, id: ConnId, reason: u16, how: Ending) {
+    /// refused) when the handler holding it returns. False if it is not
+    /// open.
+    fn end_id(&self, id: ConnId, reason: u16, how: Ending) -> bool {
         let slot = id.slot();
         if self.is_held(slot) {
             if self.table.generation(slot) == id.generation() && self.table.state(slot) == State::Open {
                 self.table.set_state(slot, State::Doomed);
                 self.doomed.borrow_mut().push((id, reason, how));
+                return true;
             }
+            false
         } else if let Some(p) = self.table.lookup(id) {
             self.end(p, reason, how);
+            true
+        } else {
+            false
         }
     }
 

@@ -12,7 +12,9 @@
  *    client gets the same slot. In that client's connected callback (on
  *    the owning worker) a write to the old bufev must return -1; from the
  *    main thread it may only be queued (0: the worker drops it) or refused;
- *    either way nothing reaches the new client.
+ *    either way nothing reaches the new client. The same for
+ *    mario_close_bufev: the stale handle closes nothing, the live one
+ *    closes its connection.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "mario/mario.h"
@@ -115,6 +117,8 @@ int main(void) {
 	close(ca);
 	if (bufferevent_write(bev_a, "x", 1) != -1)
 		fail("write to a stopped server's connection accepted");
+	if (mario_close_bufev(bev_a, g_akg_closed_id) != -1)
+		fail("close of a stopped server's connection accepted");
 
 	SERVER *b = start(&tb);
 	int cb = client(b->port);
@@ -162,6 +166,15 @@ int main(void) {
 		fail("bufferevent_write returned neither 0 nor -1");
 	if (readable(c3, 200))
 		fail("a closed connection's handle reached the slot's next client");
+	r = mario_close_bufev(bev_2, g_akg_closed_id);
+	if (r != 0 && r != -1)
+		fail("mario_close_bufev returned neither 0 nor -1");
+	if (readable(c3, 200))
+		fail("a closed connection's handle closed the slot's next client");
+	if (mario_close_bufev(bev_b, g_akg_closed_id) != 0)
+		fail("mario_close_bufev refused a live handle");
+	if (!readable(cb, 2000) || read(cb, buf, sizeof(buf)) != 0)
+		fail("mario_close_bufev did not close its connection");
 
 	mario_stop_server(b);
 	pthread_join(tb, NULL);
