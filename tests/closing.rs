@@ -204,18 +204,9 @@ fn server_stop_delivers_queued_output() {
     s.read_exact(&mut first).unwrap();
     // Read on slowly (about 1.2 s for all of it) while the server stops.
     let reader = std::thread::spawn(move || {
-        let mut got = FRAME;
-        let mut buf = vec![0u8; 256 * 1024];
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let end = loop {
-            match s.read(&mut buf) {
-                Ok(0) => break Ok(()),
-                Ok(n) => got += n,
-                Err(e) => break Err(e),
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        (got, end)
+        let (n, end) = read_until_end(&mut s, 256 * 1024, Duration::from_millis(10), |_| {});
+        (n + FRAME, end)
     });
     let t0 = Instant::now();
     let stopped = p.stop_clean();
@@ -326,16 +317,7 @@ fn maritcp_answers_every_pipelined_login_before_a_half_close() {
     });
     let mut s = s;
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut got = 0;
-    let mut buf = vec![0u8; 64 * 1024];
-    let end = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => got += n,
-            Err(e) => break Err(e),
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
+    let (got, end) = read_until_end(&mut s, 64 * 1024, Duration::from_millis(1), |_| {});
     writer.join().unwrap();
     assert_eq!(got, LOGINS * 8, "reply bytes");
     assert!(end.is_ok(), "ended with {end:?}, not FIN");

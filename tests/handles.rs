@@ -8,7 +8,6 @@ mod common;
 use common::*;
 
 use std::io::Read;
-use std::net::TcpStream;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,38 +33,29 @@ fn c_handles_of_a_stopped_server_or_a_closed_connection_are_refused() {
 }
 
 /// Starts a one-worker server recording (id, slot) of each connection.
-fn server(
-    ids: Arc<Mutex<Vec<(ConnId, u32)>>>,
-) -> (Arc<Server>, std::thread::JoinHandle<std::io::Result<()>>, u16) {
-    let s = Arc::new(
+fn server(ids: Arc<Mutex<Vec<(ConnId, u32)>>>) -> Running {
+    Running::start(
         Server::builder()
-            .port(0)
             .workers(1)
             .read_timeout(0)
             .stx(STX)
-            .on_connect(move |c| ids.lock().unwrap().push((c.id(), c.slot())))
-            .build()
-            .unwrap(),
-    );
-    let run = s.clone();
-    let t = std::thread::spawn(move || run.run());
-    let port = s.wait_listening(Duration::from_secs(10)).unwrap();
-    (s, t, port)
+            .on_connect(move |c| ids.lock().unwrap().push((c.id(), c.slot()))),
+    )
 }
 
 #[test]
 fn rust_ids_of_a_stopped_server_never_reach_the_next_one() {
     let ids: Arc<Mutex<Vec<(ConnId, u32)>>> = Arc::default();
-    let (a, ta, port_a) = server(ids.clone());
-    let _ca = TcpStream::connect(("127.0.0.1", port_a)).unwrap();
+    let a = server(ids.clone());
+    let _ca = a.connect();
     assert!(wait_for(Duration::from_secs(5), || ids.lock().unwrap().len() == 1));
     let (id_a, slot_a) = ids.lock().unwrap()[0];
-    a.stop_handle().stop();
-    ta.join().unwrap().unwrap();
+    let a_alive = a.server.clone();
+    a.stop();
     assert!(!mario::send_to(id_a, b"x"), "a stopped server's id accepted");
     // Server A is still alive (we hold it); B gets another number.
-    let (b, tb, port_b) = server(ids.clone());
-    let mut cb = TcpStream::connect(("127.0.0.1", port_b)).unwrap();
+    let b = server(ids.clone());
+    let mut cb = b.connect();
     assert!(wait_for(Duration::from_secs(5), || ids.lock().unwrap().len() == 2));
     let (id_b, slot_b) = ids.lock().unwrap()[1];
     assert_eq!(slot_b, slot_a, "same worker, same slot");
@@ -75,16 +65,14 @@ fn rust_ids_of_a_stopped_server_never_reach_the_next_one() {
         !mario::close_id(id_a, 0x0101),
         "a stopped server's id closed something"
     );
-    drop(a);
+    drop(a_alive);
     assert!(
         !mario::send_to(id_a, &frame(STX, 1, b"stale")),
         "a dropped server's id accepted"
     );
     assert!(mario::send_to(id_b, &frame(STX, 1, b"own")));
-    cb.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut got = vec![0u8; 11];
     cb.read_exact(&mut got).unwrap();
     assert_eq!(got, frame(STX, 1, b"own"), "only B's own bytes reach B's client");
-    b.stop_handle().stop();
-    tb.join().unwrap().unwrap();
+    b.stop();
 }

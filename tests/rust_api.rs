@@ -16,72 +16,9 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::sync::{Arc, Mutex, Once};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mario::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, ConnId, Server, ServerBuilder, Verdict};
-
-// ---------------------------------------------------------------------------
-// A server running on a thread of this process.
-
-struct Running {
-    server: Arc<Server>,
-    thread: Option<JoinHandle<io::Result<()>>>,
-    port: u16,
-}
-
-impl Running {
-    /// Builds `b` on a free port, runs it on a new thread and waits until
-    /// it listens.
-    fn start(b: ServerBuilder) -> Running {
-        let server = Arc::new(b.port(0).build().expect("build server"));
-        let s = server.clone();
-        let thread = std::thread::spawn(move || s.run());
-        let port = server
-            .wait_listening(Duration::from_secs(10))
-            .expect("server listening");
-        assert_ne!(port, 0, "port 0 must be replaced by the bound port");
-        assert_eq!(server.port(), port);
-        Running {
-            server,
-            thread: Some(thread),
-            port,
-        }
-    }
-
-    /// Stops the server from this thread: `run` must then return `Ok`
-    /// promptly.
-    fn stop(mut self) {
-        let t0 = Instant::now();
-        self.server.stop_handle().stop();
-        let t = self.thread.take().unwrap();
-        while !t.is_finished() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "run did not return after stop"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        t.join()
-            .expect("server thread")
-            .expect("run returns Ok after stop");
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "stop took {:?}",
-            t0.elapsed()
-        );
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            // A failed test: stop without waiting for it here.
-            let h = self.server.stop_handle();
-            std::thread::spawn(move || h.stop());
-        }
-    }
-}
 
 fn local(s: &TcpStream) -> SocketAddrV4 {
     match s.local_addr().unwrap() {

@@ -5,7 +5,7 @@
 //! that mean "queued".
 
 mod common;
-use common::{STX, frame};
+use common::{Running, STX, frame, read_until_end};
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -25,38 +25,6 @@ const ID_STALE: u16 = 0x000e;
 const FLOOD_N: usize = 20_000;
 const BODY: usize = 1492;
 
-/// A server on a thread of this process, stopped on drop.
-struct Running {
-    server: Arc<Server>,
-    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
-    port: u16,
-}
-
-impl Running {
-    fn start(b: ServerBuilder) -> Running {
-        let server = Arc::new(b.port(0).build().expect("build"));
-        let s = server.clone();
-        let thread = Some(std::thread::spawn(move || s.run()));
-        let port = server.wait_listening(Duration::from_secs(10)).expect("listening");
-        Running { server, thread, port }
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.server.stop_handle().stop();
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap().unwrap();
-        }
-    }
-}
-
 /// Queues FLOOD_N frames of 1500 bytes (30,000,000 bytes).
 fn flood(c: &mut mario::Conn) {
     for _ in 0..FLOOD_N {
@@ -66,21 +34,13 @@ fn flood(c: &mut mario::Conn) {
 
 /// Reads to the end: (bytes, how it ended, the last 64 bytes).
 fn read_all(s: &mut TcpStream) -> (usize, io::Result<()>, Vec<u8>) {
-    let mut n = 0;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut last = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let end = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(k) => {
-                n += k;
-                last.extend_from_slice(&buf[..k]);
-                let cut = last.len().saturating_sub(64);
-                last.drain(..cut);
-            }
-            Err(e) => break Err(e),
-        }
-    };
+    let (n, end) = read_until_end(s, 256 * 1024, Duration::ZERO, |b| {
+        last.extend_from_slice(b);
+        let cut = last.len().saturating_sub(64);
+        last.drain(..cut);
+    });
     (n, end, last)
 }
 
@@ -162,6 +122,7 @@ fn every_rust_close_delivers_everything_then_fin() {
     let (n, end, _) = read_all(&mut s);
     assert_eq!((n, end.is_ok()), (want, true), "half-close");
     assert_eq!(reason_of(last_id()), mario::AKG_CLOSED);
+    r.stop();
 }
 
 /// Section 3: writes by id on the owning worker land where they are made;
@@ -217,8 +178,7 @@ fn writes_by_id_land_in_order_and_closes_by_id_wait_for_the_handler() {
     let (_, end, last) = read_all(&mut s);
     assert!(end.is_ok(), "{end:?}");
     let want: Vec<u8> = [f(b"A"), f(b"B"), f(b"BYE"), f(b"X"), f(b"Y")].concat();
-    assert_eq!(last, want[want.len() - last.len().min(want.len())..]);
-    assert!(last.ends_with(&want), "stream ends {last:x?}");
+    assert_eq!(last, want, "the whole stream, in order");
     let res = results.lock().unwrap().clone();
     assert!(res.iter().all(|(_, ok)| *ok), "{res:?}");
     results.lock().unwrap().clear();
@@ -241,6 +201,7 @@ fn writes_by_id_land_in_order_and_closes_by_id_wait_for_the_handler() {
             ("send in on_close", true),
         ]
     );
+    r.stop();
 }
 
 /// A write by id from another thread returns true when the command is
@@ -307,4 +268,5 @@ fn writes_by_id_from_another_thread_mean_queued() {
     let mut got = vec![0u8; 9];
     b.read_exact(&mut got).unwrap();
     assert_eq!(got, frame(STX, ID_LAST, b"b"), "only b's own bytes");
+    r.stop();
 }

@@ -6,8 +6,8 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use mario::Head;
@@ -403,6 +403,33 @@ pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     false
 }
 
+/// Reads `s` to its end, `chunk` bytes at a time, pausing `pause` between
+/// reads and handing each read's bytes to `on_bytes`: the byte count and
+/// how the stream ended (Ok: FIN; Err: a reset or the read timeout).
+pub fn read_until_end(
+    s: &mut TcpStream,
+    chunk: usize,
+    pause: Duration,
+    mut on_bytes: impl FnMut(&[u8]),
+) -> (usize, io::Result<()>) {
+    let mut n = 0;
+    let mut buf = vec![0u8; chunk];
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(k) => {
+                n += k;
+                on_bytes(&buf[..k]);
+            }
+            Err(e) => break Err(e),
+        }
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    };
+    (n, end)
+}
+
 /// Closes with RST.
 pub fn reset(s: TcpStream) {
     use std::os::fd::AsRawFd;
@@ -425,6 +452,74 @@ pub fn reset(s: TcpStream) {
 
 pub fn half_close(s: &TcpStream) {
     let _ = s.shutdown(Shutdown::Write);
+}
+
+// ---------------------------------------------------------------------------
+// A Rust API server running on a thread of this process.
+
+/// A server of the Rust API on a thread of this process.
+pub struct Running {
+    pub server: Arc<mario::Server>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+    pub port: u16,
+}
+
+impl Running {
+    /// Builds `b` on a free port, runs it on a new thread and waits until
+    /// it listens.
+    pub fn start(b: mario::ServerBuilder) -> Running {
+        let server = Arc::new(b.port(0).build().expect("build server"));
+        let s = server.clone();
+        let thread = std::thread::spawn(move || s.run());
+        let port = server
+            .wait_listening(Duration::from_secs(10))
+            .expect("server listening");
+        assert_ne!(port, 0, "port 0 must be replaced by the bound port");
+        assert_eq!(server.port(), port);
+        Running {
+            server,
+            thread: Some(thread),
+            port,
+        }
+    }
+
+    /// A client connected to it (5 s read timeout).
+    pub fn connect(&self) -> TcpStream {
+        connect(self.port)
+    }
+
+    /// Stops the server from this thread: `run` must then return `Ok`
+    /// promptly.
+    pub fn stop(mut self) {
+        let t0 = Instant::now();
+        self.server.stop_handle().stop();
+        let t = self.thread.take().unwrap();
+        while !t.is_finished() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "run did not return after stop"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t.join()
+            .expect("server thread")
+            .expect("run returns Ok after stop");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "stop took {:?}",
+            t0.elapsed()
+        );
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            // A failed test: stop without waiting for it here.
+            let h = self.server.stop_handle();
+            std::thread::spawn(move || h.stop());
+        }
+    }
 }
 
 /// The process's CPU time (user + system) in seconds, from /proc.
