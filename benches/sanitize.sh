@@ -2,7 +2,7 @@
 # `make sanitize`: libmario under the sanitizers of the nightly toolchain.
 #
 #   asan-rust   AddressSanitizer + LeakSanitizer on the Rust unit tests and
-#               the in-process server tests (--lib, --test rust_api).
+#               the in-process server tests (--lib, rust_api, rust_closing).
 #   asan-c      libmario.a built with AddressSanitizer, linked into the C
 #               test programs (gcc -fsanitize=address,undefined, as in the
 #               Makefile's ctests) and driven by the integration tests that
@@ -10,7 +10,7 @@
 #               crossthread, framing). The C tests of `make test` already
 #               run under gcc's sanitizers, but with an uninstrumented
 #               library; here the library's own accesses are checked too.
-#   tsan-rust   ThreadSanitizer on --lib and --test rust_api.
+#   tsan-rust   ThreadSanitizer on --lib, rust_api and rust_closing.
 #   tsan-c      libmario.a built with ThreadSanitizer, linked into testsrv
 #               (gcc -fsanitize=thread), driven by lifecycle and crossthread.
 #
@@ -171,20 +171,20 @@ phase() {
 CFLAGS_BASE="-std=c99 -O1 -g -Wall -Wextra -Werror -DLINUX64 -fno-omit-frame-pointer -Iinclude"
 
 asan_rust() {
-    san_cargo address target/asan test --no-fail-fast --lib --test rust_api
+    san_cargo address target/asan test --no-fail-fast --lib --test rust_api --test rust_closing
 }
 
 asan_c() {
     build_ctests address target/asan \
         "$CFLAGS_BASE -fsanitize=address,undefined -fno-sanitize-recover=undefined" || return 1
     local exes
-    mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test framing)
+    mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test framing --test closing)
     [ "${#exes[@]}" = 3 ] || { echo "could not build the integration tests"; return 1; }
     run_with_ctests "$ROOT/target/asan/ctests" "${exes[@]}"
 }
 
 tsan_rust() {
-    san_cargo thread target/tsan test --no-fail-fast --lib --test rust_api
+    san_cargo thread target/tsan test --no-fail-fast --lib --test rust_api --test rust_closing
 }
 
 tsan_c() {
