@@ -179,7 +179,7 @@ asan_c() {
         "$CFLAGS_BASE -fsanitize=address,undefined -fno-sanitize-recover=undefined" || return 1
     local exes
     mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test framing --test closing)
-    [ "${#exes[@]}" = 3 ] || { echo "could not build the integration tests"; return 1; }
+    [ "${#exes[@]}" = 4 ] || { echo "could not build the integration tests"; return 1; }
     run_with_ctests "$ROOT/target/asan/ctests" "${exes[@]}"
 }
 
