@@ -35,6 +35,21 @@
 //! server.run().expect("run");
 //! ```
 //!
+//! # Logging
+//!
+//! The library reports through the [`log`](https://docs.rs/log) crate
+//! (bad input, overload, refused connections, panics in handlers). A Rust
+//! program routes those messages like any other `log` records: install the
+//! logger of its choice before building a server, e.g.
+//! `env_logger::init()`, or `tracing_subscriber::fmt().init()` with
+//! `tracing-log`'s bridge, and set the level with `log::set_max_level` (or
+//! the logger's own filter). Without a logger the messages are dropped.
+//! C applications get [`logq::install_logger`] instead (called by
+//! `init_server`): the library's own lines, `[<ISO 8601 UTC time>]
+//! [<LEVEL>] <message>`, go through the log thread to standard output
+//! (errors to standard error), a log file (`mario_set_log_file`) or a
+//! callback (`mario_set_log_callback`); see docs/C-API.md, "Logging".
+//!
 //! # Module map
 //!
 //! From the bottom up; a module uses only modules of lower layers (each

@@ -380,3 +380,83 @@ fn long_c_log_lines_are_cut_on_character_boundaries() {
     }
     assert!(String::from_utf8_lossy(&out.stdout).contains("DONE"));
 }
+
+/// Configurable logging from C (tests/c/logcfg.c): levels filter the
+/// `slog_*` macros before formatting; a log file takes the standard
+/// output's and error's lines and survives a rename + `mario_reopen_log`
+/// from a SIGHUP handler with no line lost or written twice; lines a full
+/// queue refused are reported; the library's own messages reach the
+/// callback on a thread that is not a worker.
+#[test]
+fn log_levels_file_reopen_drops_and_callback() {
+    ensure_built();
+    let dir = scratch_dir("logcfg");
+    let out = Command::new(root().join("target/ctests/logcfg"))
+        .arg(&dir)
+        .env("ASAN_OPTIONS", ASAN_OPTIONS)
+        .env("UBSAN_OPTIONS", UBSAN_OPTIONS)
+        .output()
+        .expect("run logcfg");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "logcfg:\n{stdout}\n{stderr}"
+    );
+    // Levels: at WARN, info is dropped, warn and error kept.
+    assert!(
+        !stdout.contains("filtered info") && !stdout.contains("never formatted"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[WARN] kept warn") && stderr.contains("[ERROR] kept err"),
+        "{stdout}\n{stderr}"
+    );
+    // The file and its rotation: every line once, each file in order.
+    let old = std::fs::read_to_string(dir.join("app.log.1")).unwrap();
+    let new = std::fs::read_to_string(dir.join("app.log")).unwrap();
+    let numbers = |s: &str| -> Vec<u32> {
+        s.lines()
+            .filter_map(|l| l.strip_prefix("[INFO] line "))
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    let (a, b) = (numbers(&old), numbers(&new));
+    assert_eq!(a, (1..=1000).collect::<Vec<u32>>(), "the rotated file");
+    assert_eq!(b, (1001..=2000).collect::<Vec<u32>>(), "the reopened file");
+    assert!(
+        !stdout.contains("line 1") && !stdout.contains("line 2000"),
+        "lines on stdout"
+    );
+    // Dropped lines: reported, in all, as many as were refused.
+    let refused: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("REFUSED "))
+        .and_then(|n| n.parse().ok())
+        .expect("REFUSED");
+    let reported: u64 = new
+        .lines()
+        .filter(|l| l.ends_with(" log line(s) dropped: a log queue was full"))
+        .filter_map(|l| {
+            l.split("] [WARN] ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(reported, refused, "{new}");
+    // The callback: an error, off the workers, ISO 8601 UTC timestamp.
+    let cb = stdout
+        .lines()
+        .find(|l| l.starts_with("CALLBACK "))
+        .expect("CALLBACK");
+    assert!(cb.starts_with("CALLBACK level=1 on_worker=0 line=["), "{cb}");
+    assert!(cb.contains("] [ERROR] pkg error, length: 8 pkglen: 5"), "{cb}");
+    let ts = cb.split("line=[").nth(1).unwrap().split(']').next().unwrap();
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "{ts}"
+    );
+}

@@ -106,15 +106,27 @@ typedef struct _LOG_QUEUE {
     uint32 consumer; /* read offset */
 } LOG_QUEUE;
 
-#define slog_err_t_w(queue, fmt, args...) record_log(queue, STDERR_FILENO, "[%ld] [ERROR] [%s] " fmt "\n", (long)time(NULL), __func__, ##args);
-#define slog_err_t(queue, fmt, args...) record_log(queue, STDERR_FILENO, "[%ld] [ERROR] " fmt "\n", (long)time(NULL), ##args);
-#define slog_err(queue, fmt, args...) record_log(queue, STDERR_FILENO, "[ERROR] " fmt "\n", ##args);
-#define slog_info_t_w(queue, fmt, args...) record_log(queue, STDOUT_FILENO, "[%ld] [INFO] [%s] " fmt "\n", (long)time(NULL), __func__, ##args);
-#define slog_info_t(queue, fmt, args...) record_log(queue, STDOUT_FILENO, "[%ld] [INFO] " fmt "\n", (long)time(NULL), ##args);
-#define slog_info(queue, fmt, args...) record_log(queue, STDOUT_FILENO, "[INFO] " fmt "\n", ##args);
-#define slog_warn_t_w(queue, fmt, args...) record_log(queue, STDOUT_FILENO, "[%ld] [WARN] [%s] " fmt "\n", (long)time(NULL), __func__, ##args);
-#define slog_warn_t(queue, fmt, args...) record_log(queue, STDOUT_FILENO, "[%ld] [WARN] " fmt "\n", (long)time(NULL), ##args);
-#define slog_warn(queue, fmt, args...) record_log(queue, STDOUT_FILENO, "[WARN] " fmt "\n", ##args);
+/* Log levels (mario_set_log_level, the log callback). */
+#define MARIO_LOG_OFF 0
+#define MARIO_LOG_ERROR 1
+#define MARIO_LOG_WARN 2
+#define MARIO_LOG_INFO 3
+#define MARIO_LOG_DEBUG 4
+
+/* True if lines of level l are kept (g_mario_log_level, set by
+ * mario_set_log_level). The slog_* macros test it before formatting
+ * anything; a line they drop evaluates to 0. */
+#define MARIO_LOG_ON(l) (__atomic_load_n(&g_mario_log_level, __ATOMIC_RELAXED) >= (l))
+
+#define slog_err_t_w(queue, fmt, args...) (MARIO_LOG_ON(MARIO_LOG_ERROR) ? record_log(queue, STDERR_FILENO, "[%ld] [ERROR] [%s] " fmt "\n", (long)time(NULL), __func__, ##args) : 0);
+#define slog_err_t(queue, fmt, args...) (MARIO_LOG_ON(MARIO_LOG_ERROR) ? record_log(queue, STDERR_FILENO, "[%ld] [ERROR] " fmt "\n", (long)time(NULL), ##args) : 0);
+#define slog_err(queue, fmt, args...) (MARIO_LOG_ON(MARIO_LOG_ERROR) ? record_log(queue, STDERR_FILENO, "[ERROR] " fmt "\n", ##args) : 0);
+#define slog_info_t_w(queue, fmt, args...) (MARIO_LOG_ON(MARIO_LOG_INFO) ? record_log(queue, STDOUT_FILENO, "[%ld] [INFO] [%s] " fmt "\n", (long)time(NULL), __func__, ##args) : 0);
+#define slog_info_t(queue, fmt, args...) (MARIO_LOG_ON(MARIO_LOG_INFO) ? record_log(queue, STDOUT_FILENO, "[%ld] [INFO] " fmt "\n", (long)time(NULL), ##args) : 0);
+#define slog_info(queue, fmt, args...) (MARIO_LOG_ON(MARIO_LOG_INFO) ? record_log(queue, STDOUT_FILENO, "[INFO] " fmt "\n", ##args) : 0);
+#define slog_warn_t_w(queue, fmt, args...) (MARIO_LOG_ON(MARIO_LOG_WARN) ? record_log(queue, STDOUT_FILENO, "[%ld] [WARN] [%s] " fmt "\n", (long)time(NULL), __func__, ##args) : 0);
+#define slog_warn_t(queue, fmt, args...) (MARIO_LOG_ON(MARIO_LOG_WARN) ? record_log(queue, STDOUT_FILENO, "[%ld] [WARN] " fmt "\n", (long)time(NULL), ##args) : 0);
+#define slog_warn(queue, fmt, args...) (MARIO_LOG_ON(MARIO_LOG_WARN) ? record_log(queue, STDOUT_FILENO, "[WARN] " fmt "\n", ##args) : 0);
 
 /* ---- mario_conn.h / mario_network.h ----------------------------------- */
 #define CONN_READ_TIMEOUT (300)
@@ -190,6 +202,11 @@ typedef struct _HEAD {
 /* ---- mario_util.h ----------------------------------------------------- */
 typedef void (*sighandler_t)(int);
 
+/* Receives the library's own messages (mario_set_log_callback), on the log
+ * thread: level is a MARIO_LOG_* value, line is NUL-terminated, len counts
+ * neither the NUL nor a newline. */
+typedef void (*mario_log_callback)(int level, const char *line, size_t len, void *user);
+
 /* bufferevent_write(c->bufev, data, len) lands in libmario (which passes
  * any real libevent bufferevent on to libevent). */
 #define bufferevent_write mario_bufferevent_write
@@ -232,6 +249,14 @@ extern uint32 g_stx;
  of the application's).
  */
 extern FUNC_PTR AKG_FUNC[65536];
+
+/*
+ The log level (`MARIO_LOG_OFF` 0 .. `MARIO_LOG_DEBUG` 4; default
+ `MARIO_LOG_INFO`) the `slog_*` macros test before formatting anything.
+ Read atomically (relaxed) by the macros; set it with
+ `mario_set_log_level`.
+ */
+extern int g_mario_log_level;
 
 /*
  Creates a server for `port` (0..=65535) with `workernum` worker threads
@@ -407,6 +432,49 @@ sint32 mario_record_log_line(LOG_QUEUE *queue, int fd, const char *line, size_t 
  created.
  */
 sint32 start_log_thread(void);
+
+/*
+ Sets the log level: the `slog_*` macros and the library's own messages
+ of a higher level (less severe) are dropped before any formatting.
+ `level` is one of `MARIO_LOG_OFF` (0), `MARIO_LOG_ERROR` (1),
+ `MARIO_LOG_WARN` (2), `MARIO_LOG_INFO` (3, the default) or
+ `MARIO_LOG_DEBUG` (4); values outside are clamped. `record_log` itself
+ is never filtered. Any thread, any time.
+ */
+void mario_set_log_level(int level);
+
+/*
+ Sends what the log thread would write to standard output and standard
+ error (the `slog_*` lines and the library's own messages) to the file at
+ `path` instead: appending, created with mode 0640. NULL goes back to the
+ standard descriptors. Takes effect before the log thread's next write.
+ Returns 0, or -1 (with the reason on stderr, nothing changed) if the
+ file cannot be opened.
+
+ # Safety
+
+ `path` is NULL or a NUL-terminated string.
+ */
+sint32 mario_set_log_file(const char *path);
+
+/*
+ Reopens the log file by its path, for `logrotate`: rename the file,
+ then call this; lines before go to the old file, lines after to the new
+ one, none lost or written twice. Async-signal-safe (it only raises a
+ flag, acted on before the log thread's next write, within about a
+ second when it is idle): call it from a SIGHUP handler if you like.
+ */
+void mario_reopen_log(void);
+
+/*
+ Routes the library's own messages (not the `slog_*` / `record_log`
+ lines) to `callback(level, line, len, user)` instead of the log file or
+ standard output and error; NULL routes them back. The callback runs on
+ the log thread, never on a worker; `line` is NUL-terminated and valid
+ during the call, `len` counts neither the NUL nor a newline; `level` is
+ a `MARIO_LOG_*` value; `user` is passed back untouched.
+ */
+void mario_set_log_callback(mario_log_callback callback, void *user);
 
 /*
  Sleeps `ns` nanoseconds.

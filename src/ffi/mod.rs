@@ -21,12 +21,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use crate::conn::{Conn, ConnId};
-use crate::logq::{self, LogQueue};
+use crate::logq::{self, Level, LogQueue};
 use crate::proto::{AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Head};
 use crate::records::{CServer, CWorker};
 use crate::server::{self, ServerShared};
 use crate::service::{Config, Service, Verdict};
 use crate::worker;
+use std::os::unix::ffi::OsStrExt;
 
 /// `uint16`.
 pub type uint16 = u16;
@@ -48,6 +49,9 @@ pub type LOG_QUEUE = LogQueue;
 pub type FUNC_PTR = Option<unsafe extern "C" fn(c: *mut CONN) -> sint32>;
 /// `sighandler_t`.
 pub type sighandler_t = Option<unsafe extern "C" fn(c_int)>;
+/// `mario_log_callback`: receives the library's own messages (see
+/// `mario_set_log_callback`).
+pub type mario_log_callback = Option<logq::LogCallback>;
 
 /// libevent's `struct bufferevent`, only ever used by pointer.
 #[repr(C)]
@@ -541,6 +545,84 @@ pub extern "C" fn start_log_thread() -> sint32 {
             -1
         }
     })
+}
+
+/// The log level (`MARIO_LOG_OFF` 0 .. `MARIO_LOG_DEBUG` 4; default
+/// `MARIO_LOG_INFO`) the `slog_*` macros test before formatting anything.
+/// Read atomically (relaxed) by the macros; set it with
+/// `mario_set_log_level`.
+#[unsafe(no_mangle)]
+pub static mut g_mario_log_level: c_int = Level::Info as c_int;
+
+/// Sets the log level: the `slog_*` macros and the library's own messages
+/// of a higher level (less severe) are dropped before any formatting.
+/// `level` is one of `MARIO_LOG_OFF` (0), `MARIO_LOG_ERROR` (1),
+/// `MARIO_LOG_WARN` (2), `MARIO_LOG_INFO` (3, the default) or
+/// `MARIO_LOG_DEBUG` (4); values outside are clamped. `record_log` itself
+/// is never filtered. Any thread, any time.
+#[unsafe(no_mangle)]
+pub extern "C" fn mario_set_log_level(level: c_int) {
+    guard("mario_set_log_level", || {
+        let level = Level::from_i32(level);
+        logq::install_logger();
+        // SAFETY: `g_mario_log_level` is a `c_int` static, aligned for
+        // `AtomicI32`, living forever; the library only accesses it through
+        // this atomic view (the header's macros load it atomically too).
+        unsafe { std::sync::atomic::AtomicI32::from_ptr(&raw mut g_mario_log_level) }
+            .store(level as c_int, Ordering::Relaxed);
+        log::set_max_level(level.filter());
+    })
+}
+
+/// Sends what the log thread would write to standard output and standard
+/// error (the `slog_*` lines and the library's own messages) to the file at
+/// `path` instead: appending, created with mode 0640. NULL goes back to the
+/// standard descriptors. Takes effect before the log thread's next write.
+/// Returns 0, or -1 (with the reason on stderr, nothing changed) if the
+/// file cannot be opened.
+///
+/// # Safety
+///
+/// `path` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mario_set_log_file(path: *const c_char) -> sint32 {
+    guard("mario_set_log_file", || {
+        let p = if path.is_null() {
+            None
+        } else {
+            // SAFETY: the caller passes a NUL-terminated string.
+            let bytes = unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes();
+            Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
+        };
+        match logq::set_log_file(p.as_deref()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("mario_set_log_file: {}: {e}", p.unwrap_or_default().display());
+                -1
+            }
+        }
+    })
+}
+
+/// Reopens the log file by its path, for `logrotate`: rename the file,
+/// then call this; lines before go to the old file, lines after to the new
+/// one, none lost or written twice. Async-signal-safe (it only raises a
+/// flag, acted on before the log thread's next write, within about a
+/// second when it is idle): call it from a SIGHUP handler if you like.
+#[unsafe(no_mangle)]
+pub extern "C" fn mario_reopen_log() {
+    logq::reopen_log()
+}
+
+/// Routes the library's own messages (not the `slog_*` / `record_log`
+/// lines) to `callback(level, line, len, user)` instead of the log file or
+/// standard output and error; NULL routes them back. The callback runs on
+/// the log thread, never on a worker; `line` is NUL-terminated and valid
+/// during the call, `len` counts neither the NUL nor a newline; `level` is
+/// a `MARIO_LOG_*` value; `user` is passed back untouched.
+#[unsafe(no_mangle)]
+pub extern "C" fn mario_set_log_callback(callback: mario_log_callback, user: *mut c_void) {
+    logq::set_log_callback(callback.map(|f| (f, user)))
 }
 
 /// Sleeps `ns` nanoseconds.

@@ -3,7 +3,8 @@
 //! [`flush`] when no log thread runs), and the sleep / wake-up protocol
 //! between producers and the log thread (see [`super`]).
 //!
-//! Uses: `super::ring` (the queues), `super::write` (writing records out).
+//! Uses: `super::ring` (the queues), `super::write` (writing records out),
+//! `super::dest` (where they go).
 
 use std::io;
 use std::ptr;
@@ -12,8 +13,9 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+use super::dest::DEST;
 use super::ring::{Consumer, DEFAULT_QUEUE_BYTES, LogQueue};
-use super::write::{block_sigpipe, write_records};
+use super::write::{block_sigpipe, now_iso, write_fd, write_records};
 
 /// How long the idle log thread parks before re-checking on its own (a
 /// safety net; producers wake it explicitly).
@@ -133,9 +135,21 @@ impl Hub {
         worked
     }
 
-    /// Consumer: takes every queue's records and writes them to their fds.
+    /// Consumer: applies a change of destination, takes every queue's
+    /// records and writes them where they go, then reports the lines each
+    /// queue dropped since last time.
     fn drain_to_fds(&self, st: &mut DrainState) -> bool {
-        self.drain_with(st, &mut write_records)
+        DEST.apply();
+        let worked = self.drain_with(st, &mut write_records);
+        let dropped: u64 = st.queues.iter().map(|q| q.take_dropped()).sum();
+        if dropped > 0 {
+            let line = format!(
+                "[{}] [WARN] {dropped} log line(s) dropped: a log queue was full\n",
+                now_iso()
+            );
+            write_fd(DEST.fd_for(libc::STDERR_FILENO), line.as_bytes());
+        }
+        worked
     }
 
     pub(super) fn lock_drain(&self) -> MutexGuard<'_, DrainState> {
@@ -244,6 +258,13 @@ pub fn start_log_thread() -> io::Result<()> {
 /// on the calling thread.
 pub fn flush(timeout: Duration) -> bool {
     GLOBAL_HUB.flush(timeout)
+}
+
+/// Wakes the log thread (if it runs) to act on a change at once.
+pub(super) fn wake_log_thread() {
+    if let Some(t) = GLOBAL_HUB.thread.get() {
+        t.unpark();
+    }
 }
 
 /// Iterations of the global log thread's loop (for tests).

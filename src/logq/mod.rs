@@ -40,9 +40,13 @@
 //! * `hub`: the registry of queues, the log thread and [`flush`].
 //! * `write`: writing records to their descriptors.
 //! * `sink`: the `log` crate sink ([`install_logger`]).
+//! * `dest`: where the log thread writes: a log file ([`set_log_file`],
+//!   [`reopen_log`]) or the standard descriptors, and a callback for the
+//!   library's own messages ([`set_log_callback`]).
 //!
 //! Uses: nothing of the crate.
 
+mod dest;
 mod hub;
 mod ring;
 mod sink;
@@ -51,10 +55,22 @@ mod write;
 #[cfg(test)]
 mod tests;
 
+pub use dest::{Level, LogCallback, reopen_log, set_log_callback};
 #[cfg(test)]
 pub(crate) use hub::log_thread_wakeups;
 pub use hub::{flush, start_log_thread};
 pub use ring::{
     DEFAULT_QUEUE_BYTES, LogQueue, MAX_LOG_LINE_LENGTH, MAX_QUEUE_BYTES, MIN_QUEUE_BYTES, QueueFull,
 };
+
+/// Sends what the log thread would write to standard output and standard
+/// error to the file at `path` instead (appending; created with mode 0640),
+/// or back to them with `None`. Takes effect before the log thread's next
+/// write (it is woken for it). Fails, changing nothing, if the file cannot
+/// be opened; the error names the OS reason.
+pub fn set_log_file(path: Option<&std::path::Path>) -> std::io::Result<()> {
+    dest::set_log_file(path)?;
+    hub::wake_log_thread();
+    Ok(())
+}
 pub use sink::{clear_thread_queue, install_logger, set_thread_queue};

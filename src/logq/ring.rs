@@ -7,7 +7,7 @@
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,9 @@ pub struct LogQueue {
     tail: AtomicU32,
     /// Producer lock (see [`LogQueue::push`]).
     producing: AtomicBool,
+    /// Lines refused since the consumer last looked (see
+    /// [`LogQueue::take_dropped`]).
+    dropped: AtomicU64,
     /// The log thread machinery this queue is registered with.
     pub(super) hub: &'static dyn Consumer,
     /// The ring. One byte is always left free so that `head == tail` means
@@ -139,9 +142,17 @@ impl LogQueue {
             head: AtomicU32::new(0),
             tail: AtomicU32::new(0),
             producing: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
             hub,
             buf,
         }
+    }
+
+    /// Lines refused (queue full) since the last call; the log thread calls
+    /// it after draining the queue and reports a non-zero count, so that a
+    /// dropped line is never silent.
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, Ordering::Relaxed)
     }
 
     /// Capacity of the ring in bytes.
@@ -154,7 +165,8 @@ impl LogQueue {
         self.head.load(Ordering::Acquire) == self.tail.load(Ordering::Acquire)
     }
 
-    /// Appends one line, to be written to `fd` by the log thread.
+    /// Appends one line, to be written to `fd` by the log thread (negative
+    /// `fd`s are the library's own messages, see `dest`).
     ///
     /// Meant to be called by one producer thread per queue. Never blocks:
     /// when the record does not fit in the free space, the whole line is
@@ -177,7 +189,10 @@ impl LogQueue {
         };
         let len = body.len() + usize::from(newline);
 
-        let guard = self.lock_producer().ok_or(QueueFull)?;
+        let Some(guard) = self.lock_producer() else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(QueueFull);
+        };
         let size = self.buf.len();
         // Only the producer (us, holding the flag) stores `head`.
         let head = self.head.load(Ordering::Relaxed) as usize;
@@ -186,6 +201,7 @@ impl LogQueue {
         let used = (head + size - tail) % size;
         let free = size - 1 - used;
         if RECORD_HEADER + len > free {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(QueueFull);
         }
 

@@ -1,18 +1,21 @@
 //! The `log` crate sink: the library's own messages (and a Rust
-//! application's, if it wants) become lines `[<unix secs>] [<LEVEL>]
-//! <message>` in a log queue: the calling thread's own, or a shared
-//! fallback.
+//! application's, if it wants) become lines `[<ISO 8601 UTC time>]
+//! [<LEVEL>] <message>` in a log queue (the calling thread's own, or a
+//! shared fallback), marked with their level so that the log thread sends
+//! them to the callback, the log file or standard output / error.
 //!
 //! Uses: `super::ring` (the queues), `super::hub` (starting the log thread,
-//! flushing).
+//! flushing), `super::dest` (the level marker), `super::write` (the time).
 
 use std::cell::Cell;
 use std::fmt;
 use std::sync::{Mutex, Once, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use super::dest::{LEVEL_FD, Level};
 use super::hub::{flush, start_log_thread};
 use super::ring::{LogQueue, MAX_LOG_LINE_LENGTH};
+use super::write::now_iso;
 
 thread_local! {
     /// The queue the logger uses for messages of this thread.
@@ -77,12 +80,13 @@ impl fmt::Write for LineBuf {
     }
 }
 
-/// Formats `[<secs>] [<LEVEL>] <message>\n`, cut to [`MAX_LOG_LINE_LENGTH`].
-pub(super) fn format_line(secs: u64, level: log::Level, args: &fmt::Arguments<'_>) -> LineBuf {
+/// Formats `[<time>] [<LEVEL>] <message>\n`, cut to
+/// [`MAX_LOG_LINE_LENGTH`]; `time` is ISO 8601 in UTC with milliseconds.
+pub(super) fn format_line(time: &str, level: log::Level, args: &fmt::Arguments<'_>) -> LineBuf {
     let mut line = LineBuf::new();
     // `LineBuf::write_str` never fails; a failing `Display` impl inside
     // `args` only shortens the line.
-    let _ = fmt::Write::write_fmt(&mut line, format_args!("[{secs}] [{}] {args}", level.as_str()));
+    let _ = fmt::Write::write_fmt(&mut line, format_args!("[{time}] [{}] {args}", level.as_str()));
     line.end_line();
     line
 }
@@ -102,15 +106,10 @@ impl MarioLogger {
             // On failure, lines wait in their queues until `flush`.
             let _ = start_log_thread();
         });
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let line = format_line(secs, record.level(), record.args());
-        let fd = if record.level() == log::Level::Error {
-            libc::STDERR_FILENO
-        } else {
-            libc::STDOUT_FILENO
-        };
+        let line = format_line(&now_iso(), record.level(), record.args());
+        // The log thread decides where the line goes (callback, file or
+        // standard output / error) from its level.
+        let fd = LEVEL_FD - Level::of(record.level()) as i32;
         // `try_with`: during thread teardown the thread-local may be gone.
         match THREAD_QUEUE.try_with(Cell::get).ok().flatten() {
             Some(queue) => {

@@ -1,7 +1,8 @@
 //! Tests of the logging core as a whole: the ring, the hub and log thread,
 //! the `log` sink.
 //!
-//! Uses: `super::ring`, `super::hub`, `super::sink`.
+//! Uses: `super::ring`, `super::hub`, `super::sink`, `super::write`,
+//! `super::dest`.
 
 use super::hub::Hub;
 use super::ring::RECORD_HEADER;
@@ -399,7 +400,7 @@ fn cuts_end_on_a_character_boundary() {
     assert!(std::str::from_utf8(&got[1].1).is_ok());
     // The log sink.
     let long = "é".repeat(1500);
-    let l = format_line(7, log::Level::Info, &format_args!("{long}"));
+    let l = format_line("t", log::Level::Info, &format_args!("{long}"));
     assert!(l.as_bytes().len() <= MAX_LOG_LINE_LENGTH);
     assert!(
         l.as_bytes().ends_with("é\n".as_bytes()),
@@ -411,12 +412,23 @@ fn cuts_end_on_a_character_boundary() {
 
 #[test]
 fn format_line_shape_and_cut() {
-    let line = format_line(42, log::Level::Warn, &format_args!("hello {}", 5));
-    assert_eq!(line.as_bytes(), b"[42] [WARN] hello 5\n");
+    let line = format_line(
+        "2026-11-30T12:45:17.123Z",
+        log::Level::Warn,
+        &format_args!("hello {}", 5),
+    );
+    assert_eq!(line.as_bytes(), b"[2026-11-30T12:45:17.123Z] [WARN] hello 5\n");
     let long = "x".repeat(5000);
-    let line = format_line(1, log::Level::Error, &format_args!("{long}"));
+    let line = format_line("1", log::Level::Error, &format_args!("{long}"));
     assert_eq!(line.as_bytes().len(), MAX_LOG_LINE_LENGTH);
     assert!(line.as_bytes().starts_with(b"[1] [ERROR] xxx"));
+    // The library's timestamps: ISO 8601, UTC, milliseconds.
+    let t = super::write::now_iso();
+    assert_eq!(t.len(), 24, "{t}");
+    assert!(
+        t.ends_with('Z') && t.as_bytes()[10] == b'T' && t.as_bytes()[19] == b'.',
+        "{t}"
+    );
     assert_eq!(line.as_bytes().last(), Some(&b'\n'));
 }
 
@@ -442,10 +454,11 @@ fn logger_uses_the_thread_queue() {
     clear_thread_queue();
     let got = drain_records(hub);
     assert_eq!(got.len(), 2);
-    assert_eq!(got[0].0, 1);
+    // Marked with their level (see `dest`): the log thread routes them.
+    assert_eq!(got[0].0, super::dest::LEVEL_FD - Level::Info as i32);
     let s = String::from_utf8(got[0].1.clone()).unwrap();
     assert!(s.starts_with('[') && s.ends_with("] [INFO] to stdout 1\n"), "{s}");
-    assert_eq!(got[1].0, 2);
+    assert_eq!(got[1].0, super::dest::LEVEL_FD - Level::Error as i32);
     let s = String::from_utf8(got[1].1.clone()).unwrap();
     assert!(s.ends_with("] [ERROR] to stderr\n"), "{s}");
 }
@@ -465,4 +478,23 @@ fn global_flush_and_thread() {
     assert_eq!(&buf, b"global\n");
     close(wfd);
     let _ = log_thread_wakeups();
+}
+
+#[test]
+fn refused_lines_are_counted_for_the_log_thread_to_report() {
+    let hub = test_hub();
+    let q = hub.create_queue(MIN_QUEUE_BYTES);
+    let line = [b'x'; 1000];
+    let mut fit = 0;
+    while q.push(1, &line).is_ok() {
+        fit += 1;
+    }
+    for _ in 0..9 {
+        assert_eq!(q.push(1, &line), Err(QueueFull));
+    }
+    assert_eq!(q.take_dropped(), 10, "the refusals are counted ({fit} fit)");
+    assert_eq!(q.take_dropped(), 0, "and reported once");
+    drain_records(hub);
+    q.push(1, &line).unwrap();
+    assert_eq!(q.take_dropped(), 0);
 }
