@@ -29,9 +29,12 @@ pub struct Config {
     /// gracefully as `AKG_TIMEOUT`); 0: never. Any value works: the
     /// arithmetic saturates.
     pub read_timeout: u32,
-    /// Seconds pending output may go without progress before the
-    /// connection is reset as `AKG_TIMEOUT`; 0: never for open
-    /// connections, 300 for closed ones still delivering output.
+    /// Seconds output the library holds (what the socket did not take) may
+    /// go without progress before the connection is reset as
+    /// `AKG_TIMEOUT`; 0: never. A closed connection still delivering its
+    /// output (including what the kernel holds, until the peer
+    /// acknowledges it) is reset after this long without progress, or 300 s
+    /// when it is 0.
     pub write_timeout: u32,
     /// The magic every packet head must carry.
     pub stx: u32,

@@ -323,3 +323,155 @@ fn maritcp_answers_every_pipelined_login_before_a_half_close() {
     assert!(end.is_ok(), "ended with {end:?}, not FIN");
     p.stop_clean();
 }
+
+/// Reads slowly (16 KiB every 10 ms, about 1.6 MB/s) to the end.
+fn slow_read(s: &mut TcpStream) -> (usize, io::Result<()>) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    read_until_end(s, 16 * 1024, Duration::from_millis(10), |_| {})
+}
+
+/// Input that arrives after the close, while the kernel still holds
+/// replies the peer has not read (4 MB at 1.6 MB/s), must not turn into a
+/// reset that destroys them: the socket stays open until the peer has
+/// acknowledged every byte.
+#[test]
+fn late_input_after_a_close_does_not_reset_undelivered_replies() {
+    let p = one_worker(&[]);
+    for delay in [300, 1200, 2200] {
+        let mut s = connect(p.port);
+        let mut w = flood(2700);
+        w.extend_from_slice(&frame(STX, ID_CLOSE0, &[]));
+        s.write_all(&w).unwrap();
+        let mut late = s.try_clone().unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay));
+            let _ = late.write_all(&frame(STX, ID_ECHO, b"late"));
+        });
+        let (n, end) = slow_read(&mut s);
+        t.join().unwrap();
+        assert_eq!(n, 2700 * FRAME, "late input after {delay} ms");
+        assert!(
+            end.is_ok(),
+            "late input after {delay} ms: ended with {end:?}, not FIN"
+        );
+    }
+    p.stop_clean();
+}
+
+/// The stop's delivery survives a peer that keeps sending (a heartbeat
+/// every 200 ms) while it reads its last replies.
+#[test]
+fn server_stop_delivers_to_a_peer_that_keeps_sending() {
+    let p = one_worker(&[]);
+    let mut s = connect(p.port);
+    s.write_all(&flood(2700)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut hb = s.try_clone().unwrap();
+    let beat = std::thread::spawn(move || {
+        for _ in 0..20 {
+            if hb.write_all(&frame(STX, ID_ECHO, b"hb")).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let stopper = std::thread::spawn(move || p.stop_clean());
+    let (n, end) = slow_read(&mut s);
+    beat.join().unwrap();
+    stopper.join().unwrap();
+    // The flood, then the echoes of the heartbeats served before the stop
+    // (10 bytes each).
+    assert!(n >= 2700 * FRAME && (n - 2700 * FRAME).is_multiple_of(10), "{n} bytes");
+    assert!(end.is_ok(), "ended with {end:?}, not FIN");
+}
+
+/// Thousands of connections finishing their close at once (more than the
+/// 4,096 the worker used to keep open after FIN) do not make a later
+/// close reset: each keeps its place in `connnum` until it is done.
+#[test]
+fn many_closes_at_once_do_not_cut_a_later_one() {
+    let p = Proc::testsrv(&[("TS_STX", STX_HEX), ("TS_WORKERS", "1"), ("TS_CONNNUM", "8192")]);
+    let held: Vec<TcpStream> = (0..4500)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+            c.write_all(&frame(STX, ID_CLOSE0, &[])).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A small receive buffer: the replies wait in the server's kernel.
+    let s = socket2_small_rcvbuf(p.port);
+    let mut s = s;
+    s.write_all(&flood(300)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut w = frame(STX, ID_CLOSE0, &[]);
+    for _ in 0..200 {
+        w.extend_from_slice(&frame(STX, ID_ECHO, &[b'p'; 1000]));
+    }
+    s.write_all(&w).unwrap();
+    let (n, end) = slow_read(&mut s);
+    assert_eq!(n, 300 * FRAME);
+    assert!(end.is_ok(), "ended with {end:?}, not FIN");
+    drop(held);
+    p.stop_clean();
+}
+
+/// A client socket with a 4 KiB receive buffer, connected to `port`.
+fn socket2_small_rcvbuf(port: u16) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor we create and then own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let mut a: libc::sockaddr_in = std::mem::zeroed();
+        a.sin_family = libc::AF_INET as libc::sa_family_t;
+        a.sin_port = port.to_be();
+        a.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let r = libc::connect(
+            fd,
+            (&a as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect: {}", io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// In the close callback, a last write that would pass the output cap is
+/// refused (-1, a warning logged) and the close stays graceful: what was
+/// queued before arrives, then FIN.
+#[test]
+fn an_over_cap_last_write_is_refused_and_the_close_stays_graceful() {
+    let p = Proc::testsrv(&[
+        ("TS_STX", STX_HEX),
+        ("TS_WORKERS", "1"),
+        ("TS_OUTLIMIT", "1500"),
+        ("TS_LASTWORD", "1"),
+    ]);
+    let mut s = connect(p.port);
+    let serial = serial(&mut s);
+    let mut w = flood(1);
+    w.extend_from_slice(&frame(STX, ID_CLOSE0, &[]));
+    s.write_all(&w).unwrap();
+    let (n, end, others) = read_floods(&mut s, Duration::from_secs(5));
+    assert_eq!((n, others.len()), (FRAME, 0));
+    assert!(end.is_ok(), "ended with {end:?}, not FIN");
+    assert_eq!(
+        p.wait_close_event(serial, Duration::from_secs(5)).unwrap().0,
+        0xfffe
+    );
+    assert!(p.close_event(serial).unwrap().ends_with("lastword=-1"));
+    let stopped = p.stop_clean();
+    assert!(
+        stopped.stdout.contains("a last write to closing connection"),
+        "no warning"
+    );
+}

@@ -1,18 +1,22 @@
 //! Sockets of closed connections that are still finishing, so that a close
-//! loses nothing:
+//! loses nothing. A graceful close hands its socket here unless everything
+//! is already delivered; the slot is free for the next client at once.
 //!
-//! * **draining**: the connection closed with output not yet sent. Its
-//!   slot is free for the next client at once, but the descriptor lives on
-//!   here with the output, registered under its own token: writable events
-//!   send more, readable events discard input. When everything is sent the
-//!   write side is shut (FIN after the data). A peer that reads nothing for
-//!   the write timeout is cut off with a reset. A draining connection keeps
-//!   its place in the worker's count (`connnum` bounds descriptors and
-//!   memory).
-//! * **lingering**: everything was handed to the kernel and FIN is queued;
-//!   the socket keeps discarding input for a moment (at most
-//!   [`LINGER_TICKS`]) so that a late request from the peer does not turn
-//!   into a reset that destroys the last replies, then it is closed.
+//! An entry goes through two stages, driven by the socket's events (it is
+//! registered under its own token) and checked once a tick:
+//!
+//! * **sending**: output the library still holds is sent as the socket
+//!   takes it; input is discarded meanwhile;
+//! * **finishing**: everything is in the kernel and the write side is shut
+//!   (FIN queued). The socket stays open, still discarding input, until the
+//!   peer has acknowledged every byte of data (the kernel's send queue holds
+//!   at most the FIN), or the peer has finished too. Closing earlier, with
+//!   input arriving, would make the kernel answer with a reset and drop
+//!   what it still had to send.
+//!
+//! An entry that makes no progress (bytes sent, or the kernel's queue
+//! shrinking) for the write timeout is reset. Every entry keeps its place
+//! in the worker's count, so `connnum` bounds descriptors and memory.
 //!
 //! Uses: sys.
 
@@ -20,189 +24,232 @@ use std::os::fd::RawFd;
 
 use crate::sys::{self, Io};
 
-/// Most sockets one worker keeps lingering; past it they close at once.
-const LINGER_MAX: usize = 4096;
-/// A lingering socket is closed after at most this many ticks (seconds).
-const LINGER_TICKS: u32 = 2;
 /// Most input discarded from a closing socket per look.
 pub(crate) const DISCARD_MAX: usize = 256 * 1024;
-/// The no-progress limit for draining output when the server's write
+/// The no-progress limit for closing sockets when the server's write
 /// timeout is 0 (disabled): `CONN_WRITE_TIMEOUT`, 300 s. A closed
-/// connection's output cannot wait for ever.
+/// connection cannot wait for ever.
 pub(crate) const DRAIN_IDLE_DEFAULT: u32 = 300;
 
-/// A closed connection whose output is still being sent.
+/// A closed connection still finishing.
 #[derive(Debug)]
-struct Drain {
+struct Entry {
     fd: RawFd,
+    /// Output the library still holds (`out[pos..]`).
     out: Vec<u8>,
     pos: usize,
+    /// The write side is shut: every byte is in the kernel.
+    fin: bool,
+    /// The peer's end of stream was read.
+    peer_eof: bool,
+    /// Bytes in the kernel's send queue at the last look.
+    queued: usize,
     /// Tick of the last progress.
     last_progress: u32,
-    /// The peer's end of stream was read: no lingering after the output.
-    peer_eof: bool,
 }
 
-/// What a drain step left.
+/// What a look at an entry found.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Drained {
-    /// Output is left; wait for the socket.
+pub(crate) enum Step {
+    /// Still finishing.
     Pending,
-    /// All sent (write side shut); the output buffer is handed back.
+    /// Finished (closed); its output buffer is handed back for reuse.
     Done(Vec<u8>),
     /// The socket failed; it was closed.
     Failed,
 }
 
+/// What [`Closing::start`] did with a closed connection's socket.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Started {
+    /// Everything was delivered already: the socket is closed; the output
+    /// buffer is handed back.
+    Closed(Vec<u8>),
+    /// It is finishing as entry `i`: register the socket for its events
+    /// under that index.
+    Entry(u32),
+}
+
 /// The closing sockets of one worker (see the module docs).
 #[derive(Default)]
 pub(crate) struct Closing {
-    drains: Vec<Option<Drain>>,
+    entries: Vec<Option<Entry>>,
     free: Vec<u32>,
-    /// Lingering sockets: (descriptor, tick to close by).
-    linger: Vec<(RawFd, u32)>,
+}
+
+/// Bytes in the kernel's send queue of `fd` not yet acknowledged by the
+/// peer (`SIOCOUTQ`), or `None` if the socket cannot say.
+fn kernel_queue(fd: RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `TIOCOUTQ` (`SIOCOUTQ`) writes one `int` through the pointer,
+    // which is valid for that write.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    (r == 0).then_some(n.max(0) as usize)
+}
+
+impl Entry {
+    /// Discards input, sends what the socket takes, shuts the write side
+    /// once all is sent, and looks at the kernel's queue.
+    fn step(&mut self, now: u32) -> Step {
+        if !self.peer_eof {
+            self.peer_eof = sys::discard_input(self.fd, DISCARD_MAX);
+        }
+        while self.pos < self.out.len() {
+            match sys::send(self.fd, &self.out[self.pos..]) {
+                Io::Done(n) => {
+                    self.pos += n;
+                    self.last_progress = now;
+                }
+                Io::WouldBlock => return Step::Pending,
+                Io::Err(e) => {
+                    log::debug!("closed connection's output: send: {e}");
+                    sys::close(self.fd);
+                    return Step::Failed;
+                }
+            }
+        }
+        if !self.fin {
+            sys::shutdown_write(self.fd);
+            self.fin = true;
+        }
+        // The queue counts the FIN as one byte: at most 1 left means the
+        // peer acknowledged every byte of data, and a reset from now on
+        // (late input meeting a closed socket) cannot destroy any of it.
+        match kernel_queue(self.fd) {
+            Some(q) if q > 1 && !self.peer_eof => {
+                if self.queued > 0 && q < self.queued {
+                    self.last_progress = now;
+                }
+                self.queued = q;
+                Step::Pending
+            }
+            _ => {
+                // All acknowledged (or the peer has finished too, so no
+                // input can turn the close into a reset): close.
+                if !self.peer_eof {
+                    sys::discard_input(self.fd, DISCARD_MAX);
+                }
+                sys::close(self.fd);
+                Step::Done(std::mem::take(&mut self.out))
+            }
+        }
+    }
 }
 
 impl Closing {
     /// True when no socket is finishing.
     pub(crate) fn is_empty(&self) -> bool {
-        self.drains.len() == self.free.len() && self.linger.is_empty()
+        self.entries.len() == self.free.len()
     }
 
-    /// Draining connections.
-    pub(crate) fn draining(&self) -> usize {
-        self.drains.len() - self.free.len()
+    /// Sockets finishing.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len() - self.free.len()
     }
 
-    /// Bytes still to send, over every draining connection.
-    pub(crate) fn unsent(&self) -> usize {
-        self.drains.iter().flatten().map(|d| d.out.len() - d.pos).sum()
-    }
-
-    /// Ends the write side of a socket whose output is all sent: FIN, then
-    /// close at once if the peer has finished too, else linger.
-    pub(crate) fn finish(&mut self, fd: RawFd, peer_eof: bool, now: u32) {
-        sys::shutdown_write(fd);
-        if peer_eof || self.linger.len() >= LINGER_MAX || sys::discard_input(fd, DISCARD_MAX) {
-            sys::close(fd);
-        } else {
-            self.linger.push((fd, now.saturating_add(LINGER_TICKS)));
-        }
-    }
-
-    /// Takes over a closed connection's socket with `out[pos..]` unsent.
-    /// Returns its index: the caller registers the socket for its events
-    /// under that index.
-    pub(crate) fn drain(&mut self, fd: RawFd, out: Vec<u8>, pos: usize, now: u32, peer_eof: bool) -> u32 {
-        let d = Drain {
+    /// Takes over a closed connection's socket with `out[pos..]` unsent
+    /// (`peer_eof`: the peer's end of stream was read).
+    pub(crate) fn start(&mut self, fd: RawFd, out: Vec<u8>, pos: usize, now: u32, peer_eof: bool) -> Started {
+        let mut e = Entry {
             fd,
             out,
             pos,
-            last_progress: now,
+            fin: false,
             peer_eof,
+            queued: 0,
+            last_progress: now,
         };
-        match self.free.pop() {
-            Some(i) => {
-                self.drains[i as usize] = Some(d);
-                i
-            }
-            None => {
-                self.drains.push(Some(d));
-                (self.drains.len() - 1) as u32
+        match e.step(now) {
+            Step::Done(out) => Started::Closed(out),
+            Step::Failed => Started::Closed(Vec::new()),
+            Step::Pending => {
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.entries[i as usize] = Some(e);
+                        i
+                    }
+                    None => {
+                        self.entries.push(Some(e));
+                        (self.entries.len() - 1) as u32
+                    }
+                };
+                Started::Entry(i)
             }
         }
     }
 
-    /// An event for draining connection `i`: discards input, sends what the
-    /// socket takes. A stale index (finished meanwhile) is ignored.
-    pub(crate) fn drain_event(&mut self, i: u32, now: u32) -> Drained {
-        let Some(Some(d)) = self.drains.get_mut(i as usize) else {
-            return Drained::Pending;
+    /// An event for entry `i` (a stale index, finished meanwhile, is
+    /// ignored).
+    pub(crate) fn event(&mut self, i: u32, now: u32) -> Step {
+        let Some(Some(e)) = self.entries.get_mut(i as usize) else {
+            return Step::Pending;
         };
-        if !d.peer_eof {
-            d.peer_eof = sys::discard_input(d.fd, DISCARD_MAX);
+        let r = e.step(now);
+        if r != Step::Pending {
+            self.take(i);
         }
-        while d.pos < d.out.len() {
-            match sys::send(d.fd, &d.out[d.pos..]) {
-                Io::Done(n) => {
-                    d.pos += n;
-                    d.last_progress = now;
-                }
-                Io::WouldBlock => return Drained::Pending,
-                Io::Err(e) => {
-                    log::debug!("closed connection's output: send: {e}");
-                    let d = self.take(i);
-                    sys::close(d.fd);
-                    return Drained::Failed;
-                }
-            }
-        }
-        let d = self.take(i);
-        self.finish(d.fd, d.peer_eof, now);
-        Drained::Done(d.out)
+        r
     }
 
-    /// Resets draining connection `i` at once (its socket could not be
-    /// watched).
-    pub(crate) fn drain_failed(&mut self, i: u32) {
-        let d = self.take(i);
-        sys::close_reset(d.fd);
+    /// Resets entry `i` at once (its socket could not be watched).
+    pub(crate) fn reset(&mut self, i: u32) {
+        let e = self.take(i);
+        sys::close_reset(e.fd);
     }
 
-    fn take(&mut self, i: u32) -> Drain {
+    fn take(&mut self, i: u32) -> Entry {
         self.free.push(i);
-        self.drains[i as usize].take().expect("a draining connection")
+        self.entries[i as usize].take().expect("a closing entry")
     }
 
-    /// Once per tick: resets the draining connections that made no progress
-    /// for more than `limit` seconds, and closes the lingering sockets whose
-    /// peer finished or whose time is up. Returns how many draining
-    /// connections ended (each frees its place in the worker's count).
-    pub(crate) fn tick(&mut self, now: u32, limit: u32) -> usize {
+    /// Looks at every entry (a backstop for events that do not come, e.g.
+    /// the last acknowledgement), and resets those that made no progress
+    /// for more than `limit` seconds. Returns how many ended; their output
+    /// buffers are dropped.
+    pub(crate) fn check(&mut self, now: u32, limit: u32) -> usize {
         let mut ended = 0;
-        for i in 0..self.drains.len() as u32 {
-            let stalled = self.drains[i as usize]
-                .as_ref()
-                .is_some_and(|d| now > d.last_progress.saturating_add(limit));
-            if stalled {
-                let d = self.take(i);
+        for i in 0..self.entries.len() as u32 {
+            let Some(e) = self.entries[i as usize].as_mut() else {
+                continue;
+            };
+            if e.step(now) != Step::Pending {
+                self.take(i);
+                ended += 1;
+                continue;
+            }
+            if now > e.last_progress.saturating_add(limit) {
+                let e = self.take(i);
                 log::warn!(
-                    "closed connection: the peer read nothing for {limit} s, {} byte(s) unsent: reset",
-                    d.out.len() - d.pos
+                    "closed connection: the peer read nothing for {limit} s, {} byte(s) undelivered: reset",
+                    e.out.len() - e.pos + e.queued
                 );
-                sys::close_reset(d.fd);
+                sys::close_reset(e.fd);
                 ended += 1;
             }
         }
-        self.linger.retain(|&(fd, until)| {
-            let done = now >= until || sys::discard_input(fd, DISCARD_MAX);
-            if done {
-                sys::close(fd);
-            }
-            !done
-        });
         ended
     }
 
-    /// At stop, once the deadline has passed: resets every draining
-    /// connection (logged) and closes every lingering socket. Returns how
-    /// many draining connections ended.
+    /// At stop, once the deadline has passed: resets every entry left
+    /// (logged). Returns how many ended.
     pub(crate) fn abandon(&mut self, waited_ms: u128) -> usize {
-        let (n, unsent) = (self.draining(), self.unsent());
+        let n = self.len();
         if n > 0 {
+            let held: usize = self
+                .entries
+                .iter()
+                .flatten()
+                .map(|e| e.out.len() - e.pos + e.queued)
+                .sum();
             log::warn!(
-                "stop: {n} closed connection(s) still had {unsent} byte(s) to deliver after {waited_ms} ms: reset"
+                "stop: {n} closed connection(s) still had {held} byte(s) to deliver after {waited_ms} ms: reset"
             );
         }
-        for i in 0..self.drains.len() as u32 {
-            if self.drains[i as usize].is_some() {
-                let d = self.take(i);
-                sys::close_reset(d.fd);
+        for i in 0..self.entries.len() as u32 {
+            if self.entries[i as usize].is_some() {
+                let e = self.take(i);
+                sys::close_reset(e.fd);
             }
-        }
-        for (fd, _) in self.linger.drain(..) {
-            sys::discard_input(fd, DISCARD_MAX);
-            sys::close(fd);
         }
         n
     }

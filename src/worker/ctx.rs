@@ -39,7 +39,7 @@ use std::sync::atomic::Ordering;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
-use super::closing::{Closing, DISCARD_MAX, DRAIN_IDLE_DEFAULT, Drained};
+use super::closing::{Closing, DRAIN_IDLE_DEFAULT, Started, Step};
 use crate::conn::ConnId;
 use crate::conn::record::Conn;
 use crate::conn::table::{Append, ConnTable, State};
@@ -317,9 +317,18 @@ impl Ctx {
                 true
             }
             Append::Refused => false,
+            Append::OverCap { total } if self.table.state(slot) == State::Closing => {
+                // A last write in the close callback: refused, and the
+                // graceful close goes on with what was queued.
+                log::warn!(
+                    "a last write to closing connection {slot} refused: over its cap ({total} bytes, cap {})",
+                    self.out_cap
+                );
+                false
+            }
             Append::OverCap { total } => {
                 log::warn!(
-                    "output of connection {slot} over its cap ({total} bytes pending, cap {}): closing",
+                    "output of connection {slot} over its cap ({total} bytes pending, cap {}): reset",
                     self.out_cap
                 );
                 let _ = self.end_id(id, AKG_ERROR, Ending::Abort);
@@ -485,74 +494,58 @@ impl Ctx {
     }
 
     /// Delivers `out[pos..]` on the socket of a closed connection, then
-    /// FIN; what the socket does not take now goes on draining.
-    fn finish(&self, fd: i32, out: Vec<u8>, mut pos: usize, peer_eof: bool) {
-        let now = self.now.get();
-        let mut peer_eof = peer_eof;
-        if pos < out.len() {
-            // Unread input would make the kernel answer with a reset that
-            // destroys what is still to be sent: discard it first.
-            if !peer_eof {
-                peer_eof = sys::discard_input(fd, DISCARD_MAX);
-            }
-            while pos < out.len() {
-                match sys::send(fd, &out[pos..]) {
-                    Io::Done(n) => pos += n,
-                    Io::WouldBlock => break,
-                    Io::Err(e) => {
-                        log::debug!("closed connection's output: send: {e}");
-                        sys::close(fd);
-                        self.table.recycle(out);
-                        return;
+    /// FIN, and closes it once the kernel has delivered everything; what is
+    /// not done at once goes on in `closing`, holding a place in the count.
+    fn finish(&self, fd: i32, out: Vec<u8>, pos: usize, peer_eof: bool) {
+        let started = self
+            .closing
+            .borrow_mut()
+            .start(fd, out, pos, self.now.get(), peer_eof);
+        match started {
+            Started::Closed(out) => self.table.recycle(out),
+            Started::Entry(i) => {
+                let token = Token(DRAIN_TOKEN | i as usize);
+                match self.registry.reregister(
+                    &mut SourceFd(&fd),
+                    token,
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    Ok(()) => {
+                        self.mailbox.count.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Err(e) => {
+                        log::error!("closed connection: cannot watch its socket ({e}): reset");
+                        self.closing.borrow_mut().reset(i);
                     }
                 }
             }
         }
-        if pos < out.len() {
-            let i = self.closing.borrow_mut().drain(fd, out, pos, now, peer_eof);
-            let token = Token(DRAIN_TOKEN | i as usize);
-            match self
-                .registry
-                .reregister(&mut SourceFd(&fd), token, Interest::READABLE | Interest::WRITABLE)
-            {
-                Ok(()) => {
-                    // The drain keeps a place in the count until it ends.
-                    self.mailbox.count.fetch_add(1, Ordering::AcqRel);
-                }
-                Err(e) => {
-                    log::error!("closed connection: cannot watch its socket ({e}): reset");
-                    self.closing.borrow_mut().drain_failed(i);
-                }
-            }
-        } else {
-            self.closing.borrow_mut().finish(fd, peer_eof, now);
-            self.table.recycle(out);
-        }
     }
 
-    /// An event for draining connection `i`.
+    /// An event for closing entry `i`.
     pub(super) fn drain_event(&self, i: u32) {
-        let r = self.closing.borrow_mut().drain_event(i, self.now.get());
+        let r = self.closing.borrow_mut().event(i, self.now.get());
         match r {
-            Drained::Pending => {}
-            Drained::Done(out) => {
+            Step::Pending => {}
+            Step::Done(out) => {
                 self.table.recycle(out);
                 self.mailbox.count.fetch_sub(1, Ordering::AcqRel);
             }
-            Drained::Failed => {
+            Step::Failed => {
                 self.mailbox.count.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
 
-    /// Once per tick: the closing sockets' timeouts (see `Closing::tick`).
-    pub(super) fn tick_closing(&self) {
+    /// Looks at every closing socket (see `Closing::check`); once a tick,
+    /// and often during a stop.
+    pub(super) fn check_closing(&self) {
         let limit = if self.write_timeout > 0 {
             self.write_timeout
         } else {
             DRAIN_IDLE_DEFAULT
         };
-        let ended = self.closing.borrow_mut().tick(self.now.get(), limit);
+        let ended = self.closing.borrow_mut().check(self.now.get(), limit);
         if ended > 0 {
             self.mailbox.count.fetch_sub(ended as u32, Ordering::AcqRel);
         }
