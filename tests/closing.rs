@@ -381,7 +381,10 @@ fn server_stop_delivers_to_a_peer_that_keeps_sending() {
     stopper.join().unwrap();
     // The flood, then the echoes of the heartbeats served before the stop
     // (10 bytes each).
-    assert!(n >= 2700 * FRAME && (n - 2700 * FRAME).is_multiple_of(10), "{n} bytes");
+    assert!(
+        n >= 2700 * FRAME && (n - 2700 * FRAME).is_multiple_of(10),
+        "{n} bytes"
+    );
     assert!(end.is_ok(), "ended with {end:?}, not FIN");
 }
 

@@ -115,7 +115,11 @@ impl Entry {
         // The queue counts the FIN as one byte: at most 1 left means the
         // peer acknowledged every byte of data, and a reset from now on
         // (late input meeting a closed socket) cannot destroy any of it.
-        match if self.peer_eof { None } else { kernel_queue(self.fd) } {
+        match if self.peer_eof {
+            None
+        } else {
+            kernel_queue(self.fd)
+        } {
             Some(q) if q > 1 => {
                 if self.queued > 0 && q < self.queued {
                     self.last_progress = now;
