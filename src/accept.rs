@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use mio::Token;
 
 use crate::mailbox::Mailbox;
-use crate::sync::{self, AtomicU32, AtomicUsize, Step};
+use crate::sync::{self, AtomicUsize, Step};
 use crate::sys::{self, Accepted, SpareFd};
 
 /// Below this many connections held, placement is exactly round robin;
@@ -258,9 +258,7 @@ impl Placement {
         if total < SMALL {
             // A small server places exactly round robin, like the original.
             least = self.rr.fetch_add(1, Ordering::Relaxed) % n;
-        } else if mine <= least_count.saturating_add(total / SMALL)
-            && reserve(&self.workers[me].count, self.cap)
-        {
+        } else if mine <= least_count.saturating_add(total / SMALL) && reserve(&self.workers[me], self.cap) {
             return Placed::Keep(a);
         }
         // Hand it over: the least loaded worker first, then any with room.
@@ -268,7 +266,7 @@ impl Placement {
         for k in 0..n {
             let i = (least + k) % n;
             let w = &self.workers[i];
-            if !reserve(&w.count, self.cap) {
+            if !reserve(w, self.cap) {
                 continue;
             }
             if i == me {
@@ -291,14 +289,21 @@ impl Placement {
 }
 
 /// Takes one place under `cap` in a worker's connection count.
-fn reserve(count: &AtomicU32, cap: u32) -> bool {
+/// Takes one place under `cap` in a worker's connection count; closed
+/// connections still delivering their output hold places too (`closing`,
+/// which only the worker changes).
+fn reserve(w: &Mailbox, cap: u32) -> bool {
+    let held = w
+        .count
+        .fetch_add(1, Ordering::AcqRel)
+        .saturating_add(w.closing.load(Ordering::Acquire));
     let over = if sync::broken(Step::CapTest) {
-        count.fetch_add(1, Ordering::AcqRel) > cap
+        held > cap
     } else {
-        count.fetch_add(1, Ordering::AcqRel) >= cap
+        held >= cap
     };
     if over {
-        count.fetch_sub(1, Ordering::AcqRel);
+        w.count.fetch_sub(1, Ordering::AcqRel);
         return false;
     }
     true
@@ -392,6 +397,27 @@ mod tests {
         // A place freed on worker 1 is used even when worker 0 accepts.
         p.workers[1].count.fetch_sub(1, Ordering::AcqRel);
         assert_eq!(place_and_take(&p, 0, 10), 1);
+    }
+
+    #[test]
+    fn closing_connections_hold_places_under_the_cap_but_do_not_weigh_on_balance() {
+        let p = placement(1, 2);
+        p.workers[0].closing.store(1, Ordering::Relaxed);
+        assert!(matches!(p.place(0, conn(1)), Placed::Keep(_)));
+        assert!(
+            matches!(p.place(0, conn(2)), Placed::Refused(_)),
+            "count 1 + closing 1 = cap"
+        );
+        p.workers[0].closing.store(0, Ordering::Relaxed);
+        assert!(matches!(p.place(0, conn(3)), Placed::Keep(_)));
+        // Balance looks at live connections only.
+        let p = placement(2, 100_000);
+        p.workers[0].closing.store(5000, Ordering::Relaxed);
+        for k in 0..64 {
+            place_and_take(&p, 0, k);
+        }
+        let c = counts(&p);
+        assert!(c[0].abs_diff(c[1]) <= 3, "{c:?}");
     }
 
     #[test]

@@ -70,8 +70,11 @@ pub(crate) struct Mailbox {
     sleeping: AtomicBool,
     waker: Box<dyn Wake>,
     /// Live connections, including those handed over and not yet taken:
-    /// what placement balances and caps.
+    /// what placement balances.
     pub count: AtomicU32,
+    /// Closed connections still delivering their output (written by the
+    /// worker only): placement caps `count + closing` at `connnum`.
+    pub closing: AtomicU32,
 }
 
 impl Mailbox {
@@ -92,6 +95,7 @@ impl Mailbox {
             sleeping: AtomicBool::new(false),
             waker,
             count: AtomicU32::new(0),
+            closing: AtomicU32::new(0),
         }
     }
 

@@ -15,8 +15,10 @@
 //!   what it still had to send.
 //!
 //! An entry that makes no progress (bytes sent, or the kernel's queue
-//! shrinking) for the write timeout is reset. Every entry keeps its place
-//! in the worker's count, so `connnum` bounds descriptors and memory.
+//! shrinking) for the write timeout is reset. Every entry holds a place
+//! under `connnum` (`Mailbox::closing`, which placement adds to the live
+//! count when it checks the cap), so `connnum` bounds descriptors and
+//! memory; balance between workers looks at live connections only.
 //!
 //! Uses: sys.
 

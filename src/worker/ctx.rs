@@ -511,7 +511,7 @@ impl Ctx {
                     Interest::READABLE | Interest::WRITABLE,
                 ) {
                     Ok(()) => {
-                        self.mailbox.count.fetch_add(1, Ordering::AcqRel);
+                        self.mailbox.closing.fetch_add(1, Ordering::AcqRel);
                     }
                     Err(e) => {
                         log::error!("closed connection: cannot watch its socket ({e}): reset");
@@ -529,10 +529,10 @@ impl Ctx {
             Step::Pending => {}
             Step::Done(out) => {
                 self.table.recycle(out);
-                self.mailbox.count.fetch_sub(1, Ordering::AcqRel);
+                self.mailbox.closing.fetch_sub(1, Ordering::AcqRel);
             }
             Step::Failed => {
-                self.mailbox.count.fetch_sub(1, Ordering::AcqRel);
+                self.mailbox.closing.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
@@ -547,7 +547,7 @@ impl Ctx {
         };
         let ended = self.closing.borrow_mut().check(self.now.get(), limit);
         if ended > 0 {
-            self.mailbox.count.fetch_sub(ended as u32, Ordering::AcqRel);
+            self.mailbox.closing.fetch_sub(ended as u32, Ordering::AcqRel);
         }
     }
 
@@ -555,7 +555,7 @@ impl Ctx {
     pub(super) fn abandon_closing(&self, waited_ms: u128) {
         let ended = self.closing.borrow_mut().abandon(waited_ms);
         if ended > 0 {
-            self.mailbox.count.fetch_sub(ended as u32, Ordering::AcqRel);
+            self.mailbox.closing.fetch_sub(ended as u32, Ordering::AcqRel);
         }
     }
 }
