@@ -100,7 +100,7 @@ mod worker;
 pub use api::{Packet, Server, ServerBuilder, StopHandle};
 pub use conn::{Conn, ConnId};
 pub use proto::{
-    AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Head, MAX_PKG_LEN, SIZE_OF_HEAD,
+    AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Framing, Head, MAX_PKG_LEN, SIZE_OF_HEAD,
 };
 pub use server::{close_id, send_to};
 pub use service::{Config, DEFAULT_OUTPUT_LIMIT, Verdict};

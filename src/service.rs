@@ -10,7 +10,7 @@ use std::io;
 
 use crate::conn::Conn;
 use crate::conn::id::{MAX_SLOTS, MAX_WORKERS};
-use crate::proto::{DEFAULT_STX, Head};
+use crate::proto::{DEFAULT_STX, Framing, Head};
 
 /// Server settings. [`Config::validate`] gives each one's range; a server
 /// is not built with a value out of range.
@@ -43,6 +43,8 @@ pub struct Config {
     pub output_limit: usize,
     /// `listen(2)` backlog.
     pub backlog: i32,
+    /// How input is cut into frames; the classic `HEAD` by default.
+    pub framing: Framing,
 }
 
 /// Default per-connection output cap: 4 MiB.
@@ -61,6 +63,9 @@ impl Config {
                 "connections per worker is {}, must be 1..={MAX_SLOTS}",
                 self.conns_per_worker
             ));
+        }
+        if let Err(e) = self.framing.validate() {
+            return bad(format!("framing: {e}"));
         }
         if self.output_limit == 0 || self.output_limit > u32::MAX as usize {
             return bad(format!(
@@ -84,6 +89,7 @@ impl Default for Config {
             stx: DEFAULT_STX,
             output_limit: DEFAULT_OUTPUT_LIMIT,
             backlog: 4096,
+            framing: Framing::default(),
         }
     }
 }
@@ -119,6 +125,9 @@ pub(crate) trait Service: Send + Sync + 'static {
     /// One complete, well-formed packet: `pkt` is the whole frame (head
     /// included), also reachable as the C `in_buf`.
     fn packet(&self, c: *mut Conn, head: Head, pkt: &mut [u8]) -> Verdict;
+    /// One complete frame of a framing other than `HEAD` (`frame` is the
+    /// whole frame, also reachable as the C `in_buf`).
+    fn frame(&self, c: *mut Conn, frame: &mut [u8]) -> Verdict;
     /// The connection is closing for `reason`; runs exactly once.
     fn closed(&self, c: *mut Conn, reason: u16);
 }

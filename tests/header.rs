@@ -186,6 +186,32 @@ void (*f_run_daemon)(void) = run_daemon;
 void (*f_signal_handler)(int, sighandler_t) = signal_handler;
 int (*f_bufferevent_write)(struct bufferevent *, const void *, size_t) = bufferevent_write;
 
+/* ---- 7. the 1.0 extensions: exact signatures and the framing struct ---- */
+void (*f_mario_stop_server)(SERVER *) = mario_stop_server;
+void (*f_mario_set_output_limit)(SERVER *, size_t) = mario_set_output_limit;
+sint32 (*f_mario_close_bufev)(struct bufferevent *, uint16) = mario_close_bufev;
+sint32 (*f_mario_record_log_line)(LOG_QUEUE *, int, const char *, size_t) = mario_record_log_line;
+void (*f_mario_set_log_level)(int) = mario_set_log_level;
+sint32 (*f_mario_set_log_file)(const char *) = mario_set_log_file;
+void (*f_mario_reopen_log)(void) = mario_reopen_log;
+void (*f_mario_set_log_callback)(mario_log_callback, void *) = mario_set_log_callback;
+void (*f_regist_frame_func)(FUNC_PTR) = regist_frame_func;
+size_t (*f_mario_frame_len)(const CONN *) = mario_frame_len;
+sint32 (*f_mario_set_framing)(SERVER *, const mario_framing *) = mario_set_framing;
+SA(MARIO_LOG_OFF == 0 && MARIO_LOG_ERROR == 1 && MARIO_LOG_WARN == 2
+   && MARIO_LOG_INFO == 3 && MARIO_LOG_DEBUG == 4, "MARIO_LOG_*");
+SA(MARIO_FRAMING_HEAD == 0 && MARIO_FRAMING_LENGTH == 1 && MARIO_FRAMING_LINE == 2
+   && MARIO_FRAMING_FIXED == 3 && MARIO_FRAMING_RAW == 4, "MARIO_FRAMING_*");
+SA(SAME(mario_framing, struct mario_framing), "mario_framing is struct mario_framing");
+FIELD(mario_framing, kind, uint32);
+FIELD(mario_framing, max_frame, uint32);
+FIELD(mario_framing, big_endian, uint32);
+FIELD(mario_framing, length_offset, uint32);
+FIELD(mario_framing, length_size, uint32);
+FIELD(mario_framing, length_adjust, sint32);
+FIELD(mario_framing, delimiter, const char *);
+FIELD(mario_framing, frame_size, uint32);
+
 static int fails = 0;
 #define CHECK(c) do { if (!(c)) { fprintf(stderr, "CHECK FAILED line %d: %s\n", __LINE__, #c); fails++; } } while (0)
 

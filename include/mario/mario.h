@@ -202,6 +202,28 @@ typedef struct _HEAD {
 /* ---- mario_util.h ----------------------------------------------------- */
 typedef void (*sighandler_t)(int);
 
+/* ---- framing (mario_set_framing): how input is cut into frames -------- */
+#define MARIO_FRAMING_HEAD 0   /* HEAD + body, dispatched by akg_id (default) */
+#define MARIO_FRAMING_LENGTH 1 /* a length field: the frame handler gets each frame */
+#define MARIO_FRAMING_LINE 2   /* lines: the frame handler gets each line */
+#define MARIO_FRAMING_FIXED 3  /* frames of frame_size bytes */
+#define MARIO_FRAMING_RAW 4    /* whatever each read returned */
+
+typedef struct mario_framing {
+    uint32 kind;          /* MARIO_FRAMING_* */
+    uint32 max_frame;     /* largest frame accepted, bytes; 0 = the kind's default
+                             (HEAD 1500, at most 65535; LENGTH 65536, at most 64 MiB;
+                             LINE 4096, at most 32768, the delimiter excluded) */
+    uint32 big_endian;    /* HEAD and LENGTH: 1 = fields in network byte order
+                             (LENGTH: else little-endian) */
+    uint32 length_offset; /* LENGTH: bytes before the length field */
+    uint32 length_size;   /* LENGTH: 1, 2, 4 or 8 */
+    sint32 length_adjust; /* LENGTH: added to the field's value to give the
+                             bytes that follow the field (netty's lengthAdjustment) */
+    const char *delimiter;/* LINE: NULL = "\n"; a "\r" before "\n" is dropped too */
+    uint32 frame_size;    /* FIXED: every frame's size (at most 64 MiB) */
+} mario_framing;
+
 /* Receives the library's own messages (mario_set_log_callback), on the log
  * thread: level is a MARIO_LOG_* value, line is NUL-terminated, len counts
  * neither the NUL nor a newline. */
@@ -341,6 +363,40 @@ void close_err_conn(CONN *c);
  packet.
  */
 void regist_akg_func(uint16 id, FUNC_PTR func);
+
+/*
+ Registers the handler of every frame of a framing other than `HEAD`
+ (see `mario_set_framing`): it gets the connection with `c->in_buf` at
+ the frame's first byte and `mario_frame_len(c)` its length, on the
+ connection's worker; it returns 0 to go on, non-zero to close the
+ connection as an error. NULL removes it (a frame then closes its
+ connection, with a warning).
+ */
+void regist_frame_func(FUNC_PTR func);
+
+/*
+ The length in bytes of the frame at `c->in_buf`, during a frame or
+ packet callback (a `HEAD` packet's `pkglen`); `c->in_buf_len` holds at
+ most 65,535. 0 for NULL.
+
+ # Safety
+
+ `c` is NULL or a `CONN *` the library handed to a callback.
+ */
+size_t mario_frame_len(const CONN *c);
+
+/*
+ Sets how the server cuts its input into frames, before `start_server`
+ (the classic `HEAD` is the default). Returns 0, or -1 with a message on
+ stderr naming the bad field (nothing changed); see docs/C-API.md,
+ "Framing", for each kind.
+
+ # Safety
+
+ `s` is NULL or a `SERVER *` from `init_server`; `f` is NULL or points to
+ a `mario_framing` whose `delimiter` is NULL or a NUL-terminated string.
+ */
+sint32 mario_set_framing(SERVER *s, const mario_framing *f);
 
 /*
  Registers the callback run on each new connection, on its worker,

@@ -26,12 +26,13 @@ impl Conn {
     }
 
     /// Queues a frame `HEAD{stx, 8 + body.len(), akg_id} + body`, with the
-    /// server's stx, as [`Conn::send`] does. A frame must fit the framing
+    /// server's stx (in network byte order with the big-endian `HEAD`
+    /// framing), as [`Conn::send`] does. A frame must fit the framing
     /// (`MAX_PKG_LEN`, 1,500 bytes, head included: a body of at most 1,492
     /// bytes): a longer body is refused (`false`, a warning logged, the
     /// connection untouched). Never panics.
     pub fn send_packet(&mut self, akg_id: u16, body: &[u8]) -> bool {
-        let stx = worker::with_owner(self, |ctx, _| ctx.stx());
+        let (stx, be) = worker::with_owner(self, |ctx, _| (ctx.stx(), ctx.framing().head_big_endian()));
         let n = SIZE_OF_HEAD.saturating_add(body.len());
         if n > MAX_PKG_LEN {
             log::warn!(
@@ -47,7 +48,7 @@ impl Conn {
                 pkglen: n as u16,
                 akg_id,
             }
-            .to_bytes(),
+            .to_bytes_in(be),
         );
         f[SIZE_OF_HEAD..n].copy_from_slice(body);
         self.send(&f[..n])

@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::conn::Conn;
-use crate::proto::{Head, SIZE_OF_HEAD};
+use crate::proto::{Framing, Head, SIZE_OF_HEAD};
 use crate::server::ServerShared;
 use crate::service::{Config, Service, Verdict};
 
 type PacketFn = dyn Fn(&mut Conn, Packet<'_>) -> Verdict + Send + Sync;
 type ConnFn = dyn Fn(&mut Conn) + Send + Sync;
 type CloseFn = dyn Fn(&mut Conn, u16) + Send + Sync;
+type FrameFn = dyn Fn(&mut Conn, &[u8]) -> Verdict + Send + Sync;
 /// 256 handler slots of one id page.
 type Page = Box<[Option<Arc<PacketFn>>]>;
 
@@ -59,6 +60,7 @@ struct Handlers {
     pages: Vec<Option<Page>>,
     connected: Option<Arc<ConnFn>>,
     closed: Option<Arc<CloseFn>>,
+    frame: Option<Arc<FrameFn>>,
 }
 
 /// Turns the worker's pointer into the `&mut Conn` a closure gets.
@@ -89,6 +91,13 @@ impl Service for Handlers {
         match self.pages[id >> 8].as_ref().and_then(|p| p[id & 0xff].as_ref()) {
             // SAFETY: a `Service` callback's record (see `conn_mut`).
             Some(f) => f(unsafe { conn_mut(c) }, Packet { head, bytes: pkt }),
+            None => Verdict::NoHandler,
+        }
+    }
+    fn frame(&self, c: *mut Conn, frame: &mut [u8]) -> Verdict {
+        match &self.frame {
+            // SAFETY: a `Service` callback's record (see `conn_mut`).
+            Some(f) => f(unsafe { conn_mut(c) }, frame),
             None => Verdict::NoHandler,
         }
     }
@@ -169,6 +178,23 @@ impl ServerBuilder {
         page[(id & 0xff) as usize] = Some(Arc::new(f));
         self
     }
+    /// How input is cut into frames (see [`Framing`]); the classic `HEAD`
+    /// by default. With any other framing, every frame goes to the
+    /// [`on_frame`](ServerBuilder::on_frame) handler.
+    pub fn framing(mut self, framing: Framing) -> Self {
+        self.cfg.framing = framing;
+        self
+    }
+    /// The handler of every frame of a framing other than `HEAD` (the
+    /// whole frame: a length-field frame with its header, a line without
+    /// its delimiter, a fixed-size frame, or what one read returned). It
+    /// runs on the connection's worker; return [`Verdict::Continue`] to go
+    /// on. Without one, such a frame closes the connection (a warning is
+    /// logged).
+    pub fn on_frame(mut self, f: impl Fn(&mut Conn, &[u8]) -> Verdict + Send + Sync + 'static) -> Self {
+        self.handlers.frame = Some(Arc::new(f));
+        self
+    }
     /// Called on each new connection, on its worker, before any packet.
     pub fn on_connect(mut self, f: impl Fn(&mut Conn) + Send + Sync + 'static) -> Self {
         self.handlers.connected = Some(Arc::new(f));
@@ -204,6 +230,7 @@ impl Server {
                 pages: (0..256).map(|_| None).collect(),
                 connected: None,
                 closed: None,
+                frame: None,
             },
         }
     }

@@ -40,6 +40,8 @@ pub struct Conn {
     /// Tick the first byte of the partial packet in `partial` arrived: a
     /// packet must complete within the read timeout (slow senders).
     pub(crate) packet_start: u32,
+    /// The length of the frame a callback is running on (`mario_frame_len`).
+    pub(crate) frame_len: usize,
     /// A partial packet carried over between reads (empty otherwise).
     pub(crate) partial: Vec<u8>,
 }
@@ -64,6 +66,7 @@ impl Conn {
             peer_eof: false,
             last_read: 0,
             packet_start: 0,
+            frame_len: 0,
             partial: Vec::new(),
         }
     }

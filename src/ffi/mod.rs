@@ -22,7 +22,10 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use crate::conn::{Conn, ConnId};
 use crate::logq::{self, Level, LogQueue};
-use crate::proto::{AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Head};
+use crate::proto::{
+    AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_LENGTH_MAX, DEFAULT_LINE_MAX, DEFAULT_STX,
+    Framing, Head, MAX_PKG_LEN,
+};
 use crate::records::{CServer, CWorker};
 use crate::server::{self, ServerShared};
 use crate::service::{Config, Service, Verdict};
@@ -138,9 +141,25 @@ fn call(id: u16, c: *mut Conn) -> Option<sint32> {
 /// The service of C applications: dispatch through `AKG_FUNC`.
 struct CService;
 
+/// The handler of every frame of a framing other than `HEAD`
+/// (`regist_frame_func`), as a function pointer (null: none).
+static FRAME_FUNC: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+
 impl Service for CService {
     fn holds_conn(&self) -> bool {
         false
+    }
+    fn frame(&self, c: *mut Conn, _frame: &mut [u8]) -> Verdict {
+        let p = FRAME_FUNC.load(Ordering::Acquire);
+        // SAFETY: the pointer is null or a `FUNC_PTR` stored by
+        // `regist_frame_func`; same layout and niche as a data pointer.
+        let f = unsafe { std::mem::transmute::<*mut c_void, FUNC_PTR>(p) };
+        // SAFETY: as in `call`: a live `CONN *` on its worker's thread.
+        match f.map(|f| unsafe { f(c) }) {
+            None => Verdict::NoHandler,
+            Some(0) => Verdict::Continue,
+            Some(_) => Verdict::Stop,
+        }
     }
     fn connected(&self, c: *mut Conn) {
         call(AKG_CONNECTED, c);
@@ -363,6 +382,147 @@ pub unsafe extern "C" fn close_err_conn(c: *mut CONN) {
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_akg_func(id: uint16, func: FUNC_PTR) {
     set_akg(id, func)
+}
+
+/// Registers the handler of every frame of a framing other than `HEAD`
+/// (see `mario_set_framing`): it gets the connection with `c->in_buf` at
+/// the frame's first byte and `mario_frame_len(c)` its length, on the
+/// connection's worker; it returns 0 to go on, non-zero to close the
+/// connection as an error. NULL removes it (a frame then closes its
+/// connection, with a warning).
+#[unsafe(no_mangle)]
+pub extern "C" fn regist_frame_func(func: FUNC_PTR) {
+    let p = func.map_or(std::ptr::null_mut(), |f| f as *mut c_void);
+    FRAME_FUNC.store(p, Ordering::Release);
+}
+
+/// The length in bytes of the frame at `c->in_buf`, during a frame or
+/// packet callback (a `HEAD` packet's `pkglen`); `c->in_buf_len` holds at
+/// most 65,535. 0 for NULL.
+///
+/// # Safety
+///
+/// `c` is NULL or a `CONN *` the library handed to a callback.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mario_frame_len(c: *const CONN) -> usize {
+    if c.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller's contract; `frame_len` is written by the worker
+    // before the callback that reads it, on the same thread.
+    unsafe { (*c).frame_len }
+}
+
+/// `mario_framing`: a server's framing, for `mario_set_framing` (the
+/// fields each kind uses are in the header).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct mario_framing {
+    /// `MARIO_FRAMING_HEAD` (0), `_LENGTH` (1), `_LINE` (2), `_FIXED` (3),
+    /// `_RAW` (4).
+    pub kind: uint32,
+    /// The largest frame accepted, in bytes; 0: the kind's default.
+    pub max_frame: uint32,
+    /// HEAD and LENGTH: 1 = fields in network byte order.
+    pub big_endian: uint32,
+    /// LENGTH: bytes before the length field.
+    pub length_offset: uint32,
+    /// LENGTH: 1, 2, 4 or 8.
+    pub length_size: uint32,
+    /// LENGTH: added to the field's value to give the bytes after it.
+    pub length_adjust: sint32,
+    /// LINE: NULL = "\n" (a "\r" before it is dropped too).
+    pub delimiter: *const c_char,
+    /// FIXED: every frame's size.
+    pub frame_size: uint32,
+}
+
+/// The framing a `mario_framing` describes, or what is wrong with it.
+///
+/// # Safety
+///
+/// `f.delimiter` is NULL or a NUL-terminated string.
+unsafe fn framing_of(f: &mario_framing) -> Result<Framing, String> {
+    let framing = match f.kind {
+        0 => Framing::Head {
+            big_endian: f.big_endian != 0,
+            max_frame: if f.max_frame == 0 {
+                MAX_PKG_LEN as u32
+            } else {
+                f.max_frame
+            },
+        },
+        1 => Framing::Length {
+            offset: f.length_offset,
+            size: u8::try_from(f.length_size).unwrap_or(0),
+            adjust: f.length_adjust,
+            big_endian: f.big_endian != 0,
+            max_frame: if f.max_frame == 0 {
+                DEFAULT_LENGTH_MAX
+            } else {
+                f.max_frame
+            },
+        },
+        2 => Framing::Line {
+            delimiter: if f.delimiter.is_null() {
+                b"\n".to_vec()
+            } else {
+                // SAFETY: the caller's contract.
+                unsafe { std::ffi::CStr::from_ptr(f.delimiter) }
+                    .to_bytes()
+                    .to_vec()
+            },
+            max_frame: if f.max_frame == 0 {
+                DEFAULT_LINE_MAX
+            } else {
+                f.max_frame
+            },
+        },
+        3 => Framing::Fixed { size: f.frame_size },
+        4 => Framing::Raw,
+        k => {
+            return Err(format!(
+                "kind is {k}, must be MARIO_FRAMING_HEAD..MARIO_FRAMING_RAW (0..=4)"
+            ));
+        }
+    };
+    framing.validate()?;
+    Ok(framing)
+}
+
+/// Sets how the server cuts its input into frames, before `start_server`
+/// (the classic `HEAD` is the default). Returns 0, or -1 with a message on
+/// stderr naming the bad field (nothing changed); see docs/C-API.md,
+/// "Framing", for each kind.
+///
+/// # Safety
+///
+/// `s` is NULL or a `SERVER *` from `init_server`; `f` is NULL or points to
+/// a `mario_framing` whose `delimiter` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mario_set_framing(s: *mut SERVER, f: *const mario_framing) -> sint32 {
+    guard("mario_set_framing", || {
+        // SAFETY: the caller's contract.
+        let Some(srv) = (unsafe { shared(s) }) else {
+            eprintln!("mario_set_framing: not a server from init_server");
+            return -1;
+        };
+        if f.is_null() {
+            eprintln!("mario_set_framing: no framing given");
+            return -1;
+        }
+        // SAFETY: the caller's contract.
+        match unsafe { framing_of(&*f) } {
+            Ok(framing) => {
+                srv.configure(|c| c.framing = framing);
+                0
+            }
+            Err(e) => {
+                eprintln!("mario_set_framing: {e}");
+                -1
+            }
+        }
+    })
 }
 
 /// Registers the callback run on each new connection, on its worker,

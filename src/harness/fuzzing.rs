@@ -2,9 +2,9 @@
 //! the corpus replay in the test suite (stable). Not part of the API.
 //!
 //! * [`frames`]: the worker's input path (`conn::input::read_once`: carry
-//!   in, a simulated `recv` into a 64 KiB read buffer, scan, carry out)
-//!   under fuzzer-chosen read sizes, against an independent reference
-//!   decoder.
+//!   in, a simulated `recv`, scan, carry out, big frames in their own
+//!   buffer) for every framing, under fuzzer-chosen read sizes, against an
+//!   independent reference decoder.
 //! * [`ops`]: short sequences of client operations against a real server
 //!   running in this process, against a model of what the server must do.
 //!
@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use crate::api::{Packet, Server};
 use crate::conn::input::{self, Input};
 use crate::conn::{Conn, ConnId};
-use crate::proto::{self, AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, BadHead, DEFAULT_STX, Head, MAX_PKG_LEN, Scan};
+use crate::proto::{
+    AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, Bad, BadHead, DEFAULT_STX, Framing, Head, MAX_PKG_LEN, Scan,
+};
 use crate::server::{close_id, send_to};
 use crate::service::Verdict;
 use crate::sys::Io;
@@ -70,19 +72,20 @@ impl<'a> Cursor<'a> {
 }
 
 // ===========================================================================
-// frames: the decoder under arbitrary read splits
+// frames: the decoder of every framing under arbitrary read splits
 // ===========================================================================
 
-/// The worker's read buffer size (`worker::RBUF`); any size works for
-/// the decoder, this one makes packets straddle it as in the worker.
-const RBUF: usize = 64 * 1024;
-/// Longest stream [`frames`] builds (three read buffers).
-const MAX_STREAM: usize = 3 * RBUF;
+/// The read buffer of the simulated worker. Smaller than the worker's
+/// 64 KiB so that frames straddle it often and length-field frames longer
+/// than it take the big-frame path; the decoder works with any size.
+const RBUF: usize = 8 * 1024;
+/// Longest stream [`frames`] builds.
+const MAX_STREAM: usize = 192 * 1024;
 
 /// One simulated `recv`.
 #[derive(Debug, Clone, Copy)]
 enum Step {
-    /// `EAGAIN`: the worker carries its partial packet in and straight out.
+    /// `EAGAIN`: the worker carries its partial frame in and straight out.
     WouldBlock,
     /// Up to this many bytes (also bounded by the free buffer space).
     Take(usize),
@@ -103,121 +106,219 @@ impl Step {
 /// How decoding a stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// A bad head at this stream offset.
-    Bad(BadHead, usize),
-    /// The packet callback asked to stop (after the last packet listed).
+    /// A bad frame at this stream offset.
+    Bad(Bad, usize),
+    /// The frame callback asked to stop (after the last frame listed).
     Stopped,
-    /// Stream exhausted; this many bytes of an incomplete packet remain.
+    /// Stream exhausted; this many bytes of an incomplete frame remain.
     Leftover(usize),
 }
 
-/// Packets dispatched (stream offset, length), in order, and the end.
+/// Frames dispatched (stream offset, length), in order, and the end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Outcome {
-    packets: Vec<(usize, usize)>,
+    frames: Vec<(usize, usize)>,
     end: End,
 }
 
-/// The framing rules of docs/C-API.md ("The wire format", "Bad input")
-/// over a whole stream, written independently
-/// of `proto::scan`: heads are checked as soon as 8 bytes are there
-/// (length and magic, then reserved ids), packets are dispatched once
-/// complete, and `stops(id)` ends decoding after that packet.
-fn reference(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool) -> Outcome {
-    let mut packets = Vec::new();
+/// The rules of each framing (docs/C-API.md, "Framing"; the `HEAD` rules of
+/// "The wire format" and "Bad input") over a whole stream, written
+/// independently of `Framing::scan`: a `HEAD` is checked as soon as its 8
+/// bytes are there (length and magic, then reserved ids), a length field
+/// as soon as it is complete, a line once its delimiter is there (or once
+/// it is too long to have one in time); frames are dispatched once
+/// complete, and `stops(tag)` ends decoding after the frame whose tag (the
+/// packet id, or the frame's first byte) it names.
+fn reference(f: &Framing, stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool) -> Outcome {
+    let mut frames = Vec::new();
     let mut off = 0;
-    loop {
+    let end = loop {
         let rest = &stream[off..];
-        if rest.len() < 8 {
-            return Outcome {
-                packets,
-                end: End::Leftover(rest.len()),
-            };
+        // (frame length, input taken, tag) or the end.
+        let cut: Result<(usize, usize, u16), End> = match f {
+            Framing::Head {
+                big_endian,
+                max_frame,
+            } => {
+                if rest.len() < 8 {
+                    Err(End::Leftover(rest.len()))
+                } else {
+                    let b = |i: usize, n: usize| -> u64 {
+                        let mut v = 0u64;
+                        for k in 0..n {
+                            let byte = if *big_endian {
+                                rest[i + k]
+                            } else {
+                                rest[i + n - 1 - k]
+                            };
+                            v = v << 8 | u64::from(byte);
+                        }
+                        // Host order is little-endian on every target we build.
+                        v
+                    };
+                    let (magic, len, id) = (b(0, 4) as u32, b(4, 2) as usize, b(6, 2) as u16);
+                    let head = Head {
+                        stx: magic,
+                        pkglen: len as u16,
+                        akg_id: id,
+                    };
+                    if magic != stx || len < 8 || len > *max_frame as usize {
+                        Err(End::Bad(Bad::Head(BadHead::Malformed, head), off))
+                    } else if id >= 0xfffc {
+                        Err(End::Bad(Bad::Head(BadHead::ReservedId, head), off))
+                    } else if rest.len() < len {
+                        Err(End::Leftover(rest.len()))
+                    } else {
+                        Ok((len, len, id))
+                    }
+                }
+            }
+            Framing::Length {
+                offset,
+                size,
+                adjust,
+                big_endian,
+                max_frame,
+            } => {
+                let header = *offset as usize + *size as usize;
+                if rest.len() < header {
+                    Err(End::Leftover(rest.len()))
+                } else {
+                    let field = &rest[*offset as usize..header];
+                    let mut value: u128 = 0;
+                    for k in 0..field.len() {
+                        let byte = if *big_endian {
+                            field[k]
+                        } else {
+                            field[field.len() - 1 - k]
+                        };
+                        value = value << 8 | u128::from(byte);
+                    }
+                    let body = value as i128 + i128::from(*adjust);
+                    let total = header as i128 + body;
+                    if body < 0 {
+                        Err(End::Bad(Bad::Negative { value: body as i64 }, off))
+                    } else if total > i128::from(*max_frame) {
+                        Err(End::Bad(
+                            Bad::TooLong {
+                                len: total.min(u64::MAX as i128) as u64,
+                            },
+                            off,
+                        ))
+                    } else if rest.len() < total as usize {
+                        Err(End::Leftover(rest.len()))
+                    } else {
+                        Ok((total as usize, total as usize, u16::from(rest[0])))
+                    }
+                }
+            }
+            Framing::Line { delimiter, max_frame } => {
+                let d = delimiter.len();
+                let found = (0..rest.len().saturating_sub(d - 1)).find(|&i| rest[i..i + d] == delimiter[..]);
+                match found {
+                    Some(i) => {
+                        let len = if &delimiter[..] == b"\n" && i > 0 && rest[i - 1] == b'\r' {
+                            i - 1
+                        } else {
+                            i
+                        };
+                        if len > *max_frame as usize {
+                            Err(End::Bad(Bad::TooLong { len: len as u64 }, off))
+                        } else {
+                            Ok((len, i + d, u16::from(rest.first().copied().unwrap_or(0))))
+                        }
+                    }
+                    None if rest.len() > *max_frame as usize + d => Err(End::Bad(
+                        Bad::TooLong {
+                            len: rest.len() as u64,
+                        },
+                        off,
+                    )),
+                    None => Err(End::Leftover(rest.len())),
+                }
+            }
+            Framing::Fixed { size } => {
+                let size = *size as usize;
+                if rest.len() < size {
+                    Err(End::Leftover(rest.len()))
+                } else {
+                    Ok((size, size, u16::from(rest[0])))
+                }
+            }
+            Framing::Raw => unreachable!("raw reads have no reference decoding"),
+        };
+        match cut {
+            Err(end) => break end,
+            Ok((len, taken, tag)) => {
+                frames.push((off, len));
+                off += taken;
+                if stops(tag) {
+                    break End::Stopped;
+                }
+            }
         }
-        let magic = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        let len = u16::from_ne_bytes([rest[4], rest[5]]) as usize;
-        let id = u16::from_ne_bytes([rest[6], rest[7]]);
-        if magic != stx || !(8..=1500).contains(&len) {
-            return Outcome {
-                packets,
-                end: End::Bad(BadHead::Malformed, off),
-            };
-        }
-        if id >= 0xfffc {
-            return Outcome {
-                packets,
-                end: End::Bad(BadHead::ReservedId, off),
-            };
-        }
-        if rest.len() < len {
-            return Outcome {
-                packets,
-                end: End::Leftover(rest.len()),
-            };
-        }
-        packets.push((off, len));
-        if stops(id) {
-            return Outcome {
-                packets,
-                end: End::Stopped,
-            };
-        }
-        off += len;
-    }
+    };
+    Outcome { frames, end }
 }
 
-/// What a carried partial packet must look like between reads: less than
-/// one packet, never more than `MAX_PKG_LEN` bytes held, and no allocation
-/// when empty.
-fn check_partial(partial: &[u8], capacity: usize, stx: u32, ctx: &dyn Fn() -> String) {
-    assert!(
-        capacity <= MAX_PKG_LEN,
-        "partial holds {capacity} bytes of capacity (> MAX_PKG_LEN); {}",
-        ctx()
-    );
+/// What a carried partial frame must look like between reads: the
+/// beginning of one incomplete, valid frame, held in a buffer no larger
+/// than that frame (or, for a line, than the longest line), and no
+/// allocation when empty.
+fn check_partial(f: &Framing, partial: &[u8], capacity: usize, stx: u32, ctx: &dyn Fn() -> String) {
     if partial.is_empty() {
         assert_eq!(capacity, 0, "an empty partial keeps an allocation; {}", ctx());
         return;
     }
-    assert!(
-        partial.len() < MAX_PKG_LEN,
-        "partial of {} bytes; {}",
-        partial.len(),
+    match f.frame_len(partial) {
+        Some(total) => {
+            assert!(
+                partial.len() < total,
+                "a complete frame ({} of {total} bytes) was carried; {}",
+                partial.len(),
+                ctx()
+            );
+            assert!(
+                capacity <= total.max(partial.len()),
+                "partial capacity {capacity} > the frame's {total}; {}",
+                ctx()
+            );
+        }
+        None => assert!(
+            capacity <= partial.len().max(64 * 1024),
+            "partial capacity {capacity}; {}",
+            ctx()
+        ),
+    }
+    let mut whole = partial.to_vec();
+    let end = f.scan(&mut whole, stx, 0, |_, _, _| {
+        panic!("a carried partial held a whole frame; {}", ctx())
+    });
+    assert_eq!(
+        end,
+        Scan::Used(0),
+        "a carried partial decodes as {end:?}; {}",
         ctx()
     );
-    if let Some(h) = Head::parse(partial) {
-        assert_eq!(
-            proto::check_head(&h, stx),
-            Ok(()),
-            "partial carried with a bad head {h:?}; {}",
-            ctx()
-        );
-        assert!(
-            partial.len() < h.pkglen as usize,
-            "a complete packet ({} of {} bytes) was carried instead of dispatched; {}",
-            partial.len(),
-            h.pkglen,
-            ctx()
-        );
-    }
 }
 
 /// Feeds `stream` through the worker's real input path
-/// ([`input::read_once`], the function `Worker::read` calls), one simulated
-/// `recv` per step (steps are used cyclically), and checks every invariant
-/// on the way.
-fn simulate(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]) -> Outcome {
+/// ([`input::read_once`], the function `Worker::read` calls) with framing
+/// `f`, one simulated `recv` per step (steps are used cyclically), and
+/// checks every invariant on the way. Raw reads are checked to give back
+/// the stream, each read as one frame.
+fn simulate(f: &Framing, stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]) -> Outcome {
     let mut rbuf = vec![0u8; RBUF];
     let mut conn = Conn::new(0, std::ptr::null_mut());
-    let mut packets: Vec<(usize, usize)> = Vec::new();
+    let mut frames: Vec<(usize, usize)> = Vec::new();
     // Stream bytes delivered so far, and the offset of the first byte not
-    // yet consumed by a dispatched packet (where the partial starts).
+    // yet consumed by a dispatched frame (where the partial starts).
     let mut pos = 0;
     let mut next = 0;
     let mut idle = 0;
     for i in 0.. {
         let at = pos;
-        let ctx = move || format!("steps {steps:?}, step {i}, stream offset {at}");
+        let ctx = move || format!("{f:?}, steps {steps:?}, step {i}, stream offset {at}");
         let now = i as u32;
         assert_eq!(
             &conn.partial[..],
@@ -227,7 +328,7 @@ fn simulate(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]
         );
         if pos == stream.len() {
             return Outcome {
-                packets,
+                frames,
                 end: End::Leftover(conn.partial.len()),
             };
         }
@@ -238,51 +339,54 @@ fn simulate(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]
                 step = Step::Take(usize::MAX);
             }
         }
-        let carried = pos - next;
-        let n = match step {
-            Step::WouldBlock => 0,
-            Step::Take(k) => k.min(RBUF - carried).min(stream.len() - pos),
-        };
         let before = conn.partial.clone();
-        let avail = carried + n;
         let base = next;
         let mut local = 0;
+        let mut n = 0;
         let got = input::read_once(
             &mut conn,
             &mut rbuf,
+            f,
             stx,
             now,
             |_, buf| {
-                assert_eq!(buf.len(), RBUF - carried, "carry_in length; {}", ctx());
-                if n == 0 {
-                    return Io::WouldBlock;
-                }
+                n = match step {
+                    Step::WouldBlock => return Io::WouldBlock,
+                    Step::Take(k) => k.min(buf.len()).min(stream.len() - pos),
+                };
                 buf[..n].copy_from_slice(&stream[pos..pos + n]);
                 Io::Done(n)
             },
-            |h, rest| {
+            |h, rest, len| {
                 let off = base + local;
-                assert_eq!(
-                    rest.len(),
-                    avail - local,
-                    "packet slice does not start at the packet"
-                );
-                assert_eq!(
-                    Head::parse(rest),
-                    Some(h),
-                    "head handed over differs from the bytes"
-                );
-                assert_eq!(proto::check_head(&h, stx), Ok(()), "bad head dispatched");
-                let len = h.pkglen as usize;
-                assert!(rest.len() >= len, "incomplete packet dispatched");
+                assert!(rest.len() >= len, "incomplete frame dispatched");
+                if let Some(h) = h {
+                    assert_eq!(
+                        Head::parse_in(rest, f.head_big_endian()),
+                        Some(h),
+                        "head differs from the bytes"
+                    );
+                    assert_eq!(len, h.pkglen as usize);
+                }
                 assert_eq!(
                     &rest[..len],
                     &stream[off..off + len],
-                    "packet bytes at offset {off}"
+                    "frame bytes at offset {off}"
                 );
-                packets.push((off, len));
-                local += len;
-                !stops(h.akg_id)
+                frames.push((off, len));
+                // The input this frame took (a line's delimiter too).
+                let taken = match f {
+                    Framing::Line { delimiter, .. } => {
+                        let d = delimiter.len();
+                        let cr =
+                            usize::from(&delimiter[..] == b"\n" && stream.get(off + len) == Some(&b'\r'));
+                        len + cr + d
+                    }
+                    _ => len,
+                };
+                local += taken;
+                let tag = h.map_or(u16::from(rest.first().copied().unwrap_or(0)), |h| h.akg_id);
+                !stops(tag)
             },
         );
         if n == 0 {
@@ -292,70 +396,43 @@ fn simulate(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]
                 ctx()
             );
             assert_eq!(
-                &conn.partial[..],
-                &before[..],
+                conn.partial,
+                before,
                 "would-block round trip changed the partial; {}",
                 ctx()
             );
-            check_partial(&conn.partial, conn.partial.capacity(), stx, &ctx);
+            check_partial(f, &conn.partial, conn.partial.capacity(), stx, &ctx);
             continue;
         }
         idle = 0;
         pos += n;
         assert_eq!(conn.last_read, now, "last read tick; {}", ctx());
         match got {
-            Input::Read { full } => {
-                assert_eq!(full, n == RBUF - carried, "full read; {}", ctx());
-                let rest = &conn.partial[..];
+            Input::Read { .. } => {
+                next = base + local;
                 assert_eq!(
-                    rest,
-                    &stream[base + local..pos],
+                    &conn.partial[..],
+                    &stream[next..pos],
                     "carry_out kept other bytes; {}",
                     ctx()
                 );
-                if let Some(h) = Head::parse(rest) {
-                    assert_eq!(
-                        proto::check_head(&h, stx),
-                        Ok(()),
-                        "bad head not reported; {}",
-                        ctx()
-                    );
-                    assert!(rest.len() < h.pkglen as usize, "complete packet left; {}", ctx());
-                }
-                next = base + local;
-                check_partial(rest, conn.partial.capacity(), stx, &ctx);
+                check_partial(f, &conn.partial, conn.partial.capacity(), stx, &ctx);
             }
             Input::Stopped {
                 end: Scan::Stopped, ..
             } => {
-                let &(off, _) = packets.last().expect("stopped without a packet");
-                let id = Head::parse(&stream[off..]).expect("head").akg_id;
-                assert!(
-                    stops(id),
-                    "stopped after packet {id:#x} that did not ask to; {}",
-                    ctx()
-                );
                 return Outcome {
-                    packets,
+                    frames,
                     end: End::Stopped,
                 };
             }
             Input::Stopped {
-                end: Scan::Bad(kind, h, off),
-                avail: got_avail,
+                end: Scan::Bad(bad, off),
+                ..
             } => {
-                assert_eq!(got_avail, avail, "bytes in the buffer; {}", ctx());
-                assert_eq!(off, local, "bad head offset; {}", ctx());
-                assert_eq!(
-                    Head::parse(&rbuf[off..avail]),
-                    Some(h),
-                    "bad head bytes; {}",
-                    ctx()
-                );
-                assert_eq!(proto::check_head(&h, stx), Err(kind), "bad head kind; {}", ctx());
                 return Outcome {
-                    packets,
-                    end: End::Bad(kind, base + off),
+                    frames,
+                    end: End::Bad(bad, base + off),
                 };
             }
             other => panic!("unexpected {other:?} from a read of {n} bytes; {}", ctx()),
@@ -364,30 +441,75 @@ fn simulate(stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, steps: &[Step]
     unreachable!()
 }
 
+/// The framing a fuzz input's first bytes choose (see [`frames`]).
+fn pick_framing(cur: &mut Cursor<'_>, kind: u8) -> Framing {
+    match kind % 6 {
+        0 | 1 => Framing::Head {
+            big_endian: kind % 6 == 1,
+            max_frame: MAX_PKG_LEN as u32,
+        },
+        2 => {
+            let offset = u32::from(cur.u8() % 8);
+            let size = [1u8, 2, 4, 8][(cur.u8() % 4) as usize];
+            let adjust = i32::from(cur.u8() as i8);
+            let big_endian = cur.u8() & 1 == 1;
+            let max_frame = offset + u32::from(size) + u32::from(cur.u16());
+            Framing::Length {
+                offset,
+                size,
+                adjust,
+                big_endian,
+                max_frame,
+            }
+        }
+        3 => {
+            let d = 1 + (cur.u8() % 3) as usize;
+            let mut delimiter = cur.take(d).to_vec();
+            if delimiter.len() < d {
+                delimiter = b"\n".to_vec();
+            }
+            Framing::Line {
+                delimiter,
+                max_frame: 1 + u32::from(cur.u16() % 3000),
+            }
+        }
+        4 => Framing::Fixed {
+            size: 1 + u32::from(cur.u16() % 20_000),
+        },
+        _ => Framing::Raw,
+    }
+}
+
 /// Fuzz target `frames`. The input is
 ///
 /// * byte 0: the stx (low 2 bits: `DEFAULT_STX`, `0x8eb69af7`, 0, or the
-///   next 4 bytes);
-/// * byte 1: the pseudo-handler stops on packets whose id's low byte equals
-///   it (0: never);
-/// * byte 2: the stream is the rest of the input repeated `(b & 63) + 1`
-///   times (capped at 192 KiB, so packets straddle the 64 KiB read buffer);
-/// * byte 3: `n = b % 17` read sizes follow, one byte each (see `Step`),
+///   next 4 bytes), and the framing (`(b >> 2) % 6`: HEAD in host order,
+///   HEAD in network order, LENGTH, LINE, FIXED, RAW), whose settings
+///   follow (see `pick_framing`);
+/// * then one byte: the pseudo-handler stops on frames whose tag's low
+///   byte equals it (0: never); the tag is the packet id, or a frame's
+///   first byte;
+/// * one byte: the stream is the rest of the input repeated `(b & 63) + 1`
+///   times (capped at 192 KiB, so frames straddle the read buffer);
+/// * one byte: `n = b % 17` read sizes follow, one byte each (see `Step`),
 ///   used cyclically;
 /// * the rest: the stream unit.
 ///
-/// The stream is decoded through the worker's read path with those reads
+/// The stream is decoded through the worker's input path with those reads
 /// and with reads as large as the buffer allows; both must agree with the
-/// reference decoder on every packet and on how decoding ended, and the
-/// carried partial must always hold less than one packet.
+/// reference decoder on every frame and on how decoding ended, and the
+/// carried partial must always be the beginning of one incomplete frame.
+/// Raw reads must give back the stream, one frame per read.
 pub fn frames(data: &[u8]) {
     let mut cur = Cursor::new(data);
-    let stx = match cur.u8() & 3 {
+    let b0 = cur.u8();
+    let stx = match b0 & 3 {
         0 => DEFAULT_STX,
         1 => 0x8eb6_9af7,
         2 => 0,
         _ => cur.u32(),
     };
+    let framing = pick_framing(&mut cur, b0 >> 2);
     let stop = cur.u8();
     let repeat = (cur.u8() & 63) as usize + 1;
     let nsteps = (cur.u8() % 17) as usize;
@@ -400,16 +522,41 @@ pub fn frames(data: &[u8]) {
         }
         stream.extend_from_slice(unit);
     }
-    let stops = move |id: u16| stop != 0 && id as u8 == stop;
-    let want = reference(&stream, stx, &stops);
-    let what = |reads: &str| format!("{reads}: stx {stx:#x}, stop {stop:#x}, {} bytes", stream.len());
+    let stops = move |tag: u16| stop != 0 && tag as u8 == stop;
+    let what = |reads: &str| {
+        format!(
+            "{reads}: {framing:?}, stx {stx:#x}, stop {stop:#x}, {} bytes",
+            stream.len()
+        )
+    };
+    if framing == Framing::Raw {
+        for s in [&[Step::Take(usize::MAX)][..], &steps[..]] {
+            if s.is_empty() {
+                continue;
+            }
+            let got = simulate(&framing, &stream, stx, &|_| false, s);
+            let mut at = 0;
+            for &(off, len) in &got.frames {
+                assert_eq!(off, at, "raw frames are not consecutive; {}", what("raw"));
+                assert!(
+                    len > 0 && len <= RBUF,
+                    "raw frame of {len} bytes; {}",
+                    what("raw")
+                );
+                at += len;
+            }
+            assert_eq!((at, got.end), (stream.len(), End::Leftover(0)), "{}", what("raw"));
+        }
+        return;
+    }
+    let want = reference(&framing, &stream, stx, &stops);
     same(
-        &simulate(&stream, stx, &stops, &[Step::Take(usize::MAX)]),
+        &simulate(&framing, &stream, stx, &stops, &[Step::Take(usize::MAX)]),
         &want,
         what("whole reads"),
     );
     if !steps.is_empty() {
-        let got = simulate(&stream, stx, &stops, &steps);
+        let got = simulate(&framing, &stream, stx, &stops, &steps);
         same(&got, &want, what(&format!("reads {steps:?}")));
     }
 }
@@ -420,20 +567,20 @@ fn same(got: &Outcome, want: &Outcome, what: String) {
         return;
     }
     let i = got
-        .packets
+        .frames
         .iter()
-        .zip(&want.packets)
+        .zip(&want.frames)
         .take_while(|(a, b)| a == b)
         .count();
     panic!(
-        "{what}: decoding differs from the reference: {} packets then {:?}, reference {} packets then \
-         {:?}; they agree on the first {i} packets (next: {:?} vs {:?})",
-        got.packets.len(),
+        "{what}: decoding differs from the reference: {} frames then {:?}, reference {} frames then \
+         {:?}; they agree on the first {i} frames (next: {:?} vs {:?})",
+        got.frames.len(),
         got.end,
-        want.packets.len(),
+        want.frames.len(),
         want.end,
-        got.packets.get(i),
-        want.packets.get(i)
+        got.frames.get(i),
+        want.frames.get(i)
     );
 }
 

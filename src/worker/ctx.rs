@@ -44,7 +44,7 @@ use crate::conn::ConnId;
 use crate::conn::record::Conn;
 use crate::conn::table::{Append, ConnTable, State};
 use crate::mailbox::{Cmd, Mailbox};
-use crate::proto::{AKG_ERROR, Head};
+use crate::proto::{AKG_ERROR, Framing, Head};
 use crate::records::CWorker;
 use crate::service::{Service, Verdict};
 use crate::sys::{self, Io};
@@ -123,6 +123,7 @@ pub(crate) struct Ctx {
     service: Arc<dyn Service>,
     /// `service.holds_conn()`, read once.
     holds_conn: bool,
+    framing: Framing,
     stx: u32,
     out_cap: usize,
     pub(super) read_timeout: u32,
@@ -147,6 +148,7 @@ pub(crate) struct Ctx {
 /// What [`Ctx::new`] needs to know of its server.
 pub(super) struct CtxConfig {
     pub server_id: usize,
+    pub framing: Framing,
     pub stx: u32,
     pub out_cap: usize,
     pub read_timeout: u32,
@@ -172,6 +174,7 @@ impl Ctx {
             server_id: cfg.server_id,
             cworker,
             service,
+            framing: cfg.framing,
             stx: cfg.stx,
             out_cap: cfg.out_cap,
             read_timeout: cfg.read_timeout,
@@ -190,6 +193,11 @@ impl Ctx {
     /// The server's stx.
     pub(crate) fn stx(&self) -> u32 {
         self.stx
+    }
+
+    /// The server's framing.
+    pub(crate) fn framing(&self) -> &Framing {
+        &self.framing
     }
 
     /// True while a Rust callback holds `&mut` to the connection in `slot`.
@@ -276,6 +284,18 @@ impl Ctx {
             p,
             || format!("the handler of packet {:#06x}", head.akg_id),
             || self.service.packet(p, head, pkt),
+        )
+        .unwrap_or(Verdict::Stop)
+    }
+
+    /// The frame callback for `frame` (not a `HEAD` packet) on the
+    /// connection at `p`. A panic counts as [`Verdict::Stop`].
+    pub(super) fn frame(&self, p: *mut Conn, frame: &mut [u8]) -> Verdict {
+        let len = frame.len();
+        self.callback(
+            p,
+            || format!("the frame handler ({len} bytes)"),
+            || self.service.frame(p, frame),
         )
         .unwrap_or(Verdict::Stop)
     }

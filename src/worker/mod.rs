@@ -34,7 +34,7 @@ use crate::conn::input::{self, Input};
 use crate::conn::record::Conn;
 use crate::conn::table::State;
 use crate::mailbox::Mailbox;
-use crate::proto::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, BadHead, Head, Scan};
+use crate::proto::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, Bad, BadHead, Head, Scan};
 use crate::records::CWorker;
 use crate::service::{Config, Service, Verdict};
 use crate::sys;
@@ -109,6 +109,7 @@ impl Worker {
             poll.registry().try_clone()?,
             CtxConfig {
                 server_id,
+                framing: cfg.framing.clone(),
                 stx: cfg.stx,
                 out_cap: cfg.output_limit,
                 read_timeout: cfg.read_timeout,
@@ -352,18 +353,27 @@ impl Worker {
             let got = input::read_once(
                 p,
                 &mut self.rbuf,
+                ctx.framing(),
                 ctx.stx(),
                 ctx.now.get(),
                 sys::recv,
-                |h, rest| {
+                |h, rest, len| {
+                    // `in_buf_len`: the bytes available from the packet on
+                    // (as the original), or the frame's length; both capped
+                    // to 16 bits (`mario_frame_len` has the whole length).
+                    let avail = if h.is_some() { rest.len() } else { len };
                     // SAFETY: live slab pointer; the writes end before the
                     // callback.
                     unsafe {
                         (*p).in_buf = rest.as_mut_ptr().cast();
-                        (*p).in_buf_len = rest.len().min(u16::MAX as usize) as u16;
+                        (*p).in_buf_len = avail.min(u16::MAX as usize) as u16;
+                        (*p).frame_len = len;
                     }
-                    verdict = ctx.packet(p, h, &mut rest[..h.pkglen as usize]);
-                    last = Some(h);
+                    verdict = match h {
+                        Some(h) => ctx.packet(p, h, &mut rest[..len]),
+                        None => ctx.frame(p, &mut rest[..len]),
+                    };
+                    last = h;
                     // SAFETY: the callback has returned; no other reference
                     // remains.
                     unsafe { (*p).in_buf_len = 0 };
@@ -401,23 +411,26 @@ impl Worker {
     }
 
     /// Closes a connection whose input stopped being decoded: after a bad
-    /// head, or a packet whose handler failed or had no handler.
+    /// frame, or a frame whose handler failed or had no handler.
     fn stopped(ctx: &Ctx, p: *mut Conn, end: Scan, avail: usize, verdict: Verdict, last: Option<Head>) {
+        // SAFETY: live slab pointer, read only.
+        let slot = unsafe { (*p).ind };
         match end {
             Scan::Used(_) => unreachable!("a complete scan is not a stop"),
             Scan::Stopped => {
-                // SAFETY: live slab pointer, read only.
-                if ctx.is_open(unsafe { (*p).ind }) {
+                if ctx.is_open(slot) {
                     if verdict == Verdict::NoHandler {
-                        let h = last.expect("a packet was dispatched");
-                        log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
+                        match last {
+                            Some(h) => log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen),
+                            None => log::warn!("connection {slot}: no frame handler is registered"),
+                        }
                         ctx.close(p, AKG_CLOSED);
                     } else {
                         ctx.close(p, AKG_ERROR);
                     }
                 }
             }
-            Scan::Bad(BadHead::Malformed, h, off) => {
+            Scan::Bad(Bad::Head(BadHead::Malformed, h), off) => {
                 log::error!(
                     "pkg error, length: {} pkglen: {} stx: 0x{:x}",
                     avail - off,
@@ -426,9 +439,19 @@ impl Worker {
                 );
                 ctx.close(p, AKG_CLOSED);
             }
-            Scan::Bad(BadHead::ReservedId, h, _) => {
+            Scan::Bad(Bad::Head(BadHead::ReservedId, h), _) => {
                 log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen);
                 ctx.close(p, AKG_CLOSED);
+            }
+            Scan::Bad(Bad::TooLong { len }, _) => {
+                log::warn!(
+                    "connection {slot}: a frame of {len} bytes, over the framing's max_frame: closing"
+                );
+                ctx.close(p, AKG_ERROR);
+            }
+            Scan::Bad(Bad::Negative { value }, _) => {
+                log::warn!("connection {slot}: a length field of {value} after adjustment: closing");
+                ctx.close(p, AKG_ERROR);
             }
         }
     }

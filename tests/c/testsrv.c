@@ -15,6 +15,14 @@
  * TS_STX (hex; unset: regist_stx is never called, so DEFAULT_STX applies),
  * TS_LASTWORD (set: the close callback writes a last frame, id 0x000a,
  * body "bye", and logs what bufferevent_write returned as lastword=R).
+ * Framing (mario_set_framing; unset: the classic HEAD): TS_FRAMING
+ * (head|length|line|fixed|raw), TS_MAXFRAME, TS_BE, TS_LOFF, TS_LSIZE,
+ * TS_LADJ, TS_DELIM, TS_FSIZE map to the mario_framing fields; settings
+ * mario_set_framing refuses make the program print FRAMING_REFUSED and exit
+ * 4. Each frame of a non-HEAD framing is echoed as a record: its length
+ * (uint32, little-endian), then its bytes; a frame "CLOSE" (exactly) calls
+ * close_err_conn, a frame "FAIL" returns -1. TS_NOFRAMEFUNC (set): no frame
+ * handler is registered.
  *
  * Packet ids:
  *   0x0001 ECHO        reply with the whole packet
@@ -33,6 +41,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "mario/mario.h"
+#include <arpa/inet.h>
 
 #define ID_ECHO 0x0001
 #define ID_CLOSE0 0x0002
@@ -62,6 +71,7 @@ static uint32 next_serial = 1;
 static unsigned long n_connected, n_closed, n_packets, n_violations;
 static int stopping; /* accessed with __atomic builtins */
 static int lastword; /* TS_LASTWORD */
+static int head_be;  /* TS_FRAMING=head with TS_BE=1: HEAD fields in network order */
 
 /* The blaster's set of subscribed connections (guarded by lock). */
 #define MAX_SUBS 65536
@@ -89,9 +99,9 @@ static ST *state_of(CONN *c) {
 
 static void put_head(char *p, uint16 len, uint16 id) {
 	HEAD h;
-	h.stx = stx_used;
-	h.pkglen = len;
-	h.akg_id = id;
+	h.stx = head_be ? htonl(stx_used) : stx_used;
+	h.pkglen = head_be ? htons(len) : len;
+	h.akg_id = head_be ? htons(id) : id;
 	memcpy(p, &h, sizeof(h));
 }
 
@@ -157,6 +167,16 @@ static sint32 on_close(CONN *c) {
 	return 0;
 }
 
+static int env_int(const char *name, int def) {
+	const char *v = getenv(name);
+	return v && *v ? atoi(v) : def;
+}
+
+/* A HEAD's pkglen in the server's byte order. */
+static uint16 pkg_len(const HEAD *h) {
+	return head_be ? ntohs(h->pkglen) : h->pkglen;
+}
+
 static ST *packet_state(CONN *c) {
 	check_thread(c);
 	ST *st = state_of(c);
@@ -165,9 +185,11 @@ static ST *packet_state(CONN *c) {
 	if (st->state != 1)
 		violation(c, "packet after close");
 	HEAD *h = (HEAD *) c->in_buf;
-	if (c->in_buf_len < h->pkglen)
+	if (c->in_buf_len < pkg_len(h))
 		violation(c, "packet not contiguous");
-	if (h->stx != stx_used)
+	if (mario_frame_len(c) != pkg_len(h))
+		violation(c, "mario_frame_len is not the packet's pkglen");
+	if ((head_be ? ntohl(h->stx) : h->stx) != stx_used)
 		violation(c, "packet with a wrong stx dispatched");
 	st->packets++;
 	__atomic_fetch_add(&n_packets, 1, __ATOMIC_RELAXED);
@@ -178,8 +200,66 @@ static sint32 on_echo(CONN *c) {
 	if (packet_state(c) == NULL)
 		return -1;
 	HEAD *h = (HEAD *) c->in_buf;
-	if (bufferevent_write(c->bufev, c->in_buf, h->pkglen) != 0)
+	if (bufferevent_write(c->bufev, c->in_buf, pkg_len(h)) != 0)
 		return -1;
+	return 0;
+}
+
+/* The frame handler of the non-HEAD framings: echo as a record. */
+static sint32 on_frame(CONN *c) {
+	check_thread(c);
+	ST *st = state_of(c);
+	if (st == NULL)
+		return -1;
+	if (st->state != 1)
+		violation(c, "frame after close");
+	size_t len = mario_frame_len(c);
+	if (c->in_buf_len != (len > 65535 ? 65535 : len))
+		violation(c, "in_buf_len is not the frame's length (capped to 65535)");
+	st->packets++;
+	__atomic_fetch_add(&n_packets, 1, __ATOMIC_RELAXED);
+	if (len == 5 && memcmp(c->in_buf, "CLOSE", 5) == 0) {
+		close_err_conn(c);
+		return 0;
+	}
+	if (len == 4 && memcmp(c->in_buf, "FAIL", 4) == 0)
+		return -1;
+	unsigned char rec[4] = {(unsigned char) len, (unsigned char) (len >> 8), (unsigned char) (len >> 16),
+		(unsigned char) (len >> 24)};
+	if (bufferevent_write(c->bufev, rec, sizeof(rec)) != 0 || bufferevent_write(c->bufev, c->in_buf, len) != 0)
+		return -1;
+	return 0;
+}
+
+/* Applies TS_FRAMING and its fields; 0, or -1 if mario_set_framing refused. */
+static int set_framing(void) {
+	const char *k = getenv("TS_FRAMING");
+	if (k == NULL || *k == 0)
+		return 0;
+	mario_framing f;
+	memset(&f, 0, sizeof(f));
+	if (strcmp(k, "head") == 0)
+		f.kind = MARIO_FRAMING_HEAD;
+	else if (strcmp(k, "length") == 0)
+		f.kind = MARIO_FRAMING_LENGTH;
+	else if (strcmp(k, "line") == 0)
+		f.kind = MARIO_FRAMING_LINE;
+	else if (strcmp(k, "fixed") == 0)
+		f.kind = MARIO_FRAMING_FIXED;
+	else if (strcmp(k, "raw") == 0)
+		f.kind = MARIO_FRAMING_RAW;
+	else
+		f.kind = (uint32) atoi(k);
+	f.max_frame = (uint32) strtoul(getenv("TS_MAXFRAME") ? getenv("TS_MAXFRAME") : "0", NULL, 10);
+	f.big_endian = (uint32) env_int("TS_BE", 0);
+	f.length_offset = (uint32) env_int("TS_LOFF", 0);
+	f.length_size = (uint32) env_int("TS_LSIZE", 0);
+	f.length_adjust = (sint32) env_int("TS_LADJ", 0);
+	f.delimiter = getenv("TS_DELIM");
+	f.frame_size = (uint32) env_int("TS_FSIZE", 0);
+	if (mario_set_framing(server, &f) != 0)
+		return -1;
+	head_be = f.kind == MARIO_FRAMING_HEAD && f.big_endian;
 	return 0;
 }
 
@@ -285,10 +365,6 @@ static void *blaster(void *arg) {
 	return NULL;
 }
 
-static int env_int(const char *name, int def) {
-	const char *v = getenv(name);
-	return v && *v ? atoi(v) : def;
-}
 
 static void *stopper(void *arg) {
 	sigset_t *set = (sigset_t *) arg;
@@ -316,6 +392,10 @@ int main(void) {
 	if (server == NULL)
 		return 2;
 	lastword = getenv("TS_LASTWORD") != NULL;
+	if (set_framing() != 0) {
+		fprintf(stderr, "FRAMING_REFUSED\n");
+		return 4;
+	}
 	if (getenv("TS_OUTLIMIT"))
 		mario_set_output_limit(server, (size_t) atol(getenv("TS_OUTLIMIT")));
 	const char *sx = getenv("TS_STX");
@@ -334,6 +414,8 @@ int main(void) {
 	regist_akg_func(ID_INFO, on_info);
 	regist_akg_func(ID_SUB, on_sub);
 	regist_akg_func(ID_FLOOD, on_flood);
+	if (getenv("TS_NOFRAMEFUNC") == NULL)
+		regist_frame_func(on_frame);
 	if (start_log_thread() != 0)
 		return 2;
 

@@ -1,5 +1,6 @@
 //! The classic MarioTCP frame: an 8-byte packed `HEAD` in host byte order
-//! followed by the body. `pkglen` counts the whole packet, head included.
+//! (or, with the big-endian `HEAD` framing, in network byte order) followed
+//! by the body. `pkglen` counts the whole packet, head included.
 //!
 //! Uses: nothing of the crate.
 
@@ -34,20 +35,49 @@ impl Head {
     /// Decodes the first 8 bytes of `b` (host byte order, as the C struct).
     /// Returns `None` if fewer than 8 bytes are given.
     pub fn parse(b: &[u8]) -> Option<Head> {
+        Head::parse_in(b, false)
+    }
+
+    /// Decodes the first 8 bytes of `b`, in network byte order if
+    /// `big_endian`, else in host byte order. `None` if fewer than 8 bytes
+    /// are given.
+    pub fn parse_in(b: &[u8], big_endian: bool) -> Option<Head> {
         let b: &[u8; 8] = b.get(..SIZE_OF_HEAD)?.try_into().ok()?;
-        Some(Head {
-            stx: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-            pkglen: u16::from_ne_bytes([b[4], b[5]]),
-            akg_id: u16::from_ne_bytes([b[6], b[7]]),
+        let (stx, pkglen, akg_id) = ([b[0], b[1], b[2], b[3]], [b[4], b[5]], [b[6], b[7]]);
+        Some(if big_endian {
+            Head {
+                stx: u32::from_be_bytes(stx),
+                pkglen: u16::from_be_bytes(pkglen),
+                akg_id: u16::from_be_bytes(akg_id),
+            }
+        } else {
+            Head {
+                stx: u32::from_ne_bytes(stx),
+                pkglen: u16::from_ne_bytes(pkglen),
+                akg_id: u16::from_ne_bytes(akg_id),
+            }
         })
     }
 
-    /// Encodes this head as the 8 bytes that go on the wire.
+    /// Encodes this head as the 8 bytes that go on the wire (host byte
+    /// order).
     pub fn to_bytes(self) -> [u8; 8] {
+        self.to_bytes_in(false)
+    }
+
+    /// Encodes this head in network byte order if `big_endian`, else in
+    /// host byte order.
+    pub fn to_bytes_in(self, big_endian: bool) -> [u8; 8] {
         let mut o = [0u8; 8];
-        o[..4].copy_from_slice(&self.stx.to_ne_bytes());
-        o[4..6].copy_from_slice(&self.pkglen.to_ne_bytes());
-        o[6..].copy_from_slice(&self.akg_id.to_ne_bytes());
+        if big_endian {
+            o[..4].copy_from_slice(&self.stx.to_be_bytes());
+            o[4..6].copy_from_slice(&self.pkglen.to_be_bytes());
+            o[6..].copy_from_slice(&self.akg_id.to_be_bytes());
+        } else {
+            o[..4].copy_from_slice(&self.stx.to_ne_bytes());
+            o[4..6].copy_from_slice(&self.pkglen.to_ne_bytes());
+            o[6..].copy_from_slice(&self.akg_id.to_ne_bytes());
+        }
         o
     }
 
@@ -68,82 +98,30 @@ impl Head {
 /// Why a head is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadHead {
-    /// `pkglen < 8` or `pkglen > MAX_PKG_LEN`, or the magic differs.
+    /// `pkglen < 8` or over the largest packet (`MAX_PKG_LEN` by default),
+    /// or the magic differs.
     Malformed,
     /// `akg_id` is one of the reserved ids `0xfffc..=0xffff`.
     ReservedId,
 }
 
-/// Checks a head against the framing rules of MarioTCP.
+/// Checks a head against the framing rules of MarioTCP (packets of at
+/// most [`MAX_PKG_LEN`] bytes).
 pub fn check_head(h: &Head, stx: u32) -> Result<(), BadHead> {
+    check_head_max(h, stx, MAX_PKG_LEN)
+}
+
+/// Checks a head against the framing rules of MarioTCP, with packets of
+/// at most `max` bytes.
+pub fn check_head_max(h: &Head, stx: u32, max: usize) -> Result<(), BadHead> {
     let len = h.pkglen as usize;
-    if !(SIZE_OF_HEAD..=MAX_PKG_LEN).contains(&len) || h.stx != stx {
+    if !(SIZE_OF_HEAD..=max).contains(&len) || h.stx != stx {
         return Err(BadHead::Malformed);
     }
     if h.akg_id >= AKG_CONNECTED {
         return Err(BadHead::ReservedId);
     }
     Ok(())
-}
-
-/// How [`scan`] ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scan {
-    /// Every complete packet was dispatched; this many bytes were used and
-    /// the rest (if any) is the beginning of one incomplete packet.
-    Used(usize),
-    /// The packet callback asked to stop.
-    Stopped,
-    /// A bad head at this offset: nothing from it on was dispatched.
-    Bad(BadHead, Head, usize),
-}
-
-/// Walks the packets at the start of `buf` in order, calling
-/// `on_packet(head, rest)` for each complete and well-formed one, where
-/// `rest` starts at that packet (the whole packet is `rest[..pkglen]`). The
-/// callback returns `false` to stop. This is the worker's frame decoder.
-pub fn scan(buf: &mut [u8], stx: u32, mut on_packet: impl FnMut(Head, &mut [u8]) -> bool) -> Scan {
-    let mut off = 0;
-    while let Some(h) = Head::parse(&buf[off..]) {
-        if let Err(bad) = check_head(&h, stx) {
-            return Scan::Bad(bad, h, off);
-        }
-        let len = h.pkglen as usize;
-        if buf.len() - off < len {
-            break;
-        }
-        if !on_packet(h, &mut buf[off..]) {
-            return Scan::Stopped;
-        }
-        off += len;
-    }
-    Scan::Used(off)
-}
-
-/// Puts a carried partial packet back at the start of the read buffer
-/// before the next read. Returns its length. `partial` is left empty (its
-/// allocation kept for [`carry_out`]).
-pub fn carry_in(partial: &mut Vec<u8>, buf: &mut [u8]) -> usize {
-    let n = partial.len();
-    buf[..n].copy_from_slice(partial);
-    partial.clear();
-    n
-}
-
-/// Keeps `rest`, the beginning of one incomplete packet, until the next
-/// read, in an allocation sized to that packet; with nothing to keep, the
-/// allocation is released (an idle connection holds no buffer).
-pub fn carry_out(partial: &mut Vec<u8>, rest: &[u8]) {
-    debug_assert!(partial.is_empty());
-    if rest.is_empty() {
-        if partial.capacity() > 0 {
-            *partial = Vec::new();
-        }
-        return;
-    }
-    let want = Head::parse(rest).map_or(SIZE_OF_HEAD, |h| h.pkglen as usize);
-    partial.reserve_exact(want.max(rest.len()));
-    partial.extend_from_slice(rest);
 }
 
 #[cfg(test)]
