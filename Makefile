@@ -1,7 +1,7 @@
 # libmario: MarioTCP 0.9.9 core in Rust.
 #
 #   make            libmario.a (target/release/libmario.a) + c-examples/maritcp
-#                   + c-examples/mario_client
+#                   + c-examples/mario_client + c-examples/mario_chat
 #   make run        build, then run maritcp in the foreground from c-examples/
 #   make test       everything above, then the whole test suite
 #   make header     regenerate include/mario/mario.h after changing src/ffi/
@@ -33,13 +33,17 @@ $(LIB): FORCE
 	$(CARGO) build --release --lib
 FORCE:
 
-examples: $(EX)/maritcp $(EX)/mario_client
+examples: $(EX)/maritcp $(EX)/mario_client $(EX)/mario_chat
 
 $(EX)/maritcp: $(APP_SRC) $(APP_HDR) $(LIB)
 	$(CC) $(CFLAGS) -Werror -Iinclude -o $@ $(APP_SRC) $(LIB) $(LDLIBS)
 
 $(EX)/mario_client: $(EX)/mario_client.c
 	$(CC) $(CFLAGS) -Werror -o $@ $<
+
+# The line-based chat server (LINE framing; telnet 127.0.0.1 5555).
+$(EX)/mario_chat: $(EX)/chat.c include/mario/mario.h $(LIB)
+	$(CC) $(CFLAGS) -Werror -Iinclude -o $@ $< $(LIB) $(LDLIBS)
 
 # Build, then run the sample server in the foreground (Ctrl-C stops it).
 run: all
@@ -69,7 +73,7 @@ install: all
 
 clean:
 	$(CARGO) clean
-	rm -f $(EX)/maritcp $(EX)/mario_client $(EX)/*.o
+	rm -f $(EX)/maritcp $(EX)/mario_client $(EX)/mario_chat $(EX)/*.o
 
 # C test programs, built with AddressSanitizer + UBSan (run by `make test`).
 CTEST_DIR := target/ctests
@@ -77,7 +81,7 @@ CTEST_FLAGS := -std=c99 -O1 -g -Wall -Wextra -Werror -DLINUX64 -fsanitize=addres
 	-fno-omit-frame-pointer -fno-sanitize-recover=undefined -Iinclude
 .PHONY: ctests
 CTESTS := $(patsubst tests/c/%.c,$(CTEST_DIR)/%,$(wildcard tests/c/*.c))
-ctests: $(CTESTS) $(CTEST_DIR)/maritcp-asan
+ctests: $(CTESTS) $(CTEST_DIR)/maritcp-asan $(CTEST_DIR)/mario_chat-asan
 
 $(CTEST_DIR)/%: tests/c/%.c include/mario/mario.h $(LIB)
 	@mkdir -p $(CTEST_DIR)
@@ -86,6 +90,10 @@ $(CTEST_DIR)/%: tests/c/%.c include/mario/mario.h $(LIB)
 $(CTEST_DIR)/maritcp-asan: $(APP_SRC) $(APP_HDR) $(LIB)
 	@mkdir -p $(CTEST_DIR)
 	$(CC) $(CTEST_FLAGS) -o $@ $(APP_SRC) $(LIB) $(LDLIBS)
+
+$(CTEST_DIR)/mario_chat-asan: $(EX)/chat.c include/mario/mario.h $(LIB)
+	@mkdir -p $(CTEST_DIR)
+	$(CC) $(CTEST_FLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 # Benchmarks: ours (maritcp + libmario) against the tokio peer, side by
 # side; rewrites BENCHMARKS.md. BENCH_ARGS=--quick for a short run.
