@@ -96,11 +96,18 @@ $(CTEST_DIR)/mario_chat-asan: $(EX)/chat.c include/mario/mario.h $(LIB)
 	$(CC) $(CTEST_FLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 # Benchmarks: ours (maritcp + libmario) against the tokio peer, side by
-# side; rewrites BENCHMARKS.md. BENCH_ARGS=--quick for a short run.
+# side, then the decoders and the cost of a filtered log call; rewrites
+# BENCHMARKS.md. BENCH_ARGS=--quick for a short run.
 .PHONY: bench
-bench: all
+bench: all target/bench/logcost
 	$(CARGO) build --release -p mario-bench -p tokio-peer
+	$(CARGO) bench --no-run --bench decoders
 	python3 benches/run.py $(BENCH_ARGS)
+
+# The cost of a filtered log call (run by benches/run.py).
+target/bench/logcost: benches/logcost.c include/mario/mario.h $(LIB)
+	@mkdir -p target/bench
+	$(CC) $(CFLAGS) -Werror -Iinclude -o $@ $< $(LIB) $(LDLIBS)
 
 # 10-minute soak against maritcp (not in CI): SOAK_SECONDS=600 by default.
 .PHONY: soak fuzz sanitize loom

@@ -148,6 +148,44 @@ def memory_table(mem):
     return "\n".join(rows)
 
 
+LOGCOST = os.path.join(ROOT, "target/bench/logcost")
+
+
+def micro(quick):
+    """The decoders (frames/s per framing on one core, `cargo bench --bench
+    decoders`) and the cost of a filtered log call (benches/logcost.c)."""
+    secs = "0.2" if quick else "0.6"
+    out = subprocess.run(["cargo", "bench", "-q", "--bench", "decoders", "--", secs], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    decoders = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    for d in decoders:
+        print(f"decoder {d['case']:40} payload {d['payload']:>4} {d['frames_per_s'] / 1e6:8.1f} M frames/s "
+              f"({d['vs_head']:.2f} x HEAD)", file=sys.stderr, flush=True)
+    calls = "5000000" if quick else "20000000"
+    log = json.loads(subprocess.run([LOGCOST, calls], capture_output=True, text=True, check=True).stdout)
+    print(f"filtered slog_info {log['filtered_ns']:.2f} ns, snprintf of the line {log['snprintf_ns']:.1f} ns, "
+          f"kept slog_info {log['kept_ns']:.1f} ns", file=sys.stderr, flush=True)
+    return {"decoders": decoders, "log": log}
+
+
+def micro_table(m):
+    if not m:
+        return ""
+    rows = ["| framing | payload | frames/s (one core) | bytes/s | vs classic HEAD, same payload |",
+            "|---|---|---|---|---|"]
+    for d in m["decoders"]:
+        rows.append(f"| {d['case']} | {d['payload']} B | {d['frames_per_s'] / 1e6:,.1f} M "
+                    f"| {d['bytes_per_s'] / 1e9:,.2f} GB | {d['vs_head']:.2f} x |")
+    lg = m["log"]
+    return ("Decoders (`cargo bench --bench decoders`: `Framing::scan` over a 64 KiB read buffer full of\n"
+            "frames, again and again, the callback touching each frame; median of 3):\n\n"
+            + "\n".join(rows) + "\n\n"
+            + "A `slog_info` below the log level (`benches/logcost.c`, median of 3): "
+            + f"{lg['filtered_ns']:.2f} ns per call, {lg['filtered_vs_snprintf']:.4f} x the `snprintf` of the same line "
+            + f"({lg['snprintf_ns']:.1f} ns: what 0.9.9 paid for every call, having no levels) and "
+            + f"{lg['filtered_vs_kept']:.4f} x a kept `slog_info` (formatted and queued: {lg['kept_ns']:.1f} ns).\n\n")
+
+
 def idle_cpu(server, secs):
     c0 = cpu_seconds(server.proc.pid)
     time.sleep(secs)
@@ -172,7 +210,7 @@ def main():
         a.rounds, a.quick = raw["rounds"], raw["quick"]
         results = {tuple(k.split("|")): v for k, v in raw["results"].items()}
         mem = {(k.split("|")[0], int(k.split("|")[1])): v for k, v in raw["mem"].items()}
-        write_report(a, results, mem, raw["date"], replace_today=True)
+        write_report(a, results, mem, raw["date"], replace_today=True, micro=raw.get("micro"))
         return
     results = {}  # (scenario, kind) -> [json]
     for r in range(a.rounds):
@@ -196,13 +234,14 @@ def main():
             results.setdefault(("idle", kind), []).append(res)
             print(f"round {r + 1} idle           {kind:6} cpu {res['idle_cpu_pct']:.2f} %", file=sys.stderr)
     mem = memory_scaling()
+    mic = micro(a.quick)
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     os.makedirs(os.path.dirname(a.raw), exist_ok=True)
     with open(a.raw, "w") as f:
         json.dump({"rounds": a.rounds, "quick": a.quick, "date": today,
                    "results": {"|".join(k): v for k, v in results.items()},
-                   "mem": {f"{k[0]}|{k[1]}": v for k, v in mem.items()}}, f)
-    write_report(a, results, mem, today)
+                   "mem": {f"{k[0]}|{k[1]}": v for k, v in mem.items()}, "micro": mic}, f)
+    write_report(a, results, mem, today, micro=mic)
 
 
 def med(results, key, field):
@@ -219,7 +258,7 @@ def ratios(results, scen, field, peer):
     return (f"{ratio:.2f} x" if ratio is not None else "-"), (" ".join(f"{r:.2f}" for r in per) if per else "-")
 
 
-def write_report(a, results, mem, today, replace_today=False):
+def write_report(a, results, mem, today, replace_today=False, micro=None):
     rows = []
     before = any(k[1] == "before" for k in results)
 
@@ -290,7 +329,7 @@ on {today}.
         f.write(head + "\n".join(table) + "\n\n"
                 + "Memory per held connection (`mario-bench hold --churn 0 --sends 0`, a fresh server for each\n"
                 + "size; server RSS growth over its RSS before the run, divided by the connections held):\n\n"
-                + memory_table(mem) + "\n\n" + notes + "\n" + hist_start + "\n" + entry + "\n" + old.lstrip("\n"))
+                + memory_table(mem) + "\n\n" + micro_table(micro) + notes + "\n" + hist_start + "\n" + entry + "\n" + old.lstrip("\n"))
     print("\n".join(table))
     print(f"wrote {a.out}", file=sys.stderr)
 

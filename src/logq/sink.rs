@@ -151,7 +151,7 @@ fn level_from_env() -> log::LevelFilter {
 }
 
 /// Installs the library's `log` crate sink (once): messages become lines
-/// `[<unix secs>] [<LEVEL>] <message>` queued for the log thread (started on
+/// `[<ISO 8601 UTC time>] [<LEVEL>] <message>` queued for the log thread (started on
 /// the first message), to stderr for errors and stdout otherwise. The
 /// maximum level is `Info`, or the one named by the `MARIO_LOG` environment
 /// variable.

@@ -94,7 +94,8 @@ pub enum Bad {
     Head(BadHead, Head),
     /// A frame (or line) of `len` bytes, over `max_frame`.
     TooLong {
-        /// Its length, as far as known.
+        /// Its length, as far as known: for a line without its delimiter
+        /// yet, the bytes received so far (so it depends on the reads).
         len: u64,
     },
     /// A length field whose value plus the adjustment is negative.
@@ -130,8 +131,40 @@ enum Cut {
     Bad(Bad),
 }
 
+/// The first occurrence of `delimiter` (1 to 16 bytes) in `hay`. Lines
+/// are short, so a searcher built per call (`memmem::find`) costs more than
+/// the search: look for the first byte with `memchr` and compare the rest
+/// (at most 16 bytes per candidate).
+fn find_delimiter(hay: &[u8], delimiter: &[u8]) -> Option<usize> {
+    let (&first, more) = delimiter.split_first()?;
+    if more.is_empty() {
+        return memchr::memchr(first, hay);
+    }
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(first, &hay[from..]) {
+        let at = from + i;
+        let end = at + 1 + more.len();
+        if end > hay.len() {
+            return None; // a later start would not fit either
+        }
+        if &hay[at + 1..end] == more {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
 /// Reads an unsigned integer of `b.len()` (1, 2, 4 or 8) bytes.
 fn read_uint(b: &[u8], big_endian: bool) -> u64 {
+    match (b, big_endian) {
+        ([x], _) => return u64::from(*x),
+        ([x, y], true) => return u64::from(u16::from_be_bytes([*x, *y])),
+        ([x, y], false) => return u64::from(u16::from_le_bytes([*x, *y])),
+        (&[a, b, c, d], true) => return u64::from(u32::from_be_bytes([a, b, c, d])),
+        (&[a, b, c, d], false) => return u64::from(u32::from_le_bytes([a, b, c, d])),
+        _ => {}
+    }
     let mut v = [0u8; 8];
     if big_endian {
         v[8 - b.len()..].copy_from_slice(b);
@@ -230,113 +263,6 @@ impl Framing {
         }
     }
 
-    /// The frame at the start of `rest`; `resume`: where a delimiter may
-    /// start at the earliest (bytes before it were searched already).
-    fn cut(&self, rest: &[u8], stx: u32, resume: usize) -> Cut {
-        match self {
-            Framing::Head {
-                big_endian,
-                max_frame,
-            } => {
-                let Some(h) = Head::parse_in(rest, *big_endian) else {
-                    return Cut::Need;
-                };
-                if let Err(why) = check_head_max(&h, stx, *max_frame as usize) {
-                    return Cut::Bad(Bad::Head(why, h));
-                }
-                let len = h.pkglen as usize;
-                if rest.len() < len {
-                    return Cut::Need;
-                }
-                Cut::Frame {
-                    head: Some(h),
-                    len,
-                    consumed: len,
-                }
-            }
-            Framing::Length {
-                offset,
-                size,
-                adjust,
-                big_endian,
-                max_frame,
-            } => {
-                let header = *offset as usize + *size as usize;
-                if rest.len() < header {
-                    return Cut::Need;
-                }
-                let value = read_uint(&rest[*offset as usize..header], *big_endian);
-                let body = value as i128 + *adjust as i128;
-                if body < 0 {
-                    return Cut::Bad(Bad::Negative { value: body as i64 });
-                }
-                let total = header as i128 + body;
-                if total > *max_frame as i128 {
-                    return Cut::Bad(Bad::TooLong {
-                        len: total.min(u64::MAX as i128) as u64,
-                    });
-                }
-                let total = total as usize;
-                if rest.len() < total {
-                    return Cut::Need;
-                }
-                Cut::Frame {
-                    head: None,
-                    len: total,
-                    consumed: total,
-                }
-            }
-            Framing::Line { delimiter, max_frame } => {
-                let from = resume.saturating_sub(delimiter.len() - 1).min(rest.len());
-                match memchr::memmem::find(&rest[from..], delimiter) {
-                    Some(i) => {
-                        let at = from + i;
-                        let len = if delimiter == b"\n" && at > 0 && rest[at - 1] == b'\r' {
-                            at - 1
-                        } else {
-                            at
-                        };
-                        if len > *max_frame as usize {
-                            return Cut::Bad(Bad::TooLong { len: len as u64 });
-                        }
-                        Cut::Frame {
-                            head: None,
-                            len,
-                            consumed: at + delimiter.len(),
-                        }
-                    }
-                    // Past `max_frame` + the delimiter (and a "\r") with no
-                    // delimiter: the line is too long whatever comes next.
-                    None if rest.len() > *max_frame as usize + delimiter.len() => Cut::Bad(Bad::TooLong {
-                        len: rest.len() as u64,
-                    }),
-                    None => Cut::Need,
-                }
-            }
-            Framing::Fixed { size } => {
-                let size = *size as usize;
-                if rest.len() < size {
-                    return Cut::Need;
-                }
-                Cut::Frame {
-                    head: None,
-                    len: size,
-                    consumed: size,
-                }
-            }
-            Framing::Raw => {
-                if rest.is_empty() {
-                    return Cut::Need;
-                }
-                Cut::Frame {
-                    head: None,
-                    len: rest.len(),
-                    consumed: rest.len(),
-                }
-            }
-        }
-    }
-
     /// Walks the frames at the start of `buf` in order, calling
     /// `on_frame(head, rest, len)` for each complete and valid one, where
     /// `rest` starts at that frame (the frame is `rest[..len]`; `head` is
@@ -350,24 +276,180 @@ impl Framing {
         buf: &mut [u8],
         stx: u32,
         resume: usize,
-        mut on_frame: impl FnMut(Option<Head>, &mut [u8], usize) -> bool,
+        on_frame: impl FnMut(Option<Head>, &mut [u8], usize) -> bool,
     ) -> Scan {
-        let mut off = 0;
-        let mut resume = resume;
-        loop {
-            match self.cut(&buf[off..], stx, resume) {
-                Cut::Need => break,
-                Cut::Bad(bad) => return Scan::Bad(bad, off),
-                Cut::Frame { head, len, consumed } => {
-                    if !on_frame(head, &mut buf[off..], len) {
-                        return Scan::Stopped;
-                    }
-                    off += consumed;
-                    resume = 0;
+        // The kind is matched once; each kind's loop is compiled on its own
+        // (the classic HEAD's is as tight as a decoder of HEAD alone).
+        match self {
+            Framing::Head {
+                big_endian: false,
+                max_frame,
+            } => walk_head::<false>(buf, stx, *max_frame as usize, on_frame),
+            Framing::Head {
+                big_endian: true,
+                max_frame,
+            } => walk_head::<true>(buf, stx, *max_frame as usize, on_frame),
+            Framing::Length {
+                offset,
+                size,
+                adjust,
+                big_endian,
+                max_frame,
+            } => walk(buf, resume, on_frame, |rest, _| {
+                cut_length(
+                    rest,
+                    *offset as usize,
+                    *size as usize,
+                    *adjust,
+                    *big_endian,
+                    *max_frame,
+                )
+            }),
+            Framing::Line { delimiter, max_frame } => walk(buf, resume, on_frame, |rest, resume| {
+                cut_line(rest, resume, delimiter, *max_frame as usize)
+            }),
+            Framing::Fixed { size } => walk(buf, resume, on_frame, |rest, _| {
+                let size = *size as usize;
+                if rest.len() < size {
+                    return Cut::Need;
                 }
+                Cut::Frame {
+                    head: None,
+                    len: size,
+                    consumed: size,
+                }
+            }),
+            Framing::Raw => walk(buf, resume, on_frame, |rest, _| {
+                if rest.is_empty() {
+                    return Cut::Need;
+                }
+                Cut::Frame {
+                    head: None,
+                    len: rest.len(),
+                    consumed: rest.len(),
+                }
+            }),
+        }
+    }
+}
+
+/// The decoding loop of [`Framing::scan`] around one kind's `cut(rest,
+/// resume)`, which finds the frame at the start of `rest`.
+#[inline(always)]
+fn walk(
+    buf: &mut [u8],
+    mut resume: usize,
+    mut on_frame: impl FnMut(Option<Head>, &mut [u8], usize) -> bool,
+    mut cut: impl FnMut(&[u8], usize) -> Cut,
+) -> Scan {
+    let mut off = 0;
+    loop {
+        match cut(&buf[off..], resume) {
+            Cut::Need => break,
+            Cut::Bad(bad) => return Scan::Bad(bad, off),
+            Cut::Frame { head, len, consumed } => {
+                if !on_frame(head, &mut buf[off..], len) {
+                    return Scan::Stopped;
+                }
+                off += consumed;
+                resume = 0;
             }
         }
-        Scan::Used(off)
+    }
+    Scan::Used(off)
+}
+
+/// The decoding loop of the `HEAD` framings (fields in network byte order
+/// if `BE`): a head is checked as soon as its 8 bytes are there. The
+/// classic framing's hot loop, so written out on its own.
+#[inline(always)]
+fn walk_head<const BE: bool>(
+    buf: &mut [u8],
+    stx: u32,
+    max_frame: usize,
+    mut on_frame: impl FnMut(Option<Head>, &mut [u8], usize) -> bool,
+) -> Scan {
+    let mut off = 0;
+    while let Some(h) = Head::parse_in(&buf[off..], BE) {
+        if let Err(why) = check_head_max(&h, stx, max_frame) {
+            return Scan::Bad(Bad::Head(why, h), off);
+        }
+        let len = h.pkglen as usize;
+        if buf.len() - off < len {
+            break;
+        }
+        if !on_frame(Some(h), &mut buf[off..], len) {
+            return Scan::Stopped;
+        }
+        off += len;
+    }
+    Scan::Used(off)
+}
+
+/// A length-field frame at the start of `rest`, checked as soon as the
+/// field is complete.
+#[inline(always)]
+fn cut_length(rest: &[u8], offset: usize, size: usize, adjust: i32, big_endian: bool, max_frame: u32) -> Cut {
+    let header = offset + size;
+    if rest.len() < header {
+        return Cut::Need;
+    }
+    let value = read_uint(&rest[offset..header], big_endian);
+    let body = if adjust >= 0 {
+        value.saturating_add(u64::from(adjust.unsigned_abs()))
+    } else {
+        let minus = u64::from(adjust.unsigned_abs());
+        if value < minus {
+            // Both below 2^31 here: the difference fits.
+            return Cut::Bad(Bad::Negative {
+                value: value as i64 - minus as i64,
+            });
+        }
+        value - minus
+    };
+    // Saturated sums are over any max_frame (at most 64 MiB).
+    let total = (header as u64).saturating_add(body);
+    if total > u64::from(max_frame) {
+        return Cut::Bad(Bad::TooLong { len: total });
+    }
+    let total = total as usize;
+    if rest.len() < total {
+        return Cut::Need;
+    }
+    Cut::Frame {
+        head: None,
+        len: total,
+        consumed: total,
+    }
+}
+
+/// A line at the start of `rest`; `resume`: where its delimiter may start
+/// at the earliest (bytes before were searched already).
+#[inline(always)]
+fn cut_line(rest: &[u8], resume: usize, delimiter: &[u8], max_frame: usize) -> Cut {
+    let from = resume.saturating_sub(delimiter.len() - 1).min(rest.len());
+    match find_delimiter(&rest[from..], delimiter).map(|i| from + i) {
+        Some(at) => {
+            let len = if delimiter == b"\n" && at > 0 && rest[at - 1] == b'\r' {
+                at - 1
+            } else {
+                at
+            };
+            if len > max_frame {
+                return Cut::Bad(Bad::TooLong { len: len as u64 });
+            }
+            Cut::Frame {
+                head: None,
+                len,
+                consumed: at + delimiter.len(),
+            }
+        }
+        // Past `max_frame` + the delimiter (and a "\r") with no delimiter:
+        // the line is too long whatever comes next.
+        None if rest.len() > max_frame + delimiter.len() => Cut::Bad(Bad::TooLong {
+            len: rest.len() as u64,
+        }),
+        None => Cut::Need,
     }
 }
 
@@ -545,6 +627,65 @@ mod tests {
         assert_eq!(got, vec![(None, b"anything".to_vec())]);
         assert_eq!(end, Scan::Used(8));
         assert_eq!(frames(&Framing::Raw, b"").1, Scan::Used(0));
+    }
+
+    /// The worked examples of docs/C-API.md ("Framing") and the README,
+    /// byte for byte.
+    #[test]
+    fn the_worked_examples_of_the_docs() {
+        let hex = |s: &str| -> Vec<u8> { s.split(' ').map(|b| u8::from_str_radix(b, 16).unwrap()).collect() };
+        // HEAD, big-endian, stx 0x8eb69af7.
+        let f = Framing::Head {
+            big_endian: true,
+            max_frame: 1500,
+        };
+        let mut b = hex("8e b6 9a f7 00 0b 61 01 68 69 21");
+        let mut got = Vec::new();
+        let end = f.scan(&mut b, 0x8eb6_9af7, 0, |h, rest, len| {
+            got.push((h.map(|h| (h.pkglen, h.akg_id)), rest[..len].to_vec()));
+            true
+        });
+        assert_eq!(end, Scan::Used(11));
+        assert_eq!(
+            got,
+            vec![(Some((11, 0x6101)), hex("8e b6 9a f7 00 0b 61 01 68 69 21"))]
+        );
+        // LENGTH: 2 bytes, big-endian, counting the bytes after it.
+        let (got, end) = frames(&length(0, 2, 0, true, 65536), &hex("00 03 61 62 63 00 00"));
+        assert_eq!(got, vec![(None, hex("00 03 61 62 63")), (None, hex("00 00"))]);
+        assert_eq!(end, Scan::Used(7));
+        // LENGTH: offset 2, 4 bytes little-endian counting the whole frame.
+        let f = length(2, 4, -6, false, 65536);
+        let (got, _) = frames(&f, &hex("01 07 0a 00 00 00 ff ee dd cc"));
+        assert_eq!(got, vec![(None, hex("01 07 0a 00 00 00 ff ee dd cc"))]);
+        let (_, end) = frames(&f, &hex("01 07 05 00 00 00 ff ee dd cc"));
+        assert_eq!(end, Scan::Bad(Bad::Negative { value: -1 }, 0));
+        // LINE: "\n" (a "\r" before it dropped), max 512.
+        let f = Framing::Line {
+            delimiter: b"\n".to_vec(),
+            max_frame: 512,
+        };
+        let (got, _) = frames(&f, b"hi\r\n\nyo\n");
+        assert_eq!(
+            got,
+            vec![(None, b"hi".to_vec()), (None, vec![]), (None, b"yo".to_vec())]
+        );
+        let long = [&[b'x'; 513][..], b"\n"].concat();
+        assert!(matches!(
+            frames(&f, &long).1,
+            Scan::Bad(Bad::TooLong { len: 513 }, 0)
+        ));
+        // LINE: "\r\n\r\n".
+        let f = Framing::Line {
+            delimiter: b"\r\n\r\n".to_vec(),
+            max_frame: 4096,
+        };
+        let (got, _) = frames(&f, &hex("61 0d 0a 62 0d 0a 0d 0a"));
+        assert_eq!(got, vec![(None, b"a\r\nb".to_vec())]);
+        // FIXED 4.
+        let (got, end) = frames(&Framing::Fixed { size: 4 }, &hex("01 02 03 04 05 06"));
+        assert_eq!(got, vec![(None, hex("01 02 03 04"))]);
+        assert_eq!(end, Scan::Used(4));
     }
 
     #[test]

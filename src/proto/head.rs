@@ -41,6 +41,7 @@ impl Head {
     /// Decodes the first 8 bytes of `b`, in network byte order if
     /// `big_endian`, else in host byte order. `None` if fewer than 8 bytes
     /// are given.
+    #[inline]
     pub fn parse_in(b: &[u8], big_endian: bool) -> Option<Head> {
         let b: &[u8; 8] = b.get(..SIZE_OF_HEAD)?.try_into().ok()?;
         let (stx, pkglen, akg_id) = ([b[0], b[1], b[2], b[3]], [b[4], b[5]], [b[6], b[7]]);
@@ -113,6 +114,7 @@ pub fn check_head(h: &Head, stx: u32) -> Result<(), BadHead> {
 
 /// Checks a head against the framing rules of MarioTCP, with packets of
 /// at most `max` bytes.
+#[inline]
 pub fn check_head_max(h: &Head, stx: u32, max: usize) -> Result<(), BadHead> {
     let len = h.pkglen as usize;
     if !(SIZE_OF_HEAD..=max).contains(&len) || h.stx != stx {
