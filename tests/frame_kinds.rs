@@ -383,22 +383,7 @@ fn random_streams_cut_at_random_points_give_the_same_frames() {
                 .collect();
             let (wire, frames) = stream_of(kind, &payloads);
             n_frames += frames.len();
-            let mut writes = Vec::new();
-            let mut at = 0;
-            while at < wire.len() {
-                let cut = match rng.range(0, 4) {
-                    0 => rng.range(1, 9),
-                    1 => rng.range(1, 200),
-                    2 => rng.range(1, 3000),
-                    _ => rng.range(1, 80_000),
-                };
-                let end = (at + cut).min(wire.len());
-                let pause = rng
-                    .chance(20)
-                    .then(|| Duration::from_micros(rng.range(100, 2000) as u64));
-                writes.push((wire[at..end].to_vec(), pause));
-                at = end;
-            }
+            let writes = random_writes(&mut rng, &wire, 80_000, 20);
             exchange(
                 &mut c,
                 kind,

@@ -229,22 +229,7 @@ fn random_streams_cut_at_random_points_echo_exactly() {
                         stream.extend_from_slice(&echo(&body));
                     }
                     packets += n as u32;
-                    let mut writes = Vec::new();
-                    let mut at = 0;
-                    while at < stream.len() {
-                        let cut = match rng.range(0, 3) {
-                            0 => rng.range(1, 9),
-                            1 => rng.range(1, 1600),
-                            2 => rng.range(1, 6000),
-                            _ => rng.range(1, 40_000),
-                        };
-                        let end = (at + cut).min(stream.len());
-                        let pause = rng
-                            .chance(25)
-                            .then(|| Duration::from_micros(rng.range(100, 3000) as u64));
-                        writes.push((stream[at..end].to_vec(), pause));
-                        at = end;
-                    }
+                    let writes = random_writes(&mut rng, &stream, 40_000, 25);
                     let nwrites = writes.len();
                     let got = stream_through(&mut c, writes, stream.len());
                     assert!(

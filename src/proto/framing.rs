@@ -155,6 +155,18 @@ fn find_delimiter(hay: &[u8], delimiter: &[u8]) -> Option<usize> {
     None
 }
 
+impl Cut {
+    /// A frame of `len` bytes that are all it takes (no delimiter).
+    #[inline(always)]
+    fn whole(len: usize) -> Cut {
+        Cut::Frame {
+            head: None,
+            len,
+            consumed: len,
+        }
+    }
+}
+
 /// Reads an unsigned integer of `b.len()` (1, 2, 4 or 8) bytes.
 fn read_uint(b: &[u8], big_endian: bool) -> u64 {
     match (b, big_endian) {
@@ -252,12 +264,16 @@ impl Framing {
                 adjust,
                 big_endian,
                 max_frame,
-            } => {
-                let header = *offset as usize + *size as usize;
-                let field = begun.get(*offset as usize..header)?;
-                let total = header as i128 + read_uint(field, *big_endian) as i128 + *adjust as i128;
-                (total >= header as i128 && total <= *max_frame as i128).then_some(total as usize)
-            }
+            } => length_total(
+                begun,
+                *offset as usize,
+                *size as usize,
+                *adjust,
+                *big_endian,
+                *max_frame,
+            )
+            .ok()
+            .flatten(),
             Framing::Fixed { size } => Some(*size as usize),
             Framing::Line { .. } | Framing::Raw => None,
         }
@@ -311,22 +327,16 @@ impl Framing {
             Framing::Fixed { size } => walk(buf, resume, on_frame, |rest, _| {
                 let size = *size as usize;
                 if rest.len() < size {
-                    return Cut::Need;
-                }
-                Cut::Frame {
-                    head: None,
-                    len: size,
-                    consumed: size,
+                    Cut::Need
+                } else {
+                    Cut::whole(size)
                 }
             }),
             Framing::Raw => walk(buf, resume, on_frame, |rest, _| {
                 if rest.is_empty() {
-                    return Cut::Need;
-                }
-                Cut::Frame {
-                    head: None,
-                    len: rest.len(),
-                    consumed: rest.len(),
+                    Cut::Need
+                } else {
+                    Cut::whole(rest.len())
                 }
             }),
         }
@@ -386,22 +396,30 @@ fn walk_head<const BE: bool>(
     Scan::Used(off)
 }
 
-/// A length-field frame at the start of `rest`, checked as soon as the
-/// field is complete.
+/// The whole length of the length-field frame at the start of `rest`
+/// (`None` while its header is incomplete), checked as soon as the field is
+/// complete.
 #[inline(always)]
-fn cut_length(rest: &[u8], offset: usize, size: usize, adjust: i32, big_endian: bool, max_frame: u32) -> Cut {
+fn length_total(
+    rest: &[u8],
+    offset: usize,
+    size: usize,
+    adjust: i32,
+    big_endian: bool,
+    max_frame: u32,
+) -> Result<Option<usize>, Bad> {
     let header = offset + size;
-    if rest.len() < header {
-        return Cut::Need;
-    }
-    let value = read_uint(&rest[offset..header], big_endian);
+    let Some(field) = rest.get(offset..header) else {
+        return Ok(None);
+    };
+    let value = read_uint(field, big_endian);
     let body = if adjust >= 0 {
         value.saturating_add(u64::from(adjust.unsigned_abs()))
     } else {
         let minus = u64::from(adjust.unsigned_abs());
         if value < minus {
             // Both below 2^31 here: the difference fits.
-            return Cut::Bad(Bad::Negative {
+            return Err(Bad::Negative {
                 value: value as i64 - minus as i64,
             });
         }
@@ -410,16 +428,18 @@ fn cut_length(rest: &[u8], offset: usize, size: usize, adjust: i32, big_endian: 
     // Saturated sums are over any max_frame (at most 64 MiB).
     let total = (header as u64).saturating_add(body);
     if total > u64::from(max_frame) {
-        return Cut::Bad(Bad::TooLong { len: total });
+        return Err(Bad::TooLong { len: total });
     }
-    let total = total as usize;
-    if rest.len() < total {
-        return Cut::Need;
-    }
-    Cut::Frame {
-        head: None,
-        len: total,
-        consumed: total,
+    Ok(Some(total as usize))
+}
+
+/// A length-field frame at the start of `rest`.
+#[inline(always)]
+fn cut_length(rest: &[u8], offset: usize, size: usize, adjust: i32, big_endian: bool, max_frame: u32) -> Cut {
+    match length_total(rest, offset, size, adjust, big_endian, max_frame) {
+        Err(bad) => Cut::Bad(bad),
+        Ok(Some(total)) if rest.len() >= total => Cut::whole(total),
+        Ok(_) => Cut::Need,
     }
 }
 

@@ -609,6 +609,34 @@ pub fn unexpected_log_lines(stdout: &str, stderr: &str) -> Vec<String> {
         .collect()
 }
 
+/// `bytes` cut into writes at random points (1..=8 bytes, up to 1,600, up
+/// to 6,000 or up to `max_cut`, equally likely), one write in `pause_one_in`
+/// followed by a pause of 0.1 to 3 ms.
+pub fn random_writes(
+    rng: &mut Rng,
+    bytes: &[u8],
+    max_cut: usize,
+    pause_one_in: u64,
+) -> Vec<(Vec<u8>, Option<Duration>)> {
+    let mut writes = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let cut = match rng.range(0, 3) {
+            0 => rng.range(1, 8),
+            1 => rng.range(1, 1600),
+            2 => rng.range(1, 6000),
+            _ => rng.range(1, max_cut),
+        };
+        let end = (at + cut).min(bytes.len());
+        let pause = rng
+            .chance(pause_one_in)
+            .then(|| Duration::from_micros(rng.range(100, 3000) as u64));
+        writes.push((bytes[at..end].to_vec(), pause));
+        at = end;
+    }
+    writes
+}
+
 /// Polls `f` every 5 ms until it is true or `limit` passes.
 pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
