@@ -31,11 +31,24 @@ def write(target, name, data):
 # --- frames: [stx sel (+u32 if 3)] [stop] [repeat] [nsteps] [steps...] stream
 
 
-def frames(name, stream, sel=1, stop=0, repeat=0, steps=(), stx=None):
-    head = bytes([sel])
+def frames(name, stream, sel=1, stop=0, repeat=0, steps=(), stx=None, kind=0, settings=b""):
+    """sel: the stx choice (low 2 bits); kind: the framing ((b0 >> 2) % 6:
+    HEAD, HEAD big-endian, LENGTH, LINE, FIXED, RAW), whose settings bytes
+    follow the stx (see pick_framing)."""
+    head = bytes([(sel & 3) | (kind << 2)])
     if sel & 3 == 3:
         head += struct.pack("<I", stx)
+    head += bytes(settings)
     write("frames", name, head + bytes([stop, repeat, len(steps)]) + bytes(steps) + stream)
+
+
+HEAD_BE, LENGTH, LINE, FIXED, RAW = 1, 2, 3, 4, 5
+
+
+def length_settings(offset, size_index, adjust, big_endian, max_extra):
+    """LENGTH: offset % 8, size [1, 2, 4, 8][i], adjust (i8), byte order,
+    max_frame = offset + size + max_extra (u16)."""
+    return bytes([offset, size_index, adjust & 0xFF, big_endian]) + struct.pack("<H", max_extra)
 
 
 pk = [frame(STX, 0x6101, body(2)), frame(STX, 0x0102, body(0)), frame(STX, 0x0203, body(40, 7))]
@@ -60,6 +73,38 @@ frames("max-repeat", big + pk[1], repeat=63, steps=[0xFF, 0xE3, 0x01])
 frames("max-repeat-whole", big, repeat=63)
 frames("max-repeat-stop", big + pk[0], repeat=63, stop=0x01, steps=[0xF0])
 frames("cross-buffer-small", pk[2] + pk[0], repeat=63, steps=[0xFF, 0xFE, 0x13])
+
+# The other framings.
+pk_be = [struct.pack(">IHH", STX, 8 + len(b), i) + b for i, b in ((1, body(3)), (2, body(0)), (3, body(90, 5)))]
+frames("head-be", b"".join(pk_be), kind=HEAD_BE, steps=[5])
+frames("head-be-host-order", b"".join(pk), kind=HEAD_BE, steps=[5])
+
+
+def lf(payload, offset=2):
+    return b"ab"[:offset] + struct.pack(">H", len(payload)) + payload
+
+
+lstream = lf(body(0)) + lf(body(3, 1)) + lf(body(300, 2))
+frames("length-be16", lstream, kind=LENGTH, settings=length_settings(2, 1, 0, 1, 400), steps=[3, 0])
+frames("length-be16-repeat", lstream, kind=LENGTH, settings=length_settings(2, 1, 0, 1, 400), repeat=63,
+       steps=[0xFF, 0x21])
+frames("length-too-long", lstream + lf(body(500)), kind=LENGTH, settings=length_settings(2, 1, 0, 1, 400))
+# A 4-byte little-endian field counting the whole frame (adjust -4).
+whole = b"".join(struct.pack("<I", 4 + len(b)) + b for b in (body(1), body(17, 3), body(0)))
+frames("length-whole-le32", whole, kind=LENGTH, settings=length_settings(0, 2, -4, 0, 100), steps=[1, 9])
+frames("length-negative", whole + struct.pack("<I", 3), kind=LENGTH, settings=length_settings(0, 2, -4, 0, 100))
+frames("length-u64-max", b"\xff" * 8, kind=LENGTH, settings=length_settings(0, 3, 0, 1, 1000))
+lines = b"hello\r\nworld\n\nlast"
+frames("line-lf", lines, kind=LINE, settings=bytes([0]) + b"\n" + struct.pack("<H", 100), steps=[1, 4])
+frames("line-lf-too-long", b"x" * 120 + b"\n", kind=LINE, settings=bytes([0]) + b"\n" + struct.pack("<H", 100))
+frames("line-multi", b"a<=>bb<=><=>ccc<=", kind=LINE, settings=bytes([2]) + b"<=>" + struct.pack("<H", 50),
+       steps=[2, 1, 3])
+frames("line-multi-repeat", b"abc<=>d<", kind=LINE, settings=bytes([2]) + b"<=>" + struct.pack("<H", 50),
+       repeat=40, steps=[0xFF, 7])
+frames("fixed-7", body(7 * 5, 9), kind=FIXED, settings=struct.pack("<H", 6), steps=[3, 11])
+frames("fixed-big", body(250, 1), kind=FIXED, settings=struct.pack("<H", 19999), repeat=63, steps=[0xFF, 0xF0])
+frames("raw", body(100, 4), kind=RAW, steps=[1, 30, 7])
+frames("raw-repeat", body(200, 4), kind=RAW, repeat=63, steps=[0xFF])
 
 # --- ops: see Op::decode. op byte: conn << 4 | kind
 ECHO, CLOSE, CLOSE_STOP, STOP, UNREG, ID0 = 0, 6, 7, 8, 9, 10
