@@ -2,17 +2,21 @@
 # `make sanitize`: libmario under the sanitizers of the nightly toolchain.
 #
 #   asan-rust   AddressSanitizer + LeakSanitizer on the Rust unit tests and
-#               the in-process server tests (--lib, rust_api, rust_closing).
+#               the in-process server tests (--lib, rust_api, rust_closing,
+#               rust_framing).
 #   asan-c      libmario.a built with AddressSanitizer, linked into the C
 #               test programs (gcc -fsanitize=address,undefined, as in the
 #               Makefile's ctests) and driven by the integration tests that
 #               exercise cross-thread commands and slot reuse (lifecycle,
-#               crossthread, framing). The C tests of `make test` already
+#               crossthread, framing, closing, frame_kinds, chat). The C
+#               tests of `make test` already
 #               run under gcc's sanitizers, but with an uninstrumented
 #               library; here the library's own accesses are checked too.
-#   tsan-rust   ThreadSanitizer on --lib, rust_api and rust_closing.
+#   tsan-rust   ThreadSanitizer on --lib, rust_api, rust_closing and
+#               rust_framing.
 #   tsan-c      libmario.a built with ThreadSanitizer, linked into testsrv
-#               (gcc -fsanitize=thread), driven by lifecycle and crossthread.
+#               and mario_chat (gcc -fsanitize=thread), driven by lifecycle,
+#               crossthread and chat.
 #
 # Everything builds under target/asan and target/tsan (never target/debug,
 # target/release or target/ctests). The asan-c / tsan-c phases run the
@@ -134,7 +138,9 @@ EOF
     done
     # shellcheck disable=SC2086
     gcc $cflags -o "$dir/ctests/maritcp-asan" c-examples/mario.c c-examples/config.c \
-        c-examples/function.c c-examples/collect.c "${extra[@]}" "$lib" -lpthread -ldl -lm
+        c-examples/function.c c-examples/collect.c "${extra[@]}" "$lib" -lpthread -ldl -lm || return 1
+    # shellcheck disable=SC2086
+    gcc $cflags -o "$dir/ctests/mario_chat-asan" c-examples/chat.c "${extra[@]}" "$lib" -lpthread -ldl -lm
 }
 
 # Runs test executables (rest) with target/ctests bound to $1 and make
@@ -171,28 +177,29 @@ phase() {
 CFLAGS_BASE="-std=c99 -O1 -g -Wall -Wextra -Werror -DLINUX64 -fno-omit-frame-pointer -Iinclude"
 
 asan_rust() {
-    san_cargo address target/asan test --no-fail-fast --lib --test rust_api --test rust_closing
+    san_cargo address target/asan test --no-fail-fast --lib --test rust_api --test rust_closing --test rust_framing
 }
 
 asan_c() {
     build_ctests address target/asan \
         "$CFLAGS_BASE -fsanitize=address,undefined -fno-sanitize-recover=undefined" || return 1
     local exes
-    mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test framing --test closing)
-    [ "${#exes[@]}" = 4 ] || { echo "could not build the integration tests"; return 1; }
+    mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test framing --test closing \
+        --test frame_kinds --test chat)
+    [ "${#exes[@]}" = 6 ] || { echo "could not build the integration tests"; return 1; }
     run_with_ctests "$ROOT/target/asan/ctests" "${exes[@]}"
 }
 
 tsan_rust() {
-    san_cargo thread target/tsan test --no-fail-fast --lib --test rust_api --test rust_closing
+    san_cargo thread target/tsan test --no-fail-fast --lib --test rust_api --test rust_closing --test rust_framing
 }
 
 tsan_c() {
     build_ctests thread target/tsan "$CFLAGS_BASE -fsanitize=thread" || return 1
     local exes
     # The drivers themselves need no sanitizer: reuse the asan-c build.
-    mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread)
-    [ "${#exes[@]}" = 2 ] || { echo "could not build the integration tests"; return 1; }
+    mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test chat)
+    [ "${#exes[@]}" = 3 ] || { echo "could not build the integration tests"; return 1; }
     run_with_ctests "$ROOT/target/tsan/ctests" "${exes[@]}"
 }
 
