@@ -139,15 +139,22 @@ static void nick(CONN *c, MEMBER *m, const char *name, size_t len) {
 	pthread_mutex_unlock(&room_lock);
 }
 
+/* "* here: a b c", in lines of at most MAX_LINE bytes. */
 static void who(CONN *c) {
 	char msg[MAX_LINE];
 	size_t n = (size_t) snprintf(msg, sizeof(msg), "* here:");
 	pthread_mutex_lock(&room_lock);
-	for (int i = 0; i < n_room && n + MAX_NAME + 8 < sizeof(msg); i++)
+	for (int i = 0; i < n_room; i++) {
+		if (n + 1 + MAX_NAME + 2 > sizeof(msg)) {
+			memcpy(msg + n, "\r\n", 2);
+			bufferevent_write(c->bufev, msg, n + 2);
+			n = (size_t) snprintf(msg, sizeof(msg), "* here:");
+		}
 		n += (size_t) snprintf(msg + n, sizeof(msg) - n, " %s", room[i]->name);
+	}
 	pthread_mutex_unlock(&room_lock);
-	n += (size_t) snprintf(msg + n, sizeof(msg) - n, "\r\n");
-	bufferevent_write(c->bufev, msg, n);
+	memcpy(msg + n, "\r\n", 2);
+	bufferevent_write(c->bufev, msg, n + 2);
 }
 
 /* One line, without its "\n" or "\r\n", at c->in_buf. */
@@ -168,8 +175,8 @@ static sint32 on_line(CONN *c) {
 		who(c);
 		return 0;
 	}
-	if (len > 6 && memcmp(line, "/nick ", 6) == 0) {
-		nick(c, m, line + 6, len - 6);
+	if (len >= 5 && memcmp(line, "/nick", 5) == 0 && (len == 5 || line[5] == ' ')) {
+		nick(c, m, line + (len > 6 ? 6 : len), len > 6 ? len - 6 : 0);
 		return 0;
 	}
 	/* "name: text\r\n", control characters shown as '?' */

@@ -149,8 +149,15 @@ fn a_telnet_session_nick_say_who_quit() {
     }
     a.send("/nick bob");
     a.expect("* that name is taken");
-    a.send("/nick no spaces");
-    a.expect("* a name is 1..20 letters, digits, '_' or '-'");
+    for bad in [
+        "/nick no spaces",
+        "/nick",
+        "/nick ",
+        "/nick 123456789012345678901",
+    ] {
+        a.send(bad);
+        a.expect("* a name is 1..20 letters, digits, '_' or '-'");
+    }
 
     // A message reaches the others, not its sender; control characters are
     // shown as '?'. An empty line is ignored.
@@ -242,4 +249,97 @@ fn stop(mut chat: Chat) {
     assert!(logs.contains("mario_chat: got SIGTERM, stopping"), "{logs}");
     let bad = unexpected_log_lines(&logs, "");
     assert!(bad.is_empty(), "unexpected log lines:\n{}", bad.join("\n"));
+}
+
+/// Members that never read while another floods the room: each is reset
+/// when its output passes the 4 MiB cap, the others hear it left, and the
+/// room goes on (the reset never runs the close callback inside the
+/// broadcast, which holds the room's lock).
+#[test]
+fn members_that_never_read_are_reset_at_the_cap_and_the_room_goes_on() {
+    let chat = Chat::start();
+    let mut sleepers: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let s = Client::join(chat.port);
+            let s = s.w;
+            // SAFETY: a valid int for SO_RCVBUF on an open socket.
+            unsafe {
+                let v: libc::c_int = 4096;
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+            s
+        })
+        .collect();
+    let mut talker = Client::join(chat.port);
+    let mut listener = Client::join(chat.port);
+    // The listener reads everything on its own thread.
+    let mut lr = listener.r.get_ref().try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut left = Vec::new(); // the " left" notices heard
+        let mut tail: Vec<u8> = Vec::new(); // an unfinished last line
+        lr.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        while let Ok(n) = std::io::Read::read(&mut lr, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            let cut = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            for l in tail[..cut].split(|&b| b == b'\n') {
+                if l.starts_with(b"* ") && l.ends_with(b" left\r") {
+                    left.push(String::from_utf8_lossy(l).trim_end().to_string());
+                }
+            }
+            tail.drain(..cut);
+            if left.len() >= 2 {
+                break;
+            }
+        }
+        left
+    });
+    // Up to 16 MB of chat (each sleeper needs a bit over 4 MiB to be cut).
+    let line = [vec![b'm'; 500], b"\r\n".to_vec()].concat().repeat(64);
+    let t0 = Instant::now();
+    let mut sent = 0;
+    // A server that stopped reading makes the write time out: a failure,
+    // not a hang.
+    talker.w.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    while sent < 16_000_000 && t0.elapsed() < Duration::from_secs(15) {
+        if let Err(e) = talker.w.write_all(&line) {
+            panic!(
+                "the room stopped reading after {sent} bytes ({e}):\n{}",
+                chat.logs()
+            );
+        }
+        sent += line.len();
+        if chat.logs().matches("over its cap").count() >= 2 {
+            break;
+        }
+    }
+    let left = reader.join().unwrap();
+    assert_eq!(left.len(), 2, "after {sent} bytes: {left:?}\n{}", chat.logs());
+    for s in &mut sleepers {
+        assert!(
+            closed_within(s, Duration::from_secs(5)),
+            "a sleeper is still open"
+        );
+    }
+    // The room still answers.
+    let mut late = Client::join(chat.port);
+    late.send("/who");
+    // The talker's last lines may still be on their way.
+    let who = (0..100_000)
+        .map(|_| late.line())
+        .find(|l| !l.starts_with(&format!("{}: ", talker.name)))
+        .unwrap();
+    assert!(who.starts_with("* here: "), "{who}");
+    listener.send("/quit");
+    talker.send("/quit");
+    stop(chat);
 }

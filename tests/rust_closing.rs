@@ -270,3 +270,72 @@ fn writes_by_id_from_another_thread_mean_queued() {
     assert_eq!(got, frame(STX, ID_LAST, b"b"), "only b's own bytes");
     r.stop();
 }
+
+/// Output over the cap written in a handler resets that connection only
+/// after the handler returns: its close callback never runs inside the
+/// write (where the application may hold a lock the callback takes, or be
+/// walking its list of connections).
+#[test]
+fn an_over_cap_write_in_a_handler_resets_after_the_handler_returns() {
+    let ids: Arc<Mutex<Vec<ConnId>>> = Arc::default();
+    let in_handler = Arc::new(AtomicBool::new(false));
+    let closes: Arc<Mutex<Vec<(u16, bool)>>> = Arc::default();
+    let (ids2, ids3, in2, in3, closes2) = (
+        ids.clone(),
+        ids.clone(),
+        in_handler.clone(),
+        in_handler.clone(),
+        closes.clone(),
+    );
+    let r = Running::start(
+        Server::builder()
+            .workers(1)
+            .output_limit(64 * 1024)
+            .framing(mario::Framing::Line {
+                delimiter: b"\n".to_vec(),
+                max_frame: 64,
+            })
+            .on_connect(move |c| ids2.lock().unwrap().push(c.id()))
+            .on_frame(move |c, _line| {
+                // Blast the other (first) connection until its cap refuses.
+                let victim = ids.lock().unwrap()[0];
+                in2.store(true, Ordering::SeqCst);
+                let mut refused_after = None;
+                for i in 0..1000 {
+                    if !mario::send_to(victim, &[b'x'; 8192]) {
+                        refused_after = Some(i);
+                        break;
+                    }
+                }
+                // Writes to the victim stay refused until the handler ends.
+                assert!(!mario::send_to(victim, b"more"));
+                in2.store(false, Ordering::SeqCst);
+                c.send(format!("refused after {refused_after:?}\n").as_bytes());
+                Verdict::Continue
+            })
+            .on_close(move |_, reason| closes2.lock().unwrap().push((reason, in3.load(Ordering::SeqCst)))),
+    );
+    let victim = r.connect();
+    assert!(common::wait_for(Duration::from_secs(5), || ids3
+        .lock()
+        .unwrap()
+        .len()
+        == 1));
+    let mut blaster = r.connect();
+    blaster.write_all(b"go\n").unwrap();
+    let mut reply = [0u8; 64];
+    let n = blaster.read(&mut reply).unwrap();
+    let reply = String::from_utf8_lossy(&reply[..n]).to_string();
+    assert!(reply.starts_with("refused after Some("), "{reply}");
+    assert!(common::wait_for(Duration::from_secs(5), || !closes
+        .lock()
+        .unwrap()
+        .is_empty()));
+    assert_eq!(
+        *closes.lock().unwrap(),
+        vec![(mario::AKG_ERROR, false)],
+        "the victim's close callback ran inside the handler's write"
+    );
+    drop(victim);
+    r.stop();
+}

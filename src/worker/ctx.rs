@@ -139,7 +139,11 @@ pub(crate) struct Ctx {
     pub(super) now: Cell<u32>,
     /// Slots held by running Rust callbacks (nested callbacks stack up).
     held: RefCell<Vec<u32>>,
-    /// Closes asked for by id while the connection was held, in order.
+    /// Application callbacks running on this worker now (they nest).
+    depth: Cell<u32>,
+    /// Ends put off until no callback runs, in order: closes by id of a
+    /// held connection, and resets of output over its cap caused by a
+    /// write made in a callback.
     doomed: RefCell<Vec<(ConnId, u16, Ending)>>,
     /// Sockets of closed connections still finishing.
     pub(super) closing: RefCell<Closing>,
@@ -185,6 +189,7 @@ impl Ctx {
             to_free: RefCell::new(Vec::new()),
             now: Cell::new(0),
             held: RefCell::new(Vec::new()),
+            depth: Cell::new(0),
             doomed: RefCell::new(Vec::new()),
             closing: RefCell::new(Closing::default()),
         }
@@ -212,11 +217,11 @@ impl Ctx {
     }
 
     /// Runs one application callback on the connection at `p`: marks it
-    /// held if the service makes `&mut Conn` of it (running the closes by
-    /// id that were asked for meanwhile once no callback holds it), and
-    /// turns a panic of the callback into `None` after logging it with
-    /// `what` (which names the callback and packet). The connection is left
-    /// as the callback left it; the caller decides what a panic means.
+    /// held if the service makes `&mut Conn` of it, runs the ends put off
+    /// meanwhile once no callback runs any more, and turns a panic of the
+    /// callback into `None` after logging it with `what` (which names the
+    /// callback and packet). The connection is left as the callback left
+    /// it; the caller decides what a panic means.
     fn callback<R>(&self, p: *mut Conn, what: impl FnOnce() -> String, f: impl FnOnce() -> R) -> Option<R> {
         // SAFETY: live slab pointer (or derived from the `&mut` of an
         // enclosing callback, not in use while this one runs); read only.
@@ -224,12 +229,14 @@ impl Ctx {
         if self.holds_conn {
             self.held.borrow_mut().push(slot);
         }
+        self.depth.set(self.depth.get() + 1);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        self.depth.set(self.depth.get() - 1);
         if self.holds_conn {
             self.held.borrow_mut().pop();
-            if !self.is_held(slot) {
-                self.run_doomed(slot);
-            }
+        }
+        if self.depth.get() == 0 {
+            self.run_doomed();
         }
         r.map_err(|payload| {
             let msg = payload
@@ -246,25 +253,46 @@ impl Ctx {
         .ok()
     }
 
-    /// Runs the closes by id asked for while `slot` was held.
-    fn run_doomed(&self, slot: u32) {
-        let mine: Vec<(ConnId, u16, Ending)> = {
-            let mut d = self.doomed.borrow_mut();
-            if d.is_empty() {
+    /// Runs the ends put off while callbacks ran (they may put off more,
+    /// which run in turn).
+    fn run_doomed(&self) {
+        loop {
+            let due = std::mem::take(&mut *self.doomed.borrow_mut());
+            if due.is_empty() {
                 return;
             }
-            let (mine, rest) = d.drain(..).partition(|(id, _, _)| id.slot() == slot);
-            *d = rest;
-            mine
-        };
-        for (id, reason, how) in mine {
-            if self.table.generation(slot) == id.generation() && self.table.state(slot) == State::Doomed {
-                let p = self.table.get(slot).expect("a doomed slot exists");
-                // Let `end` see an open connection again.
-                self.table.set_state(slot, State::Open);
-                self.end(p, reason, how);
+            for (id, reason, how) in due {
+                self.run_one_doomed(id, reason, how);
             }
         }
+    }
+
+    /// Ends connection `id` as put off, if it is still the doomed one.
+    fn run_one_doomed(&self, id: ConnId, reason: u16, how: Ending) {
+        let slot = id.slot();
+        if self.table.generation(slot) == id.generation() && self.table.state(slot) == State::Doomed {
+            let p = self.table.get(slot).expect("a doomed slot exists");
+            // Let `end` see an open connection again.
+            self.table.set_state(slot, State::Open);
+            self.end(p, reason, how);
+        }
+    }
+
+    /// Puts off ending the open connection `id` until no callback runs;
+    /// meanwhile it takes no output (an abort drops what it had). False if
+    /// it is not open.
+    fn doom(&self, id: ConnId, reason: u16, how: Ending) -> bool {
+        let slot = id.slot();
+        if self.table.generation(slot) != id.generation() || self.table.state(slot) != State::Open {
+            return false;
+        }
+        self.table.set_state(slot, State::Doomed);
+        if how == Ending::Abort {
+            let (out, _) = self.table.take_output(slot);
+            self.table.recycle(out);
+        }
+        self.doomed.borrow_mut().push((id, reason, how));
+        true
     }
 
     /// The connected callback for the new connection at `p`.
@@ -351,7 +379,15 @@ impl Ctx {
                     "output of connection {slot} over its cap ({total} bytes pending, cap {}): reset",
                     self.out_cap
                 );
-                let _ = self.end_id(id, AKG_ERROR, Ending::Abort);
+                // Never run its close callback inside the write: the
+                // application may be iterating over its connections, or
+                // hold a lock its close callback takes. Inside a callback
+                // the reset waits until it returns.
+                let _ = if self.depth.get() > 0 {
+                    self.doom(id, AKG_ERROR, Ending::Abort)
+                } else {
+                    self.end_id(id, AKG_ERROR, Ending::Abort)
+                };
                 false
             }
         }
@@ -370,12 +406,7 @@ impl Ctx {
     fn end_id(&self, id: ConnId, reason: u16, how: Ending) -> bool {
         let slot = id.slot();
         if self.is_held(slot) {
-            if self.table.generation(slot) == id.generation() && self.table.state(slot) == State::Open {
-                self.table.set_state(slot, State::Doomed);
-                self.doomed.borrow_mut().push((id, reason, how));
-                return true;
-            }
-            false
+            self.doom(id, reason, how)
         } else if let Some(p) = self.table.lookup(id) {
             self.end(p, reason, how);
             true
