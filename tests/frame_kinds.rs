@@ -470,7 +470,7 @@ fn oversize_and_malformed_frames_close_within_100ms_with_one_close_and_one_warni
         Case {
             kind: Kind::LineLf,
             bad: vec![b'y'; 102],
-            warning: "a frame of 102 bytes, over the framing's max_frame",
+            warning: "a line of at least 102 bytes, over the framing's max_frame",
         },
         Case {
             kind: Kind::LineMulti,
@@ -667,4 +667,63 @@ fn settings_mario_set_framing_refuses_name_the_field() {
             "{env:?}: stderr lacks {message:?}:\n{stderr}"
         );
     }
+}
+
+/// The server's virtual memory size, in KiB.
+fn vm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A length field announcing a 64 MiB frame reserves nothing much until
+/// the bytes come: 200 connections that each sent a header and one byte
+/// cost the server a few hundred KiB, not 200 x 64 MiB of address space
+/// (which a memory limit would turn into an abort of the whole process).
+/// The frame still completes when its bytes arrive.
+#[test]
+fn announced_lengths_reserve_nothing_until_the_bytes_arrive() {
+    const MAX: u32 = 64 << 20;
+    let p = Proc::testsrv(&[
+        ("TS_WORKERS", "2"),
+        ("TS_OUTLIMIT", "268435456"),
+        ("TS_FRAMING", "length"),
+        ("TS_LSIZE", "4"),
+        ("TS_BE", "1"),
+        ("TS_MAXFRAME", "67108864"),
+    ]);
+    let pid = p.pid();
+    let header = (MAX - 4).to_be_bytes();
+    let mut conns: Vec<TcpStream> = (0..200).map(|_| connect(p.port)).collect();
+    let before = vm_kib(pid);
+    for c in &mut conns {
+        c.write_all(&header).unwrap();
+        c.write_all(b"x").unwrap();
+    }
+    // Let the server read them all.
+    thread::sleep(Duration::from_millis(300));
+    let grown = vm_kib(pid).saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "200 announced 64 MiB frames grew the server by {grown} KiB"
+    );
+    // One of them completes: the whole 64 MiB frame is delivered.
+    let mut c = conns.pop().unwrap();
+    let body: Vec<u8> = (0..MAX as usize - 5).map(|i| (i % 251) as u8).collect();
+    let mut w = c.try_clone().unwrap();
+    let writer = thread::spawn(move || w.write_all(&body).unwrap());
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let frame = read_record(&mut c).unwrap();
+    writer.join().unwrap();
+    assert_eq!(frame.len(), MAX as usize);
+    assert_eq!(&frame[..5], &[header[0], header[1], header[2], header[3], b'x']);
+    assert!(frame[5..].iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    drop(conns);
+    drop(c);
+    wait_close_events(&p, 200);
+    let s = p.stop_clean();
+    assert_eq!(summary(&s.stdout, "violations"), 0);
 }

@@ -213,14 +213,17 @@ typedef struct mario_framing {
     uint32 kind;          /* MARIO_FRAMING_* */
     uint32 max_frame;     /* largest frame accepted, bytes; 0 = the kind's default
                              (HEAD 1500, at most 65535; LENGTH 65536, at most 64 MiB;
-                             LINE 4096, at most 32768, the delimiter excluded) */
-    uint32 big_endian;    /* HEAD and LENGTH: 1 = fields in network byte order
-                             (LENGTH: else little-endian) */
-    uint32 length_offset; /* LENGTH: bytes before the length field */
+                             LINE 4096, at most 32768, the delimiter excluded;
+                             FIXED and RAW: not used) */
+    uint32 big_endian;    /* HEAD and LENGTH: non-zero = fields in network byte
+                             order (LENGTH: else little-endian) */
+    uint32 length_offset; /* LENGTH: bytes before the length field (with
+                             length_size, at most 65536) */
     uint32 length_size;   /* LENGTH: 1, 2, 4 or 8 */
     sint32 length_adjust; /* LENGTH: added to the field's value to give the
                              bytes that follow the field (netty's lengthAdjustment) */
-    const char *delimiter;/* LINE: NULL = "\n"; a "\r" before "\n" is dropped too */
+    const char *delimiter;/* LINE: 1 to 16 bytes, NUL-terminated, copied; NULL = "\n";
+                             with "\n", a "\r" before it is dropped too */
     uint32 frame_size;    /* FIXED: every frame's size (at most 64 MiB) */
 } mario_framing;
 

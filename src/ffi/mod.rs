@@ -423,7 +423,7 @@ pub struct mario_framing {
     pub kind: uint32,
     /// The largest frame accepted, in bytes; 0: the kind's default.
     pub max_frame: uint32,
-    /// HEAD and LENGTH: 1 = fields in network byte order.
+    /// HEAD and LENGTH: non-zero = fields in network byte order.
     pub big_endian: uint32,
     /// LENGTH: bytes before the length field.
     pub length_offset: uint32,
@@ -431,7 +431,7 @@ pub struct mario_framing {
     pub length_size: uint32,
     /// LENGTH: added to the field's value to give the bytes after it.
     pub length_adjust: sint32,
-    /// LINE: NULL = "\n" (a "\r" before it is dropped too).
+    /// LINE: NULL = "\n" (with "\n", a "\r" before it is dropped too).
     pub delimiter: *const c_char,
     /// FIXED: every frame's size.
     pub frame_size: uint32,

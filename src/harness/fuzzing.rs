@@ -228,13 +228,32 @@ fn reference(f: &Framing, stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool) 
                             Ok((len, i + d, u16::from(rest.first().copied().unwrap_or(0))))
                         }
                     }
-                    None if rest.len() > *max_frame as usize + d => Err(End::Bad(
-                        Bad::TooLong {
-                            len: rest.len() as u64,
-                        },
-                        off,
-                    )),
-                    None => Err(End::Leftover(rest.len())),
+                    None => {
+                        // The shortest line the stream could still give:
+                        // its delimiter beginning at some q whose rest is a
+                        // beginning of the delimiter (q = the end at worst).
+                        let shortest = (rest.len().saturating_sub(d - 1)..=rest.len())
+                            .filter(|&q| delimiter.starts_with(&rest[q..]))
+                            .map(|q| {
+                                if &delimiter[..] == b"\n" && q > 0 && rest[q - 1] == b'\r' {
+                                    q - 1
+                                } else {
+                                    q
+                                }
+                            })
+                            .min()
+                            .expect("q = the end always fits");
+                        if shortest > *max_frame as usize {
+                            Err(End::Bad(
+                                Bad::LineTooLong {
+                                    at_least: shortest as u64,
+                                },
+                                off,
+                            ))
+                        } else {
+                            Err(End::Leftover(rest.len()))
+                        }
+                    }
                 }
             }
             Framing::Fixed { size } => {
@@ -281,6 +300,12 @@ fn check_partial(f: &Framing, partial: &[u8], capacity: usize, stx: u32, ctx: &d
             assert!(
                 capacity <= total.max(partial.len()),
                 "partial capacity {capacity} > the frame's {total}; {}",
+                ctx()
+            );
+            assert!(
+                capacity <= 2 * partial.len() + crate::proto::RESERVE_AHEAD,
+                "partial capacity {capacity} for {} bytes received; {}",
+                partial.len(),
                 ctx()
             );
         }
@@ -563,15 +588,17 @@ pub fn frames(data: &[u8]) {
 }
 
 /// An over-long line is refused as soon as it can no longer end in time,
-/// so the length it reports is what had arrived: it depends on the reads.
-/// Checks that it is over `max_frame` and forgets it.
+/// so whether it had ended, and the length it reports, depend on the
+/// reads. Checks that the length is over `max_frame` and forgets both.
 fn comparable(framing: &Framing, mut o: Outcome) -> Outcome {
-    if let (Framing::Line { max_frame, .. }, End::Bad(Bad::TooLong { len }, _)) = (framing, &mut o.end) {
+    if let (Framing::Line { max_frame, .. }, End::Bad(bad, _)) = (framing, &mut o.end)
+        && let Bad::TooLong { len: n } | Bad::LineTooLong { at_least: n } = *bad
+    {
         assert!(
-            *len > u64::from(*max_frame),
-            "a line of {len} bytes refused as too long"
+            n > u64::from(*max_frame),
+            "a line of {n} bytes refused as too long"
         );
-        *len = u64::MAX;
+        *bad = Bad::LineTooLong { at_least: u64::MAX };
     }
     o
 }

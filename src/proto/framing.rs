@@ -25,6 +25,10 @@ pub const DEFAULT_LENGTH_MAX: u32 = 64 << 10;
 pub const DEFAULT_LINE_MAX: u32 = 4 << 10;
 /// The longest delimiter: 16 bytes.
 pub const MAX_DELIMITER: usize = 16;
+/// How far past the bytes received an incomplete frame's buffer may be
+/// reserved: 4 KiB (a classic packet of up to 1,500 bytes is reserved
+/// whole from its first bytes on).
+pub const RESERVE_AHEAD: usize = 4 << 10;
 
 /// How a server cuts its input into frames. The default is the classic
 /// MarioTCP `HEAD` in host byte order with packets of at most 1,500 bytes.
@@ -92,11 +96,17 @@ impl Default for Framing {
 pub enum Bad {
     /// A bad `HEAD` (see [`BadHead`]).
     Head(BadHead, Head),
-    /// A frame (or line) of `len` bytes, over `max_frame`.
+    /// A frame (or a complete line) of `len` bytes, over `max_frame`.
     TooLong {
-        /// Its length, as far as known: for a line without its delimiter
-        /// yet, the bytes received so far (so it depends on the reads).
+        /// Its length (for a line, without the delimiter).
         len: u64,
+    },
+    /// A line not ended yet that can no longer end within `max_frame`: at
+    /// least `at_least` bytes (what arrived so far, so it depends on the
+    /// reads), whatever comes next.
+    LineTooLong {
+        /// The line's bytes so far that cannot be part of its delimiter.
+        at_least: u64,
     },
     /// A length field whose value plus the adjustment is negative.
     Negative {
@@ -464,13 +474,32 @@ fn cut_line(rest: &[u8], resume: usize, delimiter: &[u8], max_frame: usize) -> C
                 consumed: at + delimiter.len(),
             }
         }
-        // Past `max_frame` + the delimiter (and a "\r") with no delimiter:
-        // the line is too long whatever comes next.
-        None if rest.len() > max_frame + delimiter.len() => Cut::Bad(Bad::TooLong {
-            len: rest.len() as u64,
-        }),
-        None => Cut::Need,
+        None => {
+            // The line has at least the bytes before the longest tail that
+            // may begin its delimiter (and a "\r" that may precede "\n"):
+            // refused as soon as those are over `max_frame`.
+            let mut at_least = rest.len() - partial_delimiter(rest, delimiter);
+            if delimiter == b"\n" && at_least > 0 && rest[at_least - 1] == b'\r' {
+                at_least -= 1;
+            }
+            if at_least > max_frame {
+                Cut::Bad(Bad::LineTooLong {
+                    at_least: at_least as u64,
+                })
+            } else {
+                Cut::Need
+            }
+        }
     }
+}
+
+/// The length of the longest end of `rest` that is a proper beginning of
+/// `delimiter` (0 to 15 bytes).
+fn partial_delimiter(rest: &[u8], delimiter: &[u8]) -> usize {
+    (1..delimiter.len())
+        .rev()
+        .find(|&k| rest.ends_with(&delimiter[..k]))
+        .unwrap_or(0)
 }
 
 /// Puts a carried partial frame back at the start of the read buffer
@@ -485,8 +514,11 @@ pub fn carry_in(partial: &mut Vec<u8>, buf: &mut [u8]) -> usize {
 
 /// Keeps `rest`, the beginning of one incomplete frame, until the next
 /// read, in an allocation sized to that frame when `framing` knows its
-/// length; with nothing to keep, the allocation is released (an idle
-/// connection holds no buffer).
+/// length and it is small (a classic packet: no reallocation as it
+/// completes), else sized to what arrived ([`RESERVE_AHEAD`] more at most:
+/// what a connection holds follows what its peer sent, never only what
+/// it announced); with nothing to keep, the allocation is released (an
+/// idle connection holds no buffer).
 pub fn carry_out(framing: &Framing, partial: &mut Vec<u8>, rest: &[u8]) {
     debug_assert!(partial.is_empty());
     if rest.is_empty() {
@@ -495,7 +527,12 @@ pub fn carry_out(framing: &Framing, partial: &mut Vec<u8>, rest: &[u8]) {
         }
         return;
     }
-    let want = framing.frame_len(rest).unwrap_or(rest.len()).max(rest.len());
+    let ahead = rest.len().saturating_mul(2).saturating_add(RESERVE_AHEAD);
+    let want = framing
+        .frame_len(rest)
+        .unwrap_or(rest.len())
+        .min(ahead)
+        .max(rest.len());
     if partial.capacity() > want {
         // Sized for an earlier, longer frame: no more than this one needs.
         partial.shrink_to(want);
@@ -620,7 +657,45 @@ mod tests {
         assert_eq!(frames(&f, b"12345\r\n").0, vec![(None, b"12345".to_vec())]);
         assert_eq!(frames(&f, b"123456\n").1, Scan::Bad(Bad::TooLong { len: 6 }, 0));
         assert_eq!(frames(&f, b"12345\r").1, Scan::Used(0));
-        assert_eq!(frames(&f, b"1234567").1, Scan::Bad(Bad::TooLong { len: 7 }, 0));
+        // Refused as soon as it cannot end in time: 6 bytes, or 5 and a
+        // "\r" not followed by "\n".
+        assert_eq!(
+            frames(&f, b"123456").1,
+            Scan::Bad(Bad::LineTooLong { at_least: 6 }, 0)
+        );
+        assert_eq!(
+            frames(&f, b"12345\rx").1,
+            Scan::Bad(Bad::LineTooLong { at_least: 7 }, 0)
+        );
+        // A longer delimiter: what may begin it does not count, the rest
+        // does, also where the delimiter overlaps itself.
+        let f = Framing::Line {
+            delimiter: b"\r\n\r\n".to_vec(),
+            max_frame: 4,
+        };
+        assert_eq!(frames(&f, b"abcd\r\n\r").1, Scan::Used(0));
+        assert_eq!(
+            frames(&f, b"abcde").1,
+            Scan::Bad(Bad::LineTooLong { at_least: 5 }, 0)
+        );
+        assert_eq!(
+            frames(&f, b"abcd\r\n\rX").1,
+            Scan::Bad(Bad::LineTooLong { at_least: 8 }, 0)
+        );
+        assert_eq!(
+            frames(&f, b"abc\r\n\r\r\n").1,
+            Scan::Bad(Bad::LineTooLong { at_least: 6 }, 0)
+        );
+        let f = Framing::Line {
+            delimiter: b"aab".to_vec(),
+            max_frame: 2,
+        };
+        assert_eq!(frames(&f, b"xxaa").1, Scan::Used(0));
+        assert_eq!(
+            frames(&f, b"xxaaa").1,
+            Scan::Bad(Bad::LineTooLong { at_least: 3 }, 0)
+        );
+        assert_eq!(frames(&f, b"xaaab").0, vec![(None, b"xa".to_vec())]);
         let f = Framing::Line {
             delimiter: b"\r\n\r\n".to_vec(),
             max_frame: 100,

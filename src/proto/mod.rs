@@ -12,8 +12,8 @@ mod framing;
 mod head;
 
 pub use framing::{
-    Bad, DEFAULT_LENGTH_MAX, DEFAULT_LINE_MAX, Framing, MAX_DELIMITER, MAX_FRAME_LIMIT, MAX_LINE_LIMIT, Scan,
-    carry_in, carry_out,
+    Bad, DEFAULT_LENGTH_MAX, DEFAULT_LINE_MAX, Framing, MAX_DELIMITER, MAX_FRAME_LIMIT, MAX_LINE_LIMIT,
+    RESERVE_AHEAD, Scan, carry_in, carry_out,
 };
 pub use head::{
     AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, BadHead, DEFAULT_STX, Head, MAX_PKG_LEN, SIZE_OF_HEAD,

@@ -389,7 +389,11 @@ impl Worker {
                 }
                 Input::Drained => return,
                 Input::Failed(e) => {
-                    log::debug!("recv on connection {slot}: {e}");
+                    if e.kind() == std::io::ErrorKind::OutOfMemory {
+                        log::warn!("connection {slot}: {e}: closing");
+                    } else {
+                        log::debug!("recv on connection {slot}: {e}");
+                    }
                     ctx.abort(p, AKG_ERROR);
                     return;
                 }
@@ -415,6 +419,8 @@ impl Worker {
     fn stopped(ctx: &Ctx, p: *mut Conn, end: Scan, avail: usize, verdict: Verdict, last: Option<Head>) {
         // SAFETY: live slab pointer, read only.
         let slot = unsafe { (*p).ind };
+        // SAFETY: as above.
+        let peer = || unsafe { (*p).peer() };
         match end {
             Scan::Used(_) => unreachable!("a complete scan is not a stop"),
             Scan::Stopped => {
@@ -422,7 +428,10 @@ impl Worker {
                     if verdict == Verdict::NoHandler {
                         match last {
                             Some(h) => log::warn!("invalid akg_id: {} len {}", h.akg_id, h.pkglen),
-                            None => log::warn!("connection {slot}: no frame handler is registered"),
+                            None => log::warn!(
+                                "connection {slot} from {}: no frame handler is registered",
+                                peer()
+                            ),
                         }
                         ctx.close(p, AKG_CLOSED);
                     } else {
@@ -445,12 +454,24 @@ impl Worker {
             }
             Scan::Bad(Bad::TooLong { len }, _) => {
                 log::warn!(
-                    "connection {slot}: a frame of {len} bytes, over the framing's max_frame: closing"
+                    "connection {slot} from {}: a frame of {len} bytes, over the framing's max_frame: closing",
+                    peer()
+                );
+                ctx.close(p, AKG_ERROR);
+            }
+            Scan::Bad(Bad::LineTooLong { at_least }, _) => {
+                log::warn!(
+                    "connection {slot} from {}: a line of at least {at_least} bytes, over the framing's \
+                     max_frame: closing",
+                    peer()
                 );
                 ctx.close(p, AKG_ERROR);
             }
             Scan::Bad(Bad::Negative { value }, _) => {
-                log::warn!("connection {slot}: a length field of {value} after adjustment: closing");
+                log::warn!(
+                    "connection {slot} from {}: a length field of {value} after adjustment: closing",
+                    peer()
+                );
                 ctx.close(p, AKG_ERROR);
             }
         }
