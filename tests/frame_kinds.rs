@@ -191,15 +191,7 @@ fn exchange(
     frames: &[Vec<u8>],
     what: &str,
 ) {
-    let mut w = c.try_clone().expect("clone");
-    let writer = thread::spawn(move || {
-        for (bytes, pause) in writes {
-            w.write_all(&bytes).expect("write");
-            if let Some(d) = pause {
-                thread::sleep(d);
-            }
-        }
-    });
+    let writer = spawn_writes(c, writes);
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     if let Kind::Raw = kind {
         let want: Vec<u8> = frames.concat();

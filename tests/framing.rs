@@ -63,15 +63,7 @@ fn first_diff(got: &[u8], want: &[u8]) -> String {
 /// those with a pause) while this thread reads back exactly `want.len()`
 /// bytes; returns what was read.
 fn stream_through(c: &mut TcpStream, writes: Vec<(Vec<u8>, Option<Duration>)>, want_len: usize) -> Vec<u8> {
-    let mut w = c.try_clone().expect("clone");
-    let writer = thread::spawn(move || {
-        for (bytes, pause) in writes {
-            w.write_all(&bytes).expect("write");
-            if let Some(d) = pause {
-                thread::sleep(d);
-            }
-        }
-    });
+    let writer = spawn_writes(c, writes);
     let mut got = vec![0u8; want_len];
     let mut have = 0;
     while have < want_len {

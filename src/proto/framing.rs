@@ -657,44 +657,33 @@ mod tests {
         assert_eq!(frames(&f, b"12345\r\n").0, vec![(None, b"12345".to_vec())]);
         assert_eq!(frames(&f, b"123456\n").1, Scan::Bad(Bad::TooLong { len: 6 }, 0));
         assert_eq!(frames(&f, b"12345\r").1, Scan::Used(0));
-        // Refused as soon as it cannot end in time: 6 bytes, or 5 and a
-        // "\r" not followed by "\n".
-        assert_eq!(
-            frames(&f, b"123456").1,
-            Scan::Bad(Bad::LineTooLong { at_least: 6 }, 0)
-        );
-        assert_eq!(
-            frames(&f, b"12345\rx").1,
-            Scan::Bad(Bad::LineTooLong { at_least: 7 }, 0)
-        );
-        // A longer delimiter: what may begin it does not count, the rest
-        // does, also where the delimiter overlaps itself.
-        let f = Framing::Line {
-            delimiter: b"\r\n\r\n".to_vec(),
-            max_frame: 4,
+        // Refused as soon as it cannot end in time (what may begin the
+        // delimiter does not count, the rest does, also where the delimiter
+        // overlaps itself); kept while it still can.
+        let line = |d: &[u8], max| Framing::Line {
+            delimiter: d.to_vec(),
+            max_frame: max,
         };
-        assert_eq!(frames(&f, b"abcd\r\n\r").1, Scan::Used(0));
-        assert_eq!(
-            frames(&f, b"abcde").1,
-            Scan::Bad(Bad::LineTooLong { at_least: 5 }, 0)
-        );
-        assert_eq!(
-            frames(&f, b"abcd\r\n\rX").1,
-            Scan::Bad(Bad::LineTooLong { at_least: 8 }, 0)
-        );
-        assert_eq!(
-            frames(&f, b"abc\r\n\r\r\n").1,
-            Scan::Bad(Bad::LineTooLong { at_least: 6 }, 0)
-        );
-        let f = Framing::Line {
-            delimiter: b"aab".to_vec(),
-            max_frame: 2,
-        };
-        assert_eq!(frames(&f, b"xxaa").1, Scan::Used(0));
-        assert_eq!(
-            frames(&f, b"xxaaa").1,
-            Scan::Bad(Bad::LineTooLong { at_least: 3 }, 0)
-        );
+        // (delimiter, max_frame, input, refused with at_least)
+        type Case = (&'static [u8], u32, &'static [u8], Option<u64>);
+        let cases: [Case; 8] = [
+            (b"\n", 5, b"123456", Some(6)),
+            (b"\n", 5, b"12345\rx", Some(7)), // a "\r" not before "\n"
+            (b"\r\n\r\n", 4, b"abcd\r\n\r", None),
+            (b"\r\n\r\n", 4, b"abcde", Some(5)),
+            (b"\r\n\r\n", 4, b"abcd\r\n\rX", Some(8)),
+            (b"\r\n\r\n", 4, b"abc\r\n\r\r\n", Some(6)),
+            (b"aab", 2, b"xxaa", None),
+            (b"aab", 2, b"xxaaa", Some(3)),
+        ];
+        for (d, max, input, refused) in cases {
+            let want = match refused {
+                Some(at_least) => Scan::Bad(Bad::LineTooLong { at_least }, 0),
+                None => Scan::Used(0),
+            };
+            assert_eq!(frames(&line(d, max), input).1, want, "{input:?}");
+        }
+        let f = line(b"aab", 2);
         assert_eq!(frames(&f, b"xaaab").0, vec![(None, b"xa".to_vec())]);
         let f = Framing::Line {
             delimiter: b"\r\n\r\n".to_vec(),

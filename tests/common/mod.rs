@@ -637,6 +637,20 @@ pub fn random_writes(
     writes
 }
 
+/// Sends `writes` on a clone of `c` from a new thread, pausing after those
+/// with a pause; join the handle once the replies are read.
+pub fn spawn_writes(c: &TcpStream, writes: Vec<(Vec<u8>, Option<Duration>)>) -> std::thread::JoinHandle<()> {
+    let mut w = c.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        for (bytes, pause) in writes {
+            w.write_all(&bytes).expect("write");
+            if let Some(d) = pause {
+                std::thread::sleep(d);
+            }
+        }
+    })
+}
+
 /// Polls `f` every 5 ms until it is true or `limit` passes.
 pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
