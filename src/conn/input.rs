@@ -49,8 +49,8 @@ pub(crate) enum Input {
 /// the start of a frame that begins in this read and stays incomplete.
 ///
 /// A frame longer than `rbuf` (known from its header) is completed in the
-/// connection's own buffer, sized to it, read by read, and dispatched
-/// there in place.
+/// connection's own buffer, which grows with the bytes received (never
+/// past the frame), read by read, and dispatched there in place.
 ///
 /// `p` must be a live record with no other reference in use; none is held
 /// while `on_frame` runs, so the callback may reach the connection again

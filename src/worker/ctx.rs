@@ -24,7 +24,9 @@
 //! nothing else may touch that record. Writes by id never do (they go to
 //! the slot's bookkeeping, in order with the handler's own writes); a close
 //! by id of a held connection marks it `Doomed` (further output refused)
-//! and runs when the handler returns.
+//! and runs once no callback runs. So does the reset of a connection whose
+//! output a write made in any callback (C or Rust) pushed over its cap:
+//! its close callback never runs inside the write.
 //!
 //! Also the thread-local that tells library calls which worker (if any)
 //! runs on the current thread.
