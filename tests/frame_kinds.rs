@@ -598,6 +598,10 @@ fn settings_mario_set_framing_refuses_name_the_field() {
         (&[("TS_FRAMING", "length"), ("TS_LSIZE", "3")], "length_size is 3"),
         (&[("TS_FRAMING", "length"), ("TS_LSIZE", "0")], "length_size is 0"),
         (
+            &[("TS_FRAMING", "length"), ("TS_LSIZE", "258")],
+            "length_size is 258",
+        ),
+        (
             &[("TS_FRAMING", "length"), ("TS_LSIZE", "4"), ("TS_LOFF", "70000")],
             "length_offset is 70000",
         ),

@@ -454,7 +454,8 @@ unsafe fn framing_of(f: &mario_framing) -> Result<Framing, String> {
         },
         1 => Framing::Length {
             offset: f.length_offset,
-            size: u8::try_from(f.length_size).unwrap_or(0),
+            size: u8::try_from(f.length_size)
+                .map_err(|_| format!("length_size is {}, must be 1, 2, 4 or 8", f.length_size))?,
             adjust: f.length_adjust,
             big_endian: f.big_endian != 0,
             max_frame: if f.max_frame == 0 {
