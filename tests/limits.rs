@@ -36,9 +36,8 @@ fn rust_timeouts_up_to_u32_max_never_fire() {
     let running: Vec<_> = cases
         .iter()
         .map(|&(rt, wt)| {
-            let server = Arc::new(
+            let r = Running::start(
                 Server::builder()
-                    .port(0)
                     .workers(1)
                     .stx(STX)
                     .read_timeout(rt)
@@ -46,25 +45,18 @@ fn rust_timeouts_up_to_u32_max_never_fire() {
                     .on_packet(ID_ECHO, |c, p| {
                         c.send(p.bytes());
                         Verdict::Continue
-                    })
-                    .build()
-                    .unwrap(),
+                    }),
             );
-            let run = server.clone();
-            let t = std::thread::spawn(move || run.run());
-            let port = server.wait_listening(Duration::from_secs(10)).unwrap();
-            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut s = r.connect();
             assert!(echo_ok(&mut s));
-            (server, t, s)
+            (r, s)
         })
         .collect();
     // Two ticks: an overflowed deadline would have fired by now.
     std::thread::sleep(Duration::from_millis(2500));
-    for ((server, t, mut s), (rt, wt)) in running.into_iter().zip(cases) {
+    for ((r, mut s), (rt, wt)) in running.into_iter().zip(cases) {
         assert!(echo_ok(&mut s), "read {rt} write {wt}: closed");
-        server.stop_handle().stop();
-        t.join().unwrap().unwrap();
+        r.stop();
     }
 }
 
@@ -95,9 +87,8 @@ fn c_timeouts_up_to_int_max_never_fire() {
 fn send_packet_refuses_what_the_framing_cannot_carry() {
     let results: Arc<Mutex<Vec<(usize, bool)>>> = Arc::default();
     let r2 = results.clone();
-    let server = Arc::new(
+    let r = Running::start(
         Server::builder()
-            .port(0)
             .workers(1)
             .stx(STX)
             .on_packet(ID_SEND, move |c, _| {
@@ -111,15 +102,9 @@ fn send_packet_refuses_what_the_framing_cannot_carry() {
             .on_packet(ID_ECHO, |c, p| {
                 c.send(p.bytes());
                 Verdict::Continue
-            })
-            .build()
-            .unwrap(),
+            }),
     );
-    let run = server.clone();
-    let t = std::thread::spawn(move || run.run());
-    let port = server.wait_listening(Duration::from_secs(10)).unwrap();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut s = r.connect();
     s.write_all(&frame(STX, ID_SEND, &[])).unwrap();
     let (h0, b0) = read_frame(&mut s).unwrap();
     let (h1, b1) = read_frame(&mut s).unwrap();
@@ -136,8 +121,7 @@ fn send_packet_refuses_what_the_framing_cannot_carry() {
             (1 << 20, false)
         ]
     );
-    server.stop_handle().stop();
-    t.join().unwrap().unwrap();
+    r.stop();
 }
 
 #[test]
