@@ -196,6 +196,14 @@ impl Listener {
         }
     }
 
+    /// Moves the connections waiting in stalled worker `from`'s hand-off
+    /// queue (placed on it just before its stall was noticed) to healthy
+    /// workers with room. What finds no such worker stays where it is.
+    /// Returns how many moved.
+    pub(crate) fn rehome(&self, from: usize) -> usize {
+        self.placement.rehome(from)
+    }
+
     /// After every worker has stopped: resets connections still waiting in
     /// hand-off queues.
     pub(crate) fn drain_queues(&self) {
@@ -251,7 +259,7 @@ impl Placement {
             let i = (me + k) % n;
             let c = count(i);
             total = total.saturating_add(c);
-            if c < least_count {
+            if c < least_count && !self.workers[i].stalled() {
                 (least, least_count) = (i, c);
             }
         }
@@ -261,11 +269,15 @@ impl Placement {
         } else if mine <= least_count.saturating_add(total / SMALL) && reserve(&self.workers[me], self.cap) {
             return Placed::Keep(a);
         }
-        // Hand it over: the least loaded worker first, then any with room.
+        // Hand it over: the least loaded worker first, then any with room;
+        // never to a stalled worker (`me` runs, so it is not stalled).
         let mut a = a;
         for k in 0..n {
             let i = (least + k) % n;
             let w = &self.workers[i];
+            if i != me && w.stalled() {
+                continue;
+            }
             if !reserve(w, self.cap) {
                 continue;
             }
@@ -288,7 +300,42 @@ impl Placement {
     }
 }
 
-/// Takes one place under `cap` in a worker's connection count.
+impl Placement {
+    /// See [`Listener::rehome`].
+    pub(crate) fn rehome(&self, from: usize) -> usize {
+        let n = self.workers.len();
+        let src = &self.workers[from];
+        let mut moved = 0;
+        'each: while let Some(mut a) = src.accept_q.pop() {
+            for k in 1..n {
+                let w = &self.workers[(from + k) % n];
+                if w.stalled() || !reserve(w, self.cap) {
+                    continue;
+                }
+                match w.accept_q.push(a) {
+                    Ok(()) => {
+                        w.notify();
+                        src.count.fetch_sub(1, Ordering::AcqRel);
+                        moved += 1;
+                        continue 'each;
+                    }
+                    Err(back) => {
+                        w.count.fetch_sub(1, Ordering::AcqRel);
+                        a = back;
+                    }
+                }
+            }
+            // Nowhere to go: back in line (its place is still counted).
+            if let Err(back) = src.accept_q.push(a) {
+                sys::close_reset(back.fd);
+                src.count.fetch_sub(1, Ordering::AcqRel);
+            }
+            break;
+        }
+        moved
+    }
+}
+
 /// Takes one place under `cap` in a worker's connection count; closed
 /// connections still delivering their output hold places too (`closing`,
 /// which only the worker changes).

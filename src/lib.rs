@@ -69,6 +69,7 @@
 //! | 3 contract | `service` | [`Config`], [`Verdict`], the `Service` callbacks |
 //! | | `mailbox` | what other threads hand a worker; the wake-up protocol |
 //! | 4 placement | `accept` | the shared listener, accepting, placement across workers |
+//! | | `pool` | the threads that run blocking handlers |
 //! | 5 reactor | `worker` | the event loop; output, closing, callbacks |
 //! | 6 server | `server` | start-up, stop, the `ConnId` registry ([`send_to`], [`close_id`]) |
 //! | 7 front ends | `api` | the Rust API: [`Server`], [`ServerBuilder`], [`Packet`] |
@@ -88,6 +89,7 @@ pub mod ffi;
 pub mod harness;
 pub mod logq;
 mod mailbox;
+mod pool;
 pub mod proto;
 mod records;
 mod server;
@@ -97,10 +99,10 @@ mod sys;
 mod wheel;
 mod worker;
 
-pub use api::{Packet, Server, ServerBuilder, StopHandle};
+pub use api::{Packet, PoolConn, Server, ServerBuilder, StopHandle};
 pub use conn::{Conn, ConnId};
 pub use proto::{
     AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Framing, Head, MAX_PKG_LEN, SIZE_OF_HEAD,
 };
 pub use server::{close_id, send_to};
-pub use service::{Config, DEFAULT_OUTPUT_LIMIT, Verdict};
+pub use service::{Config, DEFAULT_OUTPUT_LIMIT, DEFAULT_STALL_THRESHOLD, MAX_POOL_THREADS, Verdict};

@@ -18,7 +18,8 @@
 //! Uses: conn (the `ConnId` commands carry), sys (`Accepted`), sync.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
@@ -40,6 +41,10 @@ pub(crate) enum Cmd {
     Close(ConnId, u16),
     /// Stop the worker: close everything and leave the loop.
     Stop,
+    /// The pool handler of this connection's packet has returned (true:
+    /// it asked to close the connection as an error); the worker owns the
+    /// record again (see `pool`).
+    PoolDone(ConnId, bool),
 }
 
 /// Rings a sleeping worker awake (its poll's `mio::Waker`).
@@ -75,6 +80,50 @@ pub(crate) struct Mailbox {
     /// Closed connections still delivering their output (written by the
     /// worker only): placement caps `count + closing` at `connnum`.
     pub closing: AtomicU32,
+    /// The [`Heartbeat::turn`] value the monitor found stalled, 0 when the
+    /// worker is healthy (see [`Mailbox::stalled`]). Next to `count`:
+    /// placement reads both.
+    pub flagged: AtomicU64,
+    /// Times the monitor found this worker stalled.
+    pub stalls: AtomicU64,
+    /// What the worker runs now, for the monitor.
+    pub beat: Heartbeat,
+}
+
+/// A worker's heartbeat (see the server's monitor): when its current turn
+/// of the loop began and which callback it runs. Written by the worker
+/// only, with relaxed stores (one per turn, one per callback); on its own
+/// cache lines, so the workers' placement reads of `count` and `flagged`
+/// do not share them.
+#[repr(align(128))]
+pub(crate) struct Heartbeat {
+    /// When the worker started its loop: `turn` counts from here.
+    pub epoch: Instant,
+    /// Milliseconds from `epoch` to the start of the current turn, plus 1;
+    /// 0 while the worker is blocked waiting for events.
+    pub turn: AtomicU64,
+    /// The packet id of the callback running now, or of the last one (the
+    /// connected callback's `AKG_CONNECTED`, a close callback's reason, 0
+    /// for a frame of a framing other than `HEAD`).
+    pub handling: AtomicU32Std,
+}
+
+/// `std`'s `AtomicU32` (the heartbeat is no part of the loom models).
+pub(crate) type AtomicU32Std = std::sync::atomic::AtomicU32;
+
+impl Heartbeat {
+    fn new() -> Heartbeat {
+        Heartbeat {
+            epoch: Instant::now(),
+            turn: AtomicU64::new(0),
+            handling: AtomicU32Std::new(0),
+        }
+    }
+
+    /// The value of `turn` for a turn starting now.
+    pub(crate) fn now(&self) -> u64 {
+        (self.epoch.elapsed().as_millis() as u64).saturating_add(1)
+    }
 }
 
 impl Mailbox {
@@ -96,7 +145,18 @@ impl Mailbox {
             waker,
             count: AtomicU32::new(0),
             closing: AtomicU32::new(0),
+            flagged: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+            beat: Heartbeat::new(),
         }
+    }
+
+    /// True while the worker is stalled: the monitor found its current turn
+    /// running past the stall threshold, and that turn has not ended. Two
+    /// relaxed loads when it is, one when it is not.
+    pub(crate) fn stalled(&self) -> bool {
+        let f = self.flagged.load(Ordering::Relaxed);
+        f != 0 && self.beat.turn.load(Ordering::Relaxed) == f
     }
 
     /// Wakes the worker if it may be asleep. Call after pushing to a queue.

@@ -4,13 +4,14 @@
 //! `Service`: the Rust API with closures, the C ABI through `AKG_FUNC`.
 //!
 //! Uses: conn (the record and the id's limits), proto (the head and
-//! `DEFAULT_STX`).
+//! `DEFAULT_STX`), records (the `WORKER` of the stall callback).
 
 use std::io;
 
 use crate::conn::Conn;
 use crate::conn::id::{MAX_SLOTS, MAX_WORKERS};
 use crate::proto::{DEFAULT_STX, Framing, Head};
+use crate::records::CWorker;
 
 /// Server settings. [`Config::validate`] gives each one's range; a server
 /// is not built with a value out of range.
@@ -45,7 +46,21 @@ pub struct Config {
     pub backlog: i32,
     /// How input is cut into frames; the classic `HEAD` by default.
     pub framing: Framing,
+    /// Milliseconds one turn of a worker's loop (in practice: one handler)
+    /// may run before the worker counts as stalled and new connections go
+    /// to the others; 0: never ([`DEFAULT_STALL_THRESHOLD`] by default).
+    pub stall_threshold_ms: u32,
+    /// Threads of the pool that runs blocking handlers, 1..=1024; 0: as
+    /// many as workers (the default). The pool starts only if a blocking
+    /// handler is registered.
+    pub pool_threads: u32,
 }
+
+/// Default stall threshold: 1,000 ms.
+pub const DEFAULT_STALL_THRESHOLD: u32 = 1000;
+
+/// Most threads a handler pool may have.
+pub const MAX_POOL_THREADS: u32 = 1024;
 
 /// Default per-connection output cap: 4 MiB.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 4 << 20;
@@ -66,6 +81,12 @@ impl Config {
         }
         if let Err(e) = self.framing.validate() {
             return bad(format!("framing: {e}"));
+        }
+        if self.pool_threads > MAX_POOL_THREADS {
+            return bad(format!(
+                "pool threads is {}, must be 0 (as many as workers) ..={MAX_POOL_THREADS}",
+                self.pool_threads
+            ));
         }
         if self.output_limit == 0 || self.output_limit > u32::MAX as usize {
             return bad(format!(
@@ -90,6 +111,8 @@ impl Default for Config {
             output_limit: DEFAULT_OUTPUT_LIMIT,
             backlog: 4096,
             framing: Framing::default(),
+            stall_threshold_ms: DEFAULT_STALL_THRESHOLD,
+            pool_threads: 0,
         }
     }
 }
@@ -130,4 +153,30 @@ pub(crate) trait Service: Send + Sync + 'static {
     fn frame(&self, c: *mut Conn, frame: &mut [u8]) -> Verdict;
     /// The connection is closing for `reason`; runs exactly once.
     fn closed(&self, c: *mut Conn, reason: u16);
+    /// Whether packets of `akg_id` run on the handler pool (see `pool`)
+    /// rather than on the worker. Called for every `HEAD` packet: cheap.
+    fn pooled(&self, akg_id: u16) -> bool;
+    /// Runs the pool handler of one packet, on a pool thread.
+    fn pool_packet(&self, call: PoolCall<'_>) -> Verdict;
+    /// Worker `index` (C record `worker`) is stalled in the handler of
+    /// packet `akg_id`, which has run for `ms` milliseconds. Runs on the
+    /// monitor thread (the one in `start_server` / `Server::run`), once per
+    /// stall.
+    fn stalled(&self, index: usize, worker: *mut CWorker, akg_id: u16, ms: u32);
+}
+
+/// One packet for a pool handler ([`Service::pool_packet`]), on a pool
+/// thread.
+pub(crate) struct PoolCall<'a> {
+    /// The connection's record, the pool thread's alone during the call
+    /// (see `pool`); its `in_buf` is `pkt`.
+    pub conn: *mut Conn,
+    /// The packet's head.
+    pub head: Head,
+    /// The whole packet, head included.
+    pub pkt: &'a mut [u8],
+    /// The server's stx (for replies).
+    pub stx: u32,
+    /// Whether heads are in network byte order.
+    pub big_endian: bool,
 }

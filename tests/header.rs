@@ -198,6 +198,12 @@ void (*f_mario_set_log_callback)(mario_log_callback, void *) = mario_set_log_cal
 void (*f_regist_frame_func)(FUNC_PTR) = regist_frame_func;
 size_t (*f_mario_frame_len)(const CONN *) = mario_frame_len;
 sint32 (*f_mario_set_framing)(SERVER *, const mario_framing *) = mario_set_framing;
+void (*f_regist_pool_func)(uint16, FUNC_PTR) = regist_pool_func;
+void (*f_mario_set_pool_threads)(SERVER *, uint32) = mario_set_pool_threads;
+void (*f_mario_set_stall_threshold)(SERVER *, uint32) = mario_set_stall_threshold;
+void (*f_regist_stall_func)(void (*)(WORKER *, uint16, uint32)) = regist_stall_func;
+sint32 (*f_mario_worker_stalled)(const WORKER *) = mario_worker_stalled;
+SA(SAME(mario_stall_func, void (*)(WORKER *, uint16, uint32)), "mario_stall_func");
 SA(MARIO_LOG_OFF == 0 && MARIO_LOG_ERROR == 1 && MARIO_LOG_WARN == 2
    && MARIO_LOG_INFO == 3 && MARIO_LOG_DEBUG == 4, "MARIO_LOG_*");
 SA(MARIO_FRAMING_HEAD == 0 && MARIO_FRAMING_LENGTH == 1 && MARIO_FRAMING_LINE == 2

@@ -232,6 +232,11 @@ typedef struct mario_framing {
  * neither the NUL nor a newline. */
 typedef void (*mario_log_callback)(int level, const char *line, size_t len, void *user);
 
+/* Told that worker w is stalled (regist_stall_func), on the monitor thread
+ * (the one in start_server): akg_id is the packet whose handler runs, ms
+ * how long it has run, in milliseconds. */
+typedef void (*mario_stall_func)(WORKER *w, uint16 akg_id, uint32 ms);
+
 /* bufferevent_write(c->bufev, data, len) lands in libmario (which passes
  * any real libevent bufferevent on to libevent). */
 #define bufferevent_write mario_bufferevent_write
@@ -400,6 +405,84 @@ size_t mario_frame_len(const CONN *c);
  a `mario_framing` whose `delimiter` is NULL or a NUL-terminated string.
  */
 sint32 mario_set_framing(SERVER *s, const mario_framing *f);
+
+/*
+ Registers `func` as the handler of packet id `id` on the server's
+ handler pool instead of the worker (NULL removes it): for handlers that
+ block (database calls, file I/O, slow computation). The worker goes on
+ serving its other connections meanwhile. An id with both a pool handler
+ and an `AKG_FUNC` handler runs the pool handler. Only `HEAD` packets
+ (the default framing) go to the pool.
+
+ During the call, on a pool thread: `c->in_buf` holds the packet (`c->in_buf_len`
+ its length), `c->out_buf` is the pool thread's own 2,048-byte scratch
+ area, `c->owner` the pool thread's own `WORKER` record (the same `ind`
+ and `server` as the connection's worker; its own `thread_id` and
+ `qlog`, so `slog_*_t(c->owner->qlog, ...)` is safe), and `c->user` and
+ the other fields are the connection's. Reply with `bufferevent_write(c->bufev,
+ ...)`, close with `close_conn` (the close callback then runs on the
+ worker after the handler returns, once). Return 0 to go on, non-zero to
+ close the connection as an error.
+
+ Per-connection order is kept: the connection's later packets wait until
+ the handler returns, and the worker reads nothing more from that
+ connection meanwhile (what it already read, one read of at most 64 KiB,
+ waits): a slow handler holds back its client through TCP, the server
+ buffers no more. Call before `start_server`, or any time after: a change
+ takes effect for the next packet.
+ */
+void regist_pool_func(uint16 id, FUNC_PTR func);
+
+/*
+ Sets the number of handler pool threads (1..=1024; 0, the default: as
+ many as workers; more than 1024 counts as 1024). The threads start with
+ the first pool packet. Takes effect at `start_server`.
+
+ # Safety
+
+ `s` is NULL (ignored) or a `SERVER *` returned by `init_server`.
+ */
+void mario_set_pool_threads(SERVER *s, uint32 n);
+
+/*
+ Sets the stall threshold in milliseconds (default 1000; 0 turns the
+ monitor off): a worker whose current handler (strictly: current turn of
+ its loop) has run longer is stalled. New connections then go to the
+ other workers (or wait in the listen backlog if every worker is
+ stalled), one warning names the worker, the packet id and how long, and
+ the `regist_stall_func` callback runs; when the handler returns, one
+ info line says the worker is healthy again. The monitor runs on the
+ thread in `start_server` and looks every quarter of the threshold
+ (between 5 and 250 ms), so a stall is noticed within 1.25 times the
+ threshold. Takes effect at `start_server`.
+
+ # Safety
+
+ `s` is NULL (ignored) or a `SERVER *` returned by `init_server`.
+ */
+void mario_set_stall_threshold(SERVER *s, uint32 ms);
+
+/*
+ Registers `func(w, akg_id, ms)`, called once per stall (see
+ `mario_set_stall_threshold`) with the stalled worker, the id of the
+ packet whose handler runs (`g_akg_connected_id` for the connected
+ callback, the reason for a close callback, 0 for a frame of another
+ framing) and how long it has run, in milliseconds. It runs on the
+ monitor thread (the one in `start_server`), never on a worker; it must
+ not block for long (the monitor waits for it). NULL removes it.
+ */
+void regist_stall_func(mario_stall_func func);
+
+/*
+ 1 if worker `w` is stalled now, 0 if not, -1 if `w` is NULL. Any thread,
+ any time.
+
+ # Safety
+
+ `w` is NULL or a `WORKER *` of a server from `init_server` (such as
+ `c->owner` in a callback, or `&s->workers->array[i]`).
+ */
+sint32 mario_worker_stalled(const WORKER *w);
 
 /*
  Registers the callback run on each new connection, on its worker,

@@ -2,9 +2,10 @@
 //! queueing output and closing. (The record itself, and its getters, are
 //! in `conn::record`.)
 //!
-//! Uses: worker (the owning worker's context), conn, proto.
+//! Uses: worker (the owning worker's context), server (`send_to` and
+//! `close_id` for pool handlers), conn, proto.
 
-use crate::conn::Conn;
+use crate::conn::{Conn, ConnId};
 use crate::proto::{Head, MAX_PKG_LEN, SIZE_OF_HEAD};
 use crate::worker;
 
@@ -33,25 +34,7 @@ impl Conn {
     /// connection untouched). Never panics.
     pub fn send_packet(&mut self, akg_id: u16, body: &[u8]) -> bool {
         let (stx, be) = worker::with_owner(self, |ctx, _| (ctx.stx(), ctx.framing().head_big_endian()));
-        let n = SIZE_OF_HEAD.saturating_add(body.len());
-        if n > MAX_PKG_LEN {
-            log::warn!(
-                "send_packet: a body of {} bytes makes a {n}-byte frame, over MAX_PKG_LEN ({MAX_PKG_LEN}): refused",
-                body.len()
-            );
-            return false;
-        }
-        let mut f = [0u8; MAX_PKG_LEN];
-        f[..SIZE_OF_HEAD].copy_from_slice(
-            &Head {
-                stx,
-                pkglen: n as u16,
-                akg_id,
-            }
-            .to_bytes_in(be),
-        );
-        f[SIZE_OF_HEAD..n].copy_from_slice(body);
-        self.send(&f[..n])
+        with_frame(stx, be, akg_id, body, |f| self.send(f))
     }
 
     /// Closes the connection gracefully: the close handler runs now with
@@ -68,5 +51,108 @@ impl Conn {
     pub fn is_open(&self) -> bool {
         let owner = self.owner;
         worker::on_owner(owner, |ctx| ctx.is_open(self.ind)).unwrap_or(false)
+    }
+}
+
+/// Runs `f` on the frame `HEAD{stx, 8 + body.len(), akg_id} + body` (head
+/// fields in network byte order if `be`); false, with a warning, if it
+/// would pass `MAX_PKG_LEN`.
+fn with_frame(stx: u32, be: bool, akg_id: u16, body: &[u8], f: impl FnOnce(&[u8]) -> bool) -> bool {
+    let n = SIZE_OF_HEAD.saturating_add(body.len());
+    if n > MAX_PKG_LEN {
+        log::warn!(
+            "send_packet: a body of {} bytes makes a {n}-byte frame, over MAX_PKG_LEN ({MAX_PKG_LEN}): refused",
+            body.len()
+        );
+        return false;
+    }
+    let mut frame = [0u8; MAX_PKG_LEN];
+    frame[..SIZE_OF_HEAD].copy_from_slice(
+        &Head {
+            stx,
+            pkglen: n as u16,
+            akg_id,
+        }
+        .to_bytes_in(be),
+    );
+    frame[SIZE_OF_HEAD..n].copy_from_slice(body);
+    f(&frame[..n])
+}
+
+/// The connection as a blocking handler sees it, on a pool thread (see
+/// [`ServerBuilder::on_packet_blocking`](crate::ServerBuilder::on_packet_blocking)):
+/// its id and address, and output and closing by id, which the
+/// connection's worker applies in the order they are made.
+#[derive(Debug, Clone)]
+pub struct PoolConn {
+    id: ConnId,
+    peer: std::net::SocketAddrV4,
+    worker: usize,
+    stx: u32,
+    big_endian: bool,
+}
+
+impl PoolConn {
+    /// The connection as a pool handler sees it.
+    ///
+    /// # Safety
+    ///
+    /// `c` is a record handed to the pool (see `pool`), during the call.
+    pub(crate) unsafe fn of(c: *mut Conn, stx: u32, big_endian: bool) -> PoolConn {
+        // SAFETY: the caller's contract; the fields are read through the
+        // raw pointer; `owner` is the pool thread's record, whose `ind` is
+        // the connection's worker.
+        unsafe {
+            PoolConn {
+                id: ConnId::from_raw((*c).bufev.load(std::sync::atomic::Ordering::Relaxed) as u64)
+                    .expect("an open connection has an id"),
+                peer: std::net::SocketAddrV4::new(
+                    std::net::Ipv4Addr::from(u32::from_be((*c).cip)),
+                    u16::from_be((*c).cport),
+                ),
+                worker: (*(*c).owner).ind as usize,
+                stx,
+                big_endian,
+            }
+        }
+    }
+
+    /// The connection's id (see [`ConnId`]).
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The client's IPv4 address and port.
+    pub fn peer(&self) -> std::net::SocketAddrV4 {
+        self.peer
+    }
+
+    /// Index of the worker thread that owns the connection.
+    pub fn worker_index(&self) -> usize {
+        self.worker
+    }
+
+    /// Queues `data` (copied) for the client, as [`send_to`](crate::send_to)
+    /// from another thread: the worker appends it after everything queued
+    /// before. True when the write was handed to the worker; false when the
+    /// server has stopped or the worker already holds 64 MiB from other
+    /// threads. Past the connection's output cap the worker resets the
+    /// connection (after this handler returns).
+    pub fn send(&self, data: &[u8]) -> bool {
+        crate::server::send_to(self.id, data)
+    }
+
+    /// Queues a frame `HEAD{stx, 8 + body.len(), akg_id} + body`, as
+    /// [`Conn::send_packet`] does, through [`PoolConn::send`]. A body over
+    /// 1,492 bytes is refused (false, a warning logged).
+    pub fn send_packet(&self, akg_id: u16, body: &[u8]) -> bool {
+        with_frame(self.stx, self.big_endian, akg_id, body, |f| self.send(f))
+    }
+
+    /// Closes the connection gracefully with `reason` once this handler
+    /// returns (what it queued is delivered first); its close handler runs
+    /// then, on the worker, once. False when the server has stopped.
+    pub fn close(&self, reason: u16) -> bool {
+        crate::server::close_id(self.id, reason)
     }
 }

@@ -9,9 +9,12 @@
 //! connection is closed as [`AKG_ERROR`](crate::AKG_ERROR); the worker goes
 //! on serving the others.
 //!
-//! Uses: server, worker, service, conn, proto.
+//! Uses: server, worker, service, conn, proto, records (the `WORKER` a
+//! stall is reported with, unused here).
 
 mod conn;
+
+pub use conn::PoolConn;
 
 use std::io;
 use std::sync::Arc;
@@ -19,13 +22,16 @@ use std::time::{Duration, Instant};
 
 use crate::conn::Conn;
 use crate::proto::{Framing, Head, SIZE_OF_HEAD};
+use crate::records::CWorker;
 use crate::server::ServerShared;
-use crate::service::{Config, Service, Verdict};
+use crate::service::{Config, PoolCall, Service, Verdict};
 
 type PacketFn = dyn Fn(&mut Conn, Packet<'_>) -> Verdict + Send + Sync;
 type ConnFn = dyn Fn(&mut Conn) + Send + Sync;
 type CloseFn = dyn Fn(&mut Conn, u16) + Send + Sync;
 type FrameFn = dyn Fn(&mut Conn, &[u8]) -> Verdict + Send + Sync;
+type BlockingFn = dyn Fn(&PoolConn, Packet<'_>) -> Verdict + Send + Sync;
+type StallFn = dyn Fn(usize, u16, u32) + Send + Sync;
 /// 256 handler slots of one id page.
 type Page = Box<[Option<Arc<PacketFn>>]>;
 
@@ -61,6 +67,9 @@ struct Handlers {
     connected: Option<Arc<ConnFn>>,
     closed: Option<Arc<CloseFn>>,
     frame: Option<Arc<FrameFn>>,
+    /// Blocking handlers by packet id (run on the pool).
+    blocking: std::collections::HashMap<u16, Arc<BlockingFn>>,
+    stall: Option<Arc<StallFn>>,
 }
 
 /// Turns the worker's pointer into the `&mut Conn` a closure gets.
@@ -105,6 +114,30 @@ impl Service for Handlers {
         if let Some(f) = &self.closed {
             // SAFETY: a `Service` callback's record (see `conn_mut`).
             f(unsafe { conn_mut(c) }, reason)
+        }
+    }
+    fn pooled(&self, akg_id: u16) -> bool {
+        !self.blocking.is_empty() && self.blocking.contains_key(&akg_id)
+    }
+    fn pool_packet(&self, call: PoolCall<'_>) -> Verdict {
+        let Some(f) = self.blocking.get(&call.head.akg_id) else {
+            return Verdict::NoHandler;
+        };
+        // SAFETY: the record is the pool thread's during the call (see
+        // `pool`); `bufev`, `cip`, `cport` and `owner` are read through the
+        // raw pointer, no reference to the record is made.
+        let conn = unsafe { PoolConn::of(call.conn, call.stx, call.big_endian) };
+        f(
+            &conn,
+            Packet {
+                head: call.head,
+                bytes: call.pkt,
+            },
+        )
+    }
+    fn stalled(&self, index: usize, _worker: *mut CWorker, akg_id: u16, ms: u32) {
+        if let Some(f) = &self.stall {
+            f(index, akg_id, ms)
         }
     }
 }
@@ -195,6 +228,64 @@ impl ServerBuilder {
         self.handlers.frame = Some(Arc::new(f));
         self
     }
+    /// Handler for packet id `id` that may block (database calls, file
+    /// I/O, slow computation): it runs on a thread of the server's handler
+    /// pool (see [`ServerBuilder::pool_threads`]), not on the worker, which
+    /// goes on serving its other connections meanwhile. It gets a
+    /// [`PoolConn`] (the connection's id and address, and `send`/`close`
+    /// by id) and the packet.
+    ///
+    /// Per-connection order is kept: the connection's later packets (of
+    /// any handler) wait until this one returns, and the worker reads
+    /// nothing more from it meanwhile (what it already read, at most one
+    /// 64 KiB read, waits), so a slow handler holds back its own client
+    /// through TCP rather than making the server buffer. A close asked for
+    /// meanwhile (by the peer, by id, by a stop) runs the close handler on
+    /// the worker after this handler returns, once. Return
+    /// [`Verdict::Continue`] to go on; [`Verdict::Stop`] (or a panic)
+    /// closes the connection as [`AKG_ERROR`](crate::AKG_ERROR). An id with
+    /// both kinds of handler runs this one.
+    pub fn on_packet_blocking(
+        mut self,
+        id: u16,
+        f: impl Fn(&PoolConn, Packet<'_>) -> Verdict + Send + Sync + 'static,
+    ) -> Self {
+        self.handlers.blocking.insert(id, Arc::new(f));
+        self
+    }
+    /// Threads of the handler pool that runs [`on_packet_blocking`]
+    /// handlers, 1..=[`MAX_POOL_THREADS`](crate::MAX_POOL_THREADS); 0 (the
+    /// default): as many as workers. They start with the first blocking
+    /// packet.
+    ///
+    /// [`on_packet_blocking`]: ServerBuilder::on_packet_blocking
+    pub fn pool_threads(mut self, n: u32) -> Self {
+        self.cfg.pool_threads = n;
+        self
+    }
+    /// Milliseconds a worker may spend in one turn of its loop (in practice:
+    /// in one handler) before it counts as stalled (default
+    /// [`DEFAULT_STALL_THRESHOLD`](crate::DEFAULT_STALL_THRESHOLD), 1,000;
+    /// 0 turns the monitor off). A stalled worker gets no new connections
+    /// (they go to the others, or wait in the listen backlog when every
+    /// worker is stalled) until its handler returns; a warning is logged
+    /// and [`on_stall`](ServerBuilder::on_stall) runs. The monitor looks
+    /// every quarter of the threshold (between 5 and 250 ms), on the thread
+    /// in [`Server::run`].
+    pub fn stall_threshold(mut self, ms: u32) -> Self {
+        self.cfg.stall_threshold_ms = ms;
+        self
+    }
+    /// Called once per stall with the worker's index, the id of the packet
+    /// whose handler is running (the connected callback's
+    /// [`AKG_CONNECTED`](crate::AKG_CONNECTED), a close handler's reason,
+    /// 0 for a frame) and for how long it has run, in milliseconds. Runs on
+    /// the monitor thread (the one in [`Server::run`]), never on a worker;
+    /// keep it short.
+    pub fn on_stall(mut self, f: impl Fn(usize, u16, u32) + Send + Sync + 'static) -> Self {
+        self.handlers.stall = Some(Arc::new(f));
+        self
+    }
     /// Called on each new connection, on its worker, before any packet.
     pub fn on_connect(mut self, f: impl Fn(&mut Conn) + Send + Sync + 'static) -> Self {
         self.handlers.connected = Some(Arc::new(f));
@@ -231,6 +322,8 @@ impl Server {
                 connected: None,
                 closed: None,
                 frame: None,
+                blocking: std::collections::HashMap::new(),
+                stall: None,
             },
         }
     }
@@ -269,6 +362,12 @@ impl Server {
     /// Connections currently open, per worker.
     pub fn connections(&self) -> Vec<u32> {
         self.inner.connections()
+    }
+
+    /// Whether worker `index` is stalled now (see
+    /// [`ServerBuilder::stall_threshold`]); false for an index out of range.
+    pub fn worker_stalled(&self, index: usize) -> bool {
+        self.inner.worker_stalled(index)
     }
 }
 

@@ -131,6 +131,37 @@ pub(crate) fn read_once(
     }
 }
 
+/// Dispatches the complete frames among the bytes carried for connection
+/// `p` (those read after a packet that went to the handler pool, see
+/// `pool`) through `on_frame`, as [`read_once`] does, without reading;
+/// carries the rest. `Input::Drained` when nothing was carried.
+pub(crate) fn rescan(
+    p: *mut Conn,
+    rbuf: &mut [u8],
+    framing: &Framing,
+    stx: u32,
+    on_frame: impl FnMut(Option<Head>, &mut [u8], usize) -> bool,
+) -> Input {
+    // SAFETY: as for `read_once`; the reference ends before `on_frame`.
+    let c = unsafe { &mut *p };
+    if c.partial.is_empty() {
+        return Input::Drained;
+    }
+    if c.partial.len() > rbuf.len() {
+        // The beginning of one long frame: left for `read_once`.
+        return Input::Read { full: false };
+    }
+    let carried = carry_in(&mut c.partial, rbuf);
+    let used = match framing.scan(&mut rbuf[..carried], stx, 0, on_frame) {
+        Scan::Used(used) => used,
+        end => return Input::Stopped { end, avail: carried },
+    };
+    // SAFETY: as above; the callbacks have returned.
+    let c = unsafe { &mut *p };
+    carry_out(framing, &mut c.partial, &rbuf[used..carried]);
+    Input::Read { full: false }
+}
+
 /// The length of the frame `partial` begins, if it is too long for a
 /// read buffer of `room` bytes.
 fn big_frame(framing: &Framing, partial: &[u8], room: usize) -> Option<usize> {

@@ -62,6 +62,12 @@ pub(crate) struct Slot {
     pub(crate) out_pos: usize,
     /// Output waiting to be written (empty, with no allocation, when idle).
     pub(crate) out: Vec<u8>,
+    /// A packet of this connection is in the handler pool: the record is
+    /// the pool thread's (see `pool`), nothing is read or dispatched.
+    pub(crate) in_pool: bool,
+    /// An end asked for while in the pool, applied when the pool handler
+    /// returns: the reason, and true for an abort.
+    pub(crate) pool_end: Option<(u16, bool)>,
 }
 
 impl Slot {
@@ -74,6 +80,8 @@ impl Slot {
             last_write: 0,
             out_pos: 0,
             out: Vec::new(),
+            in_pool: false,
+            pool_end: None,
         }
     }
 
@@ -181,6 +189,18 @@ impl ConnTable {
         self.live(id.slot(), id.generation())
     }
 
+    /// The record of connection `id` in any state but free, if its slot
+    /// still serves that generation (for a connection back from the
+    /// handler pool, which may have a close pending).
+    pub(crate) fn lookup_any(&self, id: ConnId) -> Option<*mut Conn> {
+        let ok = self
+            .slots
+            .borrow()
+            .get(id.slot() as usize)
+            .is_some_and(|s| s.state != State::Free && s.generation == id.generation());
+        if ok { self.get(id.slot()) } else { None }
+    }
+
     /// Records allocated so far (open, free or retired).
     pub(crate) fn slots(&self) -> usize {
         self.slab.borrow().len()
@@ -256,6 +276,8 @@ impl ConnTable {
             s.state = State::Free;
             s.dirty = false;
             s.wheel_due = NOT_FILED;
+            s.in_pool = false;
+            s.pool_end = None;
             s.generation >= GEN_MASK
         };
         if retire {
@@ -391,6 +413,12 @@ impl ConnTable {
                 .get(slot as usize)
                 .is_some_and(|s| s.state == State::Open && s.wheel_due == tick);
             if !current {
+                return;
+            }
+            if self.with_slot(slot, |s| s.in_pool) {
+                // The record is the pool thread's; the worker files the
+                // timer again when the handler returns.
+                self.with_slot(slot, |s| s.wheel_due = NOT_FILED);
                 return;
             }
             let filed = match self.deadline(slot, rt, wt) {

@@ -18,7 +18,7 @@
 
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
 use crate::conn::{Conn, ConnId};
 use crate::logq::{self, Level, LogQueue};
@@ -28,7 +28,7 @@ use crate::proto::{
 };
 use crate::records::{CServer, CWorker};
 use crate::server::{self, ServerShared};
-use crate::service::{Config, Service, Verdict};
+use crate::service::{Config, MAX_POOL_THREADS, PoolCall, Service, Verdict};
 use crate::worker;
 use std::os::unix::ffi::OsStrExt;
 
@@ -174,7 +174,50 @@ impl Service for CService {
     fn closed(&self, c: *mut Conn, reason: u16) {
         call(reason, c);
     }
+    fn pooled(&self, akg_id: u16) -> bool {
+        POOL_ANY.load(Ordering::Relaxed) && !POOL_FUNC[akg_id as usize].load(Ordering::Acquire).is_null()
+    }
+    fn pool_packet(&self, call: PoolCall<'_>) -> Verdict {
+        let p = POOL_FUNC[call.head.akg_id as usize].load(Ordering::Acquire);
+        // SAFETY: the pointer is null or a `FUNC_PTR` stored by
+        // `regist_pool_func`; same layout and niche as a data pointer.
+        let f = unsafe { std::mem::transmute::<*mut c_void, FUNC_PTR>(p) };
+        // SAFETY: the record is the pool thread's during the call (see
+        // `pool`), with `in_buf` at the packet: the `FUNC_PTR` contract.
+        match f.map(|f| unsafe { f(call.conn) }) {
+            None => Verdict::NoHandler,
+            Some(0) => Verdict::Continue,
+            Some(_) => Verdict::Stop,
+        }
+    }
+    fn stalled(&self, _index: usize, worker: *mut CWorker, akg_id: u16, ms: u32) {
+        let p = STALL_FUNC.load(Ordering::Acquire);
+        if p.is_null() {
+            return;
+        }
+        // SAFETY: a non-null pointer was stored by `regist_stall_func` from
+        // a `mario_stall_func`, which has the layout of a data pointer.
+        let f = unsafe { std::mem::transmute::<*mut c_void, mario_stall_func>(p) };
+        if let Some(f) = f {
+            // SAFETY: the application's callback, with its documented
+            // arguments: the worker's record lives as long as its server.
+            unsafe { f(worker, akg_id, ms) }
+        }
+    }
 }
+
+/// Pool handlers by packet id (`regist_pool_func`), as function pointers
+/// (null: none).
+static POOL_FUNC: [AtomicPtr<c_void>; 65536] = [const { AtomicPtr::new(std::ptr::null_mut()) }; 65536];
+/// Set once any pool handler is registered: until then a packet costs one
+/// load to know it runs on its worker.
+static POOL_ANY: AtomicBool = AtomicBool::new(false);
+/// The stall callback (`regist_stall_func`), as a function pointer.
+static STALL_FUNC: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
+
+/// `mario_stall_func`: told that a worker is stalled (see
+/// `regist_stall_func`).
+pub type mario_stall_func = Option<unsafe extern "C" fn(w: *mut WORKER, akg_id: uint16, ms: uint32)>;
 
 /// The server behind a `SERVER *`.
 ///
@@ -522,6 +565,116 @@ pub unsafe extern "C" fn mario_set_framing(s: *mut SERVER, f: *const mario_frami
                 eprintln!("mario_set_framing: {e}");
                 -1
             }
+        }
+    })
+}
+
+/// Registers `func` as the handler of packet id `id` on the server's
+/// handler pool instead of the worker (NULL removes it): for handlers that
+/// block (database calls, file I/O, slow computation). The worker goes on
+/// serving its other connections meanwhile. An id with both a pool handler
+/// and an `AKG_FUNC` handler runs the pool handler. Only `HEAD` packets
+/// (the default framing) go to the pool.
+///
+/// During the call, on a pool thread: `c->in_buf` holds the packet (`c->in_buf_len`
+/// its length), `c->out_buf` is the pool thread's own 2,048-byte scratch
+/// area, `c->owner` the pool thread's own `WORKER` record (the same `ind`
+/// and `server` as the connection's worker; its own `thread_id` and
+/// `qlog`, so `slog_*_t(c->owner->qlog, ...)` is safe), and `c->user` and
+/// the other fields are the connection's. Reply with `bufferevent_write(c->bufev,
+/// ...)`, close with `close_conn` (the close callback then runs on the
+/// worker after the handler returns, once). Return 0 to go on, non-zero to
+/// close the connection as an error.
+///
+/// Per-connection order is kept: the connection's later packets wait until
+/// the handler returns, and the worker reads nothing more from that
+/// connection meanwhile (what it already read, one read of at most 64 KiB,
+/// waits): a slow handler holds back its client through TCP, the server
+/// buffers no more. Call before `start_server`, or any time after: a change
+/// takes effect for the next packet.
+#[unsafe(no_mangle)]
+pub extern "C" fn regist_pool_func(id: uint16, func: FUNC_PTR) {
+    let p = func.map_or(std::ptr::null_mut(), |f| f as *mut c_void);
+    POOL_FUNC[id as usize].store(p, Ordering::Release);
+    if !p.is_null() {
+        POOL_ANY.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sets the number of handler pool threads (1..=1024; 0, the default: as
+/// many as workers; more than 1024 counts as 1024). The threads start with
+/// the first pool packet. Takes effect at `start_server`.
+///
+/// # Safety
+///
+/// `s` is NULL (ignored) or a `SERVER *` returned by `init_server`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mario_set_pool_threads(s: *mut SERVER, n: uint32) {
+    guard("mario_set_pool_threads", || {
+        // SAFETY: the caller's contract.
+        if let Some(srv) = unsafe { shared(s) } {
+            srv.configure(|c| c.pool_threads = n.min(MAX_POOL_THREADS));
+        }
+    })
+}
+
+/// Sets the stall threshold in milliseconds (default 1000; 0 turns the
+/// monitor off): a worker whose current handler (strictly: current turn of
+/// its loop) has run longer is stalled. New connections then go to the
+/// other workers (or wait in the listen backlog if every worker is
+/// stalled), one warning names the worker, the packet id and how long, and
+/// the `regist_stall_func` callback runs; when the handler returns, one
+/// info line says the worker is healthy again. The monitor runs on the
+/// thread in `start_server` and looks every quarter of the threshold
+/// (between 5 and 250 ms), so a stall is noticed within 1.25 times the
+/// threshold. Takes effect at `start_server`.
+///
+/// # Safety
+///
+/// `s` is NULL (ignored) or a `SERVER *` returned by `init_server`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mario_set_stall_threshold(s: *mut SERVER, ms: uint32) {
+    guard("mario_set_stall_threshold", || {
+        // SAFETY: the caller's contract.
+        if let Some(srv) = unsafe { shared(s) } {
+            srv.configure(|c| c.stall_threshold_ms = ms);
+        }
+    })
+}
+
+/// Registers `func(w, akg_id, ms)`, called once per stall (see
+/// `mario_set_stall_threshold`) with the stalled worker, the id of the
+/// packet whose handler runs (`g_akg_connected_id` for the connected
+/// callback, the reason for a close callback, 0 for a frame of another
+/// framing) and how long it has run, in milliseconds. It runs on the
+/// monitor thread (the one in `start_server`), never on a worker; it must
+/// not block for long (the monitor waits for it). NULL removes it.
+#[unsafe(no_mangle)]
+pub extern "C" fn regist_stall_func(func: mario_stall_func) {
+    let p = func.map_or(std::ptr::null_mut(), |f| f as *mut c_void);
+    STALL_FUNC.store(p, Ordering::Release);
+}
+
+/// 1 if worker `w` is stalled now, 0 if not, -1 if `w` is NULL. Any thread,
+/// any time.
+///
+/// # Safety
+///
+/// `w` is NULL or a `WORKER *` of a server from `init_server` (such as
+/// `c->owner` in a callback, or `&s->workers->array[i]`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mario_worker_stalled(w: *const WORKER) -> sint32 {
+    guard("mario_worker_stalled", || {
+        if w.is_null() {
+            return -1;
+        }
+        // SAFETY: the caller's contract: the record and its server's live
+        // for the rest of the process.
+        let (ind, server) = unsafe { ((*w).ind, (*w).server) };
+        // SAFETY: as above.
+        match unsafe { shared(server) } {
+            Some(srv) => sint32::from(srv.worker_stalled(ind as usize)),
+            None => -1,
         }
     })
 }

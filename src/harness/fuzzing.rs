@@ -444,7 +444,8 @@ fn simulate(f: &Framing, stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, s
                 check_partial(f, &conn.partial, conn.partial.capacity(), stx, &ctx);
             }
             Input::Stopped {
-                end: Scan::Stopped, ..
+                end: Scan::Stopped(_),
+                ..
             } => {
                 return Outcome {
                     frames,

@@ -121,8 +121,9 @@ pub enum Scan {
     /// Every complete frame was dispatched; this many bytes were used and
     /// the rest (if any) is the beginning of one incomplete frame.
     Used(usize),
-    /// The frame callback asked to stop.
-    Stopped,
+    /// The frame callback asked to stop: the offset just past the frame
+    /// it was given (what follows is not looked at).
+    Stopped(usize),
     /// A bad frame at this offset: nothing from it on was dispatched.
     Bad(Bad, usize),
 }
@@ -369,7 +370,7 @@ fn walk(
             Cut::Bad(bad) => return Scan::Bad(bad, off),
             Cut::Frame { head, len, consumed } => {
                 if !on_frame(head, &mut buf[off..], len) {
-                    return Scan::Stopped;
+                    return Scan::Stopped(off + consumed);
                 }
                 off += consumed;
                 resume = 0;
@@ -399,7 +400,7 @@ fn walk_head<const BE: bool>(
             break;
         }
         if !on_frame(Some(h), &mut buf[off..], len) {
-            return Scan::Stopped;
+            return Scan::Stopped(off + len);
         }
         off += len;
     }

@@ -31,8 +31,16 @@
 //! Also the thread-local that tells library calls which worker (if any)
 //! runs on the current thread.
 //!
+//! # The handler pool
+//!
+//! A packet of a blocking handler goes to the pool with its connection's
+//! record (see `pool`): until the handler returns, the worker reads and
+//! dispatches nothing of that connection, and an end asked for meanwhile
+//! (by id, by the peer's reset found when sending, by output over its cap,
+//! by a stop) is recorded and applied when the pool reports back.
+//!
 //! Uses: `super::closing` (closed connections' sockets), conn, records (the
-//! `WORKER` a context runs), mailbox (`Cmd`), service, proto, sys.
+//! `WORKER` a context runs), mailbox (`Cmd`), pool, service, proto, sys.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -46,7 +54,8 @@ use crate::conn::ConnId;
 use crate::conn::record::Conn;
 use crate::conn::table::{Append, ConnTable, State};
 use crate::mailbox::{Cmd, Mailbox};
-use crate::proto::{AKG_ERROR, Framing, Head};
+use crate::pool::{Job, Pool};
+use crate::proto::{AKG_CONNECTED, AKG_ERROR, Framing, Head, carry_out};
 use crate::records::CWorker;
 use crate::service::{Service, Verdict};
 use crate::sys::{self, Io};
@@ -149,6 +158,10 @@ pub(crate) struct Ctx {
     doomed: RefCell<Vec<(ConnId, u16, Ending)>>,
     /// Sockets of closed connections still finishing.
     pub(super) closing: RefCell<Closing>,
+    /// Where blocking handlers run.
+    pool: Option<Arc<Pool>>,
+    /// Packets of this worker's connections in the pool now.
+    pub(super) pool_out: Cell<usize>,
 }
 
 /// What [`Ctx::new`] needs to know of its server.
@@ -159,6 +172,7 @@ pub(super) struct CtxConfig {
     pub out_cap: usize,
     pub read_timeout: u32,
     pub write_timeout: u32,
+    pub pool: Option<Arc<Pool>>,
 }
 
 impl Ctx {
@@ -194,7 +208,67 @@ impl Ctx {
             depth: Cell::new(0),
             doomed: RefCell::new(Vec::new()),
             closing: RefCell::new(Closing::default()),
+            pool: cfg.pool,
+            pool_out: Cell::new(0),
         }
+    }
+
+    /// Whether packets of `akg_id` go to the handler pool.
+    pub(super) fn pooled(&self, akg_id: u16) -> bool {
+        self.pool.is_some() && self.service.pooled(akg_id)
+    }
+
+    /// Whether a packet of the connection in `slot` is in the pool.
+    pub(super) fn in_pool(&self, slot: u32) -> bool {
+        self.table.with_slot(slot, |s| s.in_pool)
+    }
+
+    /// Hands packet `pkt` (head `head`) of the connection at `p` to the
+    /// pool; `rest`, the bytes read after it, waits in the connection's
+    /// carry. If the pool cannot take it, the connection is closed as an
+    /// error.
+    pub(super) fn to_pool(&self, p: *mut Conn, head: Head, pkt: Vec<u8>, rest: &[u8]) {
+        let (slot, id) = {
+            // SAFETY: live slab pointer, no other reference in use (no
+            // callback runs); the reference ends before the hand-over.
+            let c = unsafe { &mut *p };
+            carry_out(&self.framing, &mut c.partial, rest);
+            (c.ind, c.id())
+        };
+        let Some(pool) = &self.pool else {
+            self.close(p, AKG_ERROR);
+            return;
+        };
+        self.table.with_slot(slot, |s| s.in_pool = true);
+        let job = Job {
+            conn: p,
+            id,
+            head,
+            pkt,
+            stx: self.stx,
+            big_endian: self.framing.head_big_endian(),
+            done: self.mailbox.clone(),
+        };
+        match pool.submit(job) {
+            Ok(()) => self.pool_out.set(self.pool_out.get() + 1),
+            Err(_) => {
+                self.table.with_slot(slot, |s| s.in_pool = false);
+                log::error!(
+                    "connection {slot}: the handler pool takes no packet (stopped, or no thread): closing"
+                );
+                self.close(p, AKG_ERROR);
+            }
+        }
+    }
+
+    /// Applies the end recorded while the connection at `p` was in the
+    /// pool (`abort`: reset rather than close gracefully).
+    pub(super) fn end_after_pool(&self, p: *mut Conn, reason: u16, abort: bool) {
+        // SAFETY: live slab pointer; read only.
+        let slot = unsafe { (*p).ind };
+        // An abort refused output meanwhile (`Doomed`); `end` wants it open.
+        self.table.set_state(slot, State::Open);
+        self.end(p, reason, if abort { Ending::Abort } else { Ending::Graceful });
     }
 
     /// The server's stx.
@@ -218,18 +292,29 @@ impl Ctx {
         self.table.state(slot) == State::Open
     }
 
-    /// Runs one application callback on the connection at `p`: marks it
+    /// Runs one application callback (for packet id `id`, see
+    /// `Heartbeat::handling`) on the connection at `p`: marks it
     /// held if the service makes `&mut Conn` of it, runs the ends put off
     /// meanwhile once no callback runs any more, and turns a panic of the
     /// callback into `None` after logging it with `what` (which names the
     /// callback and packet). The connection is left as the callback left
     /// it; the caller decides what a panic means.
-    fn callback<R>(&self, p: *mut Conn, what: impl FnOnce() -> String, f: impl FnOnce() -> R) -> Option<R> {
+    fn callback<R>(
+        &self,
+        p: *mut Conn,
+        id: u16,
+        what: impl FnOnce() -> String,
+        f: impl FnOnce() -> R,
+    ) -> Option<R> {
         // SAFETY: live slab pointer (or derived from the `&mut` of an
         // enclosing callback, not in use while this one runs); read only.
         let slot = unsafe { (*p).ind };
         if self.holds_conn {
             self.held.borrow_mut().push(slot);
+        }
+        if self.depth.get() == 0 {
+            // For the monitor: what a stalled worker is stuck in.
+            self.mailbox.beat.handling.store(u32::from(id), Ordering::Relaxed);
         }
         self.depth.set(self.depth.get() + 1);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -300,7 +385,12 @@ impl Ctx {
     /// The connected callback for the new connection at `p`.
     pub(super) fn connected(&self, p: *mut Conn) {
         if self
-            .callback(p, || "the connect handler".into(), || self.service.connected(p))
+            .callback(
+                p,
+                AKG_CONNECTED,
+                || "the connect handler".into(),
+                || self.service.connected(p),
+            )
             .is_none()
         {
             self.close(p, AKG_ERROR);
@@ -312,6 +402,7 @@ impl Ctx {
     pub(super) fn packet(&self, p: *mut Conn, head: Head, pkt: &mut [u8]) -> Verdict {
         self.callback(
             p,
+            head.akg_id,
             || format!("the handler of packet {:#06x}", head.akg_id),
             || self.service.packet(p, head, pkt),
         )
@@ -324,16 +415,16 @@ impl Ctx {
         let len = frame.len();
         self.callback(
             p,
+            0,
             || format!("the frame handler ({len} bytes)"),
             || self.service.frame(p, frame),
         )
         .unwrap_or(Verdict::Stop)
     }
 
-    /// Applies a command: a write or close to a live connection (one that
-    /// has closed meanwhile is left alone). Returns true for `Stop`, which
-    /// is the loop's to act on.
-    pub(crate) fn apply(&self, cmd: Cmd) -> bool {
+    /// Applies a write or close to a live connection (one that has closed
+    /// meanwhile is left alone). `Stop` and `PoolDone` are the loop's.
+    pub(crate) fn apply(&self, cmd: Cmd) {
         match cmd {
             Cmd::Write(id, data) => {
                 self.write(id, &data);
@@ -341,9 +432,8 @@ impl Ctx {
             Cmd::Close(id, reason) => {
                 self.close_id(id, reason);
             }
-            Cmd::Stop => return true,
+            Cmd::Stop | Cmd::PoolDone(..) => unreachable!("the loop's commands"),
         }
-        false
     }
 
     /// Appends `data` to connection `id`'s output, on this (its) worker:
@@ -500,6 +590,24 @@ impl Ctx {
     /// finishes the socket as `how` says; the slot is freed at the end of
     /// the turn.
     fn end(&self, p: *mut Conn, reason: u16, how: Ending) {
+        // SAFETY: see `close`; read only, no reference made.
+        let slot = unsafe { (*p).ind };
+        if self.table.state(slot) == State::Open && self.in_pool(slot) {
+            // The record is the pool thread's: end when its handler
+            // returns (`end_after_pool`); an abort takes no output
+            // meanwhile.
+            self.table.with_slot(slot, |s| {
+                let abort = how == Ending::Abort || s.pool_end.is_some_and(|(_, a)| a);
+                let reason = s.pool_end.map_or(reason, |(r, _)| r);
+                s.pool_end = Some((reason, abort));
+            });
+            if how == Ending::Abort {
+                let (out, _) = self.table.take_output(slot);
+                self.table.recycle(out);
+                self.table.set_state(slot, State::Doomed);
+            }
+            return;
+        }
         let slot = {
             // SAFETY: see `close`; the reference ends before the callback,
             // which may reach the connection again.
@@ -527,6 +635,7 @@ impl Ctx {
         // A panic is logged by `callback`; the connection closes anyway.
         let _ = self.callback(
             p,
+            reason,
             || format!("the close handler ({reason:#06x})"),
             || self.service.closed(p, reason),
         );

@@ -15,7 +15,7 @@
 //!   output, or waiting after FIN for the peer to acknowledge it.
 //! * this file: the loop (events, reads, dispatch, timeouts, shutdown).
 //!
-//! Uses: accept, mailbox, service, conn, records, proto, sys.
+//! Uses: accept, mailbox, pool, service, conn, records, proto, sys.
 
 mod closing;
 mod ctx;
@@ -30,10 +30,12 @@ use mio::{Events, Interest, Poll, Token, Waker};
 pub(crate) use ctx::{Ctx, SCRATCH, on_owner, on_worker, with_owner};
 
 use crate::accept::{self, Drained, Listener};
+use crate::conn::ConnId;
 use crate::conn::input::{self, Input};
 use crate::conn::record::Conn;
 use crate::conn::table::State;
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Cmd, Mailbox};
+use crate::pool::Pool;
 use crate::proto::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, Bad, BadHead, Head, Scan};
 use crate::records::CWorker;
 use crate::service::{Config, Service, Verdict};
@@ -64,6 +66,14 @@ fn token(slot: u32, generation: u32) -> Token {
     Token(slot as usize | ((generation as usize) << 32))
 }
 
+/// What a worker shares with the others.
+pub(crate) struct Shared {
+    /// The listening socket it accepts from.
+    pub listener: Option<Arc<Listener>>,
+    /// The pool its blocking handlers run on.
+    pub pool: Option<Arc<Pool>>,
+}
+
 /// The worker loop's own state.
 pub(crate) struct Worker {
     ctx: Ctx,
@@ -88,8 +98,9 @@ pub(crate) struct Worker {
 
 impl Worker {
     /// Worker `mailbox.index` of server `server_id`, polling with `poll`,
-    /// running `service`'s callbacks, accepting from `listener`. Its C
-    /// record is `cworker`.
+    /// running `service`'s callbacks (its blocking ones on the shared
+    /// pool), accepting from the shared listener. Its C record is
+    /// `cworker`.
     pub(crate) fn new(
         poll: Poll,
         mailbox: Arc<Mailbox>,
@@ -97,10 +108,12 @@ impl Worker {
         cworker: *mut CWorker,
         service: Arc<dyn Service>,
         cfg: &Config,
-        listener: Option<Arc<Listener>>,
+        shared: Shared,
     ) -> std::io::Result<Box<Worker>> {
+        let Shared { listener, pool } = shared;
         let scratch: Box<[std::cell::UnsafeCell<u8>]> =
             (0..SCRATCH).map(|_| std::cell::UnsafeCell::new(0)).collect();
+        let start = mailbox.beat.epoch;
         let ctx = Ctx::new(
             mailbox,
             cworker,
@@ -114,6 +127,7 @@ impl Worker {
                 out_cap: cfg.output_limit,
                 read_timeout: cfg.read_timeout,
                 write_timeout: cfg.write_timeout,
+                pool,
             },
         );
         Ok(Box::new(Worker {
@@ -122,7 +136,7 @@ impl Worker {
             rbuf: vec![0u8; RBUF].into_boxed_slice(),
             _scratch: scratch,
             again: Vec::new(),
-            start: Instant::now(),
+            start,
             stopping: false,
             expired: Vec::new(),
             last_closing_tick: 0,
@@ -200,11 +214,25 @@ impl Worker {
         }
         self.shutdown();
         ctx::clear_current();
+        let out = self.ctx.pool_out.get();
+        if out > 0 {
+            // Pool threads still own records of this table: keep it.
+            log::error!(
+                "worker {}: {out} pool handler(s) still running at stop; their connections are left open",
+                self.ctx.mailbox.index
+            );
+            std::mem::forget(self);
+        }
     }
 
-    /// Sets the current tick; on a new tick, times out closing sockets.
+    /// Starts a turn: publishes the heartbeat (see the server's monitor)
+    /// and sets the current tick; on a new tick, times out closing sockets.
     fn tick(&mut self) {
-        let now = self.start.elapsed().as_secs().min(u64::from(u32::MAX)) as u32;
+        let elapsed = self.start.elapsed();
+        let beat = &self.ctx.mailbox.beat;
+        beat.turn
+            .store((elapsed.as_millis() as u64).saturating_add(1), Ordering::Relaxed);
+        let now = elapsed.as_secs().min(u64::from(u32::MAX)) as u32;
         self.ctx.now.set(now);
         if now != self.last_closing_tick {
             self.last_closing_tick = now;
@@ -229,6 +257,10 @@ impl Worker {
             }
         }
         let sleep = timeout != Some(Duration::ZERO);
+        if sleep {
+            // Blocked waiting is no turn: the monitor does not time it.
+            self.ctx.mailbox.beat.turn.store(0, Ordering::Relaxed);
+        }
         if sleep && !self.ctx.mailbox.prepare_sleep() {
             // Something arrived in the mailbox meanwhile: look, don't block.
             timeout = Some(Duration::ZERO);
@@ -329,11 +361,90 @@ impl Worker {
         ctx.connected(p);
     }
 
+    /// Applies what other threads sent.
     fn take_cmds(&mut self) {
         while let Some(cmd) = self.ctx.mailbox.take_cmd() {
-            if self.ctx.apply(cmd) {
-                self.stopping = true;
+            match cmd {
+                Cmd::Stop => self.stopping = true,
+                Cmd::PoolDone(id, stop) => self.pool_done(id, stop),
+                Cmd::Write(..) | Cmd::Close(..) => self.ctx.apply(cmd),
             }
+        }
+    }
+
+    /// The pool handler of connection `id`'s packet has returned (`stop`:
+    /// it asked to close the connection): the record is the worker's
+    /// again. Applies an end asked for meanwhile, or goes on with the
+    /// connection's next packets.
+    fn pool_done(&mut self, id: ConnId, stop: bool) {
+        let ctx = &self.ctx;
+        ctx.pool_out.set(ctx.pool_out.get() - 1);
+        let slot = id.slot();
+        // A slot in the pool is never freed, so this is the connection.
+        let Some(p) = ctx.table.lookup_any(id) else {
+            debug_assert!(false, "pool done for a freed slot");
+            return;
+        };
+        let pending = ctx.table.with_slot(slot, |s| {
+            s.in_pool = false;
+            s.pool_end.take()
+        });
+        let now = ctx.now.get();
+        // SAFETY: live slab pointer; the pool thread is done with it and no
+        // other reference is in use. The handler's time was no idle time.
+        unsafe {
+            (*p).last_read = now;
+            (*p).packet_start = now;
+        }
+        if ctx.read_timeout > 0 {
+            ctx.table
+                .file_timer(slot, now.saturating_add(ctx.read_timeout).saturating_add(1));
+        }
+        if let Some((reason, abort)) = pending {
+            ctx.end_after_pool(p, reason, abort);
+        } else if stop {
+            ctx.close(p, AKG_ERROR);
+        } else {
+            self.resume(p, id.generation());
+        }
+    }
+
+    /// Dispatches the packets that came after the one a pool handler ran,
+    /// then reads the socket again (its readiness may have been reported
+    /// meanwhile).
+    fn resume(&mut self, p: *mut Conn, generation: u32) {
+        let ctx = &self.ctx;
+        // SAFETY: live slab pointer; read only.
+        let slot = unsafe { (*p).ind };
+        let mut d = Dispatched::new();
+        let got = input::rescan(p, &mut self.rbuf, ctx.framing(), ctx.stx(), |h, rest, len| {
+            dispatch(ctx, p, slot, &mut d, h, rest, len)
+        });
+        if Self::dispatched(ctx, p, &self.rbuf, got, d) && ctx.is_open(slot) {
+            self.again.push((slot, generation));
+        }
+    }
+
+    /// After one read (or rescan) of the connection at `p`: hands a packet
+    /// taken aside to the pool, or closes a connection whose input
+    /// stopped. Returns true if the connection may be read further.
+    fn dispatched(ctx: &Ctx, p: *mut Conn, rbuf: &[u8], got: Input, d: Dispatched) -> bool {
+        match got {
+            Input::Stopped {
+                end: Scan::Stopped(at),
+                avail,
+            } if d.pooled.is_some() => {
+                let (head, pkt) = d.pooled.expect("checked");
+                // A pooled packet is a `HEAD` packet, never longer than the
+                // read buffer: what followed it is in `rbuf`.
+                ctx.to_pool(p, head, pkt, &rbuf[at.min(avail)..avail]);
+                false
+            }
+            Input::Stopped { end, avail } => {
+                Self::stopped(ctx, p, end, avail, d.verdict, d.last);
+                false
+            }
+            _ => true,
         }
     }
 
@@ -345,11 +456,11 @@ impl Worker {
         // SAFETY: live slab pointer; read only.
         let slot = unsafe { (*p).ind };
         for _ in 0..READS_PER_TURN {
-            if !ctx.is_open(slot) {
+            if !ctx.is_open(slot) || ctx.in_pool(slot) {
+                // In the pool: read again when its handler returns.
                 return;
             }
-            let mut verdict = Verdict::Continue;
-            let mut last = None;
+            let mut d = Dispatched::new();
             let got = input::read_once(
                 p,
                 &mut self.rbuf,
@@ -357,28 +468,7 @@ impl Worker {
                 ctx.stx(),
                 ctx.now.get(),
                 sys::recv,
-                |h, rest, len| {
-                    // `in_buf_len`: the bytes available from the packet on
-                    // (as the original), or the frame's length; both capped
-                    // to 16 bits (`mario_frame_len` has the whole length).
-                    let avail = if h.is_some() { rest.len() } else { len };
-                    // SAFETY: live slab pointer; the writes end before the
-                    // callback.
-                    unsafe {
-                        (*p).in_buf = rest.as_mut_ptr().cast();
-                        (*p).in_buf_len = avail.min(u16::MAX as usize) as u16;
-                        (*p).frame_len = len;
-                    }
-                    verdict = match h {
-                        Some(h) => ctx.packet(p, h, &mut rest[..len]),
-                        None => ctx.frame(p, &mut rest[..len]),
-                    };
-                    last = h;
-                    // SAFETY: the callback has returned; no other reference
-                    // remains.
-                    unsafe { (*p).in_buf_len = 0 };
-                    ctx.is_open(slot) && verdict == Verdict::Continue
-                },
+                |h, rest, len| dispatch(ctx, p, slot, &mut d, h, rest, len),
             );
             match got {
                 Input::Eof => {
@@ -405,8 +495,8 @@ impl Worker {
                         return;
                     }
                 }
-                Input::Stopped { end, avail } => {
-                    Self::stopped(ctx, p, end, avail, verdict, last);
+                got @ Input::Stopped { .. } => {
+                    Self::dispatched(ctx, p, &self.rbuf, got, d);
                     return;
                 }
             }
@@ -423,7 +513,7 @@ impl Worker {
         let peer = || unsafe { (*p).peer() };
         match end {
             Scan::Used(_) => unreachable!("a complete scan is not a stop"),
-            Scan::Stopped => {
+            Scan::Stopped(_) => {
                 if ctx.is_open(slot) {
                     if verdict == Verdict::NoHandler {
                         match last {
@@ -503,17 +593,24 @@ impl Worker {
     /// they had queued for at most [`STOP_FLUSH`], then resets what is left.
     /// The table frees the records when the worker is dropped.
     fn shutdown(&mut self) {
+        // Stopping is no turn: the monitor does not time it.
+        self.ctx.mailbox.beat.turn.store(0, Ordering::Relaxed);
         for slot in 0..self.ctx.table.slots() as u32 {
             if let Some(p) = self.ctx.table.get(slot) {
+                // A connection in the pool closes when its handler returns.
                 self.ctx.close(p, AKG_CLOSED);
             }
         }
         self.take_new();
-        while self.ctx.mailbox.take_cmd().is_some() {}
+        self.take_cmds();
         self.end_turn();
         let t0 = Instant::now();
         let mut events = Events::with_capacity(256);
-        while !self.ctx.closing.borrow().is_empty() && t0.elapsed() < STOP_FLUSH {
+        while (!self.ctx.closing.borrow().is_empty() || self.ctx.pool_out.get() > 0)
+            && t0.elapsed() < STOP_FLUSH
+        {
+            self.take_cmds();
+            self.end_turn();
             // Events drive the sending; the kernel's queue draining raises
             // none for sure, so look at every entry often.
             self.ctx.check_closing();
@@ -533,4 +630,63 @@ impl Worker {
         }
         self.ctx.abandon_closing(t0.elapsed().as_millis());
     }
+}
+
+/// What the frame callback saw during one read (or rescan) of a
+/// connection.
+struct Dispatched {
+    /// The last handler's verdict.
+    verdict: Verdict,
+    /// The last packet's head.
+    last: Option<Head>,
+    /// A packet for the pool, copied: the scan stopped right after it.
+    pooled: Option<(Head, Vec<u8>)>,
+}
+
+impl Dispatched {
+    fn new() -> Dispatched {
+        Dispatched {
+            verdict: Verdict::Continue,
+            last: None,
+            pooled: None,
+        }
+    }
+}
+
+/// The frame callback of the input path for the connection at `p` (in
+/// `slot`): runs the handler of one frame, or takes a packet of a blocking
+/// handler aside for the pool. Returns whether to go on with the next.
+fn dispatch(
+    ctx: &Ctx,
+    p: *mut Conn,
+    slot: u32,
+    d: &mut Dispatched,
+    h: Option<Head>,
+    rest: &mut [u8],
+    len: usize,
+) -> bool {
+    d.last = h;
+    if let Some(h) = h
+        && ctx.pooled(h.akg_id)
+    {
+        d.pooled = Some((h, rest[..len].to_vec()));
+        return false;
+    }
+    // `in_buf_len`: the bytes available from the packet on (as the
+    // original), or the frame's length; both capped to 16 bits
+    // (`mario_frame_len` has the whole length).
+    let avail = if h.is_some() { rest.len() } else { len };
+    // SAFETY: live slab pointer; the writes end before the callback.
+    unsafe {
+        (*p).in_buf = rest.as_mut_ptr().cast();
+        (*p).in_buf_len = avail.min(u16::MAX as usize) as u16;
+        (*p).frame_len = len;
+    }
+    d.verdict = match h {
+        Some(h) => ctx.packet(p, h, &mut rest[..len]),
+        None => ctx.frame(p, &mut rest[..len]),
+    };
+    // SAFETY: the callback has returned; no other reference remains.
+    unsafe { (*p).in_buf_len = 0 };
+    ctx.is_open(slot) && d.verdict == Verdict::Continue
 }

@@ -117,16 +117,23 @@ impl Proc {
     /// Starts target/ctests/testsrv with the given `TS_*` settings on a
     /// free port and waits until it listens.
     pub fn testsrv(env: &[(&str, &str)]) -> Proc {
+        Proc::ctest("testsrv", env)
+    }
+
+    /// Starts the C test program target/ctests/`name` (which reads
+    /// `TS_PORT`) with the given `TS_*` settings on a free port and waits
+    /// until it listens.
+    pub fn ctest(name: &str, env: &[(&str, &str)]) -> Proc {
         ensure_built();
         for _ in 0..5 {
             let port = free_port();
             let mut e: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
             e.push(("TS_PORT", port.to_string()));
             let mut p = Proc::spawn(
-                &root().join("target/ctests/testsrv"),
+                &root().join("target/ctests").join(name),
                 &[],
                 &e,
-                scratch_dir("testsrv"),
+                scratch_dir(name),
                 port,
             );
             if p.wait_started() {
@@ -134,7 +141,7 @@ impl Proc {
             }
             let _ = p.kill();
         }
-        panic!("testsrv did not start");
+        panic!("{name} did not start");
     }
 
     /// Like [`Proc::testsrv`], with the server's descriptor limit set to

@@ -1,14 +1,18 @@
 //! The server: start-up, worker threads, stop, and the registry that lets
 //! any thread reach a connection by its [`ConnId`] (`send_to`, `close_id`).
 //!
-//! Uses: worker, accept, mailbox, service, conn, records, logq, sys.
+//! * `monitor`: the worker monitor, run by the thread in `run`.
+//!
+//! Uses: worker, accept, mailbox, pool, service, conn, records, logq, sys.
+
+mod monitor;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::Poll;
 
@@ -17,10 +21,16 @@ use crate::conn::ConnId;
 use crate::conn::id::MAX_SERVERS;
 use crate::logq::{self, LogQueue};
 use crate::mailbox::{Cmd, Mailbox};
+use crate::pool::{self, Pool};
 use crate::records::CRecords;
 use crate::service::{Config, Service};
 use crate::sys;
 use crate::worker::{self, Worker};
+
+/// How long a stop waits for the workers (which deliver pending output
+/// for up to `worker::STOP_FLUSH` of it) before it leaves a worker stuck in
+/// a handler behind.
+pub(crate) const STOP_BOUND: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RunState {
@@ -81,6 +91,9 @@ fn worker_of(id: ConnId) -> Option<Arc<Mailbox>> {
 /// connection is then closed as `AKG_ERROR`). Inside the close handler of
 /// a graceful close the bytes are the last data before FIN.
 ///
+/// A pool handler's writes to its own connection go to the worker even
+/// while the server stops (the stop waits for the handler).
+///
 /// From any other thread the bytes become a command to the owning worker:
 /// `true` means the command was queued (not that the bytes will be
 /// delivered: they are dropped if the connection closes first), `false`
@@ -89,6 +102,9 @@ fn worker_of(id: ConnId) -> Option<Arc<Mailbox>> {
 pub fn send_to(id: ConnId, data: &[u8]) -> bool {
     if let Some(r) = worker::on_worker(id.server(), id.worker(), |ctx| ctx.write(id, data)) {
         return r;
+    }
+    if let Some(w) = pool::own_worker(id) {
+        return w.command(Cmd::Write(id, data.to_vec()));
     }
     match worker_of(id) {
         Some(w) => w.command(Cmd::Write(id, data.to_vec())),
@@ -109,6 +125,9 @@ pub fn send_to(id: ConnId, data: &[u8]) -> bool {
 pub fn close_id(id: ConnId, reason: u16) -> bool {
     if let Some(r) = worker::on_worker(id.server(), id.worker(), |ctx| ctx.close_id(id, reason)) {
         return r;
+    }
+    if let Some(w) = pool::own_worker(id) {
+        return w.command(Cmd::Close(id, reason));
     }
     match worker_of(id) {
         Some(w) => w.command(Cmd::Close(id, reason)),
@@ -187,6 +206,12 @@ impl ServerShared {
             .collect()
     }
 
+    /// Whether worker `i` is stalled now (see `monitor`); false for a
+    /// worker that does not exist.
+    pub(crate) fn worker_stalled(&self, i: usize) -> bool {
+        self.workers.get(i).is_some_and(|w| w.stalled())
+    }
+
     /// A copy of the current settings.
     pub(crate) fn config(&self) -> Config {
         self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -249,7 +274,13 @@ impl ServerShared {
                 };
             }),
         ));
-        let (threads, epolls) = match self.start_workers(&cfg, &listener) {
+        let threads = if cfg.pool_threads == 0 {
+            self.workers.len()
+        } else {
+            cfg.pool_threads as usize
+        };
+        let pool = Pool::new(self.service.clone(), threads, self.records.server);
+        let (threads, epolls) = match self.start_workers(&cfg, &listener, &pool) {
             Ok(t) => t,
             Err(e) => {
                 sys::close(lfd);
@@ -271,21 +302,42 @@ impl ServerShared {
             // Only out of memory gets here.
             log::error!("cannot watch the listening socket: {e}");
             self.serving.store(false, Ordering::Release);
-            self.stop_workers(threads);
+            self.stop_workers(threads, Instant::now() + STOP_BOUND);
+            pool.stop(Instant::now() + STOP_BOUND);
             sys::close(lfd);
             return Err(e);
         }
-        // The workers accept (see `accept`); this thread waits for a stop.
+        // The workers accept (see `accept`); this thread watches them
+        // (see `monitor`) until a stop.
+        let threshold = cfg.stall_threshold_ms;
         let mut life = self.life();
         while !life.stop {
-            life = self.changed.wait(life).unwrap_or_else(|e| e.into_inner());
+            if threshold == 0 {
+                life = self.changed.wait(life).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            life = self
+                .changed
+                .wait_timeout(life, monitor::period(threshold))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if life.stop {
+                break;
+            }
+            // Not under the lock: the stall callback may stop the server.
+            drop(life);
+            self.check_health(&listener, threshold);
+            life = self.life();
         }
         drop(life);
         // Connections are closing: commands from other threads would only
         // be dropped, so they are refused from now on.
         self.serving.store(false, Ordering::Release);
         listener.close();
-        self.stop_workers(threads);
+        let deadline = Instant::now() + STOP_BOUND;
+        self.stop_workers(threads, deadline);
+        // The workers waited for their connections' pool handlers.
+        pool.stop(deadline.max(Instant::now() + Duration::from_millis(200)));
         listener.drain_queues();
         sys::close(lfd);
         logq::flush(Duration::from_secs(2));
@@ -296,6 +348,7 @@ impl ServerShared {
         self: &Arc<Self>,
         cfg: &Config,
         listener: &Arc<Listener>,
+        pool: &Arc<Pool>,
     ) -> io::Result<(Vec<JoinHandle<()>>, Vec<RawFd>)> {
         let mut polls = self.polls.lock().unwrap_or_else(|e| e.into_inner());
         let mut threads = Vec::new();
@@ -317,11 +370,14 @@ impl ServerShared {
                 cw,
                 self.service.clone(),
                 cfg,
-                Some(listener.clone()),
+                worker::Shared {
+                    listener: Some(listener.clone()),
+                    pool: Some(pool.clone()),
+                },
             ) {
                 Ok(w) => SendPtr(w),
                 Err(e) => {
-                    self.stop_workers(threads);
+                    self.stop_workers(threads, Instant::now() + STOP_BOUND);
                     return Err(e);
                 }
             };
@@ -340,7 +396,7 @@ impl ServerShared {
             match t {
                 Ok(t) => threads.push(t),
                 Err(e) => {
-                    self.stop_workers(threads);
+                    self.stop_workers(threads, Instant::now() + STOP_BOUND);
                     return Err(e);
                 }
             }
@@ -352,13 +408,34 @@ impl ServerShared {
         Ok((threads, epolls))
     }
 
-    /// Stops the started workers and waits for them.
-    fn stop_workers(&self, threads: Vec<JoinHandle<()>>) {
+    /// Stops the started workers and waits for them until `deadline` at
+    /// most: a worker stuck in a handler that does not return is left
+    /// running, detached (it stops by itself if the handler ever returns),
+    /// and the log says so.
+    fn stop_workers(&self, threads: Vec<JoinHandle<()>>, deadline: Instant) {
         for w in &self.workers {
             w.command(Cmd::Stop);
         }
-        for t in threads {
-            let _ = t.join();
+        while Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for (i, t) in threads.into_iter().enumerate() {
+            if t.is_finished() {
+                let _ = t.join();
+                continue;
+            }
+            let w = &self.workers[i];
+            let turn = w.beat.turn.load(Ordering::Relaxed);
+            log::error!(
+                "worker {i} did not stop within {} s: it is still in the handler of packet {:#06x}                  (for {} ms); its thread is left running, detached, and its connections open",
+                STOP_BOUND.as_secs(),
+                w.beat.handling.load(Ordering::Relaxed),
+                if turn == 0 {
+                    0
+                } else {
+                    w.beat.now().saturating_sub(turn)
+                }
+            );
         }
     }
 

@@ -1,0 +1,278 @@
+//! The pool for slow handlers: threads that run the packets a service
+//! marks as blocking (C `regist_pool_func`, Rust `on_packet_blocking`), so
+//! the worker goes on serving its other connections meanwhile.
+//!
+//! A worker hands over one packet of a connection at a time ([`Job`]): a
+//! copy of the frame, and the connection's record, which the pool thread
+//! owns until it reports back. The worker reads nothing more from that
+//! connection meanwhile and dispatches none of its packets (the bytes of
+//! the read that came after the packet wait in the connection's carry),
+//! so per-connection order is kept and what a connection can make the
+//! server hold is one packet plus one read. When the handler returns, the
+//! pool thread sends `Cmd::PoolDone` to the worker through its mailbox,
+//! behind every write and close the handler made: the worker then applies
+//! a close asked for meanwhile (the close callback runs there, once) or
+//! goes on with the connection's next packets.
+//!
+//! During the call the record's `in_buf` is the packet copy, `out_buf`
+//! the pool thread's own scratch area and `owner` the pool thread's own
+//! `WORKER` record (same `ind` and `server` as the connection's worker, its
+//! own `thread_id` and `qlog`), so C code that writes `c->out_buf` or logs
+//! to `c->owner->qlog` touches nothing the worker uses.
+//!
+//! Threads start with the first job and stop with the server.
+//!
+//! Uses: conn (the record and its id), mailbox (`Cmd::PoolDone`), service
+//! (the handler), records (the pool threads' `WORKER`s), logq (their log
+//! queues), proto (the head).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::conn::{Conn, ConnId};
+use crate::logq::{self, LogQueue};
+use crate::mailbox::{Cmd, Mailbox};
+use crate::proto::Head;
+use crate::records::{CServer, CWorker};
+use crate::service::{PoolCall, Service, Verdict};
+
+/// Size of each pool thread's scratch area behind `CONN.out_buf` (as a
+/// worker's).
+const SCRATCH: usize = 2048;
+
+thread_local! {
+    /// On a pool thread during a call: the connection and its worker.
+    static CALL: std::cell::RefCell<Option<(ConnId, Arc<Mailbox>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The worker of connection `id` if the current thread runs a pool
+/// handler of that connection: its writes and closes go straight to the
+/// worker, which takes them even while the server stops (it waits for the
+/// handler).
+pub(crate) fn own_worker(id: ConnId) -> Option<Arc<Mailbox>> {
+    CALL.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|(cid, _)| *cid == id)
+            .map(|(_, w)| w.clone())
+    })
+}
+
+/// One packet for the pool.
+pub(crate) struct Job {
+    /// The connection's record: the pool thread's alone until it sends
+    /// `PoolDone`.
+    pub conn: *mut Conn,
+    /// The connection, for `PoolDone`.
+    pub id: ConnId,
+    /// The packet's head.
+    pub head: Head,
+    /// A copy of the whole packet, head included.
+    pub pkt: Vec<u8>,
+    /// The server's stx and whether heads are in network byte order.
+    pub stx: u32,
+    /// See `stx`.
+    pub big_endian: bool,
+    /// The connection's worker, told when the handler has returned.
+    pub done: Arc<Mailbox>,
+}
+
+// SAFETY: the record behind `conn` is handed over whole: the worker does
+// not touch it (beyond reading `fd` and `ind`, which never change while a
+// job runs) until the pool thread's `PoolDone` reaches it through the
+// mailbox, which orders the two threads' accesses.
+unsafe impl Send for Job {}
+
+struct State {
+    jobs: VecDeque<Job>,
+    stop: bool,
+    threads: Vec<JoinHandle<()>>,
+    /// Threads started (they start with the first job).
+    started: bool,
+}
+
+/// A server's handler pool (see the module docs).
+pub(crate) struct Pool {
+    state: Mutex<State>,
+    ready: Condvar,
+    service: Arc<dyn Service>,
+    /// How many threads to start.
+    size: usize,
+    /// The server's C record (the pool threads' `WORKER.server`).
+    server: *mut CServer,
+}
+
+// SAFETY: `server` is the server's C record, which outlives the pool and
+// is only copied into the pool threads' records; the rest is `Sync`.
+unsafe impl Sync for Pool {}
+// SAFETY: as above.
+unsafe impl Send for Pool {}
+
+impl Pool {
+    /// A pool of `size` threads (not started yet) running `service`'s
+    /// blocking handlers for server record `server`.
+    pub(crate) fn new(service: Arc<dyn Service>, size: usize, server: *mut CServer) -> Arc<Pool> {
+        Arc::new(Pool {
+            state: Mutex::new(State {
+                jobs: VecDeque::new(),
+                stop: false,
+                threads: Vec::new(),
+                started: false,
+            }),
+            ready: Condvar::new(),
+            service,
+            size: size.max(1),
+            server,
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `job` to the pool. Returns it back if the pool has stopped or
+    /// cannot start a thread (the caller then runs nothing and closes the
+    /// connection).
+    pub(crate) fn submit(self: &Arc<Self>, job: Job) -> Result<(), Job> {
+        let mut st = self.state();
+        if st.stop {
+            return Err(job);
+        }
+        if !st.started {
+            st.started = true;
+            for i in 0..self.size {
+                match self.spawn(i) {
+                    Ok(t) => st.threads.push(t),
+                    Err(e) => {
+                        log::error!("handler pool: cannot start thread {i}: {e}");
+                        if st.threads.is_empty() {
+                            st.started = false;
+                            return Err(job);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        st.jobs.push_back(job);
+        drop(st);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn spawn(self: &Arc<Self>, i: usize) -> std::io::Result<JoinHandle<()>> {
+        let pool = self.clone();
+        std::thread::Builder::new()
+            .name(format!("mario-pool-{i}"))
+            .spawn(move || pool.run())
+    }
+
+    /// A pool thread: runs jobs until stopped.
+    fn run(&self) {
+        let qlog = LogQueue::create();
+        logq::set_thread_queue(qlog);
+        let mut scratch = vec![0u8; SCRATCH].into_boxed_slice();
+        let mut record = CWorker {
+            // SAFETY: `pthread_self` has no preconditions.
+            thread_id: unsafe { libc::pthread_self() },
+            ind: 0,
+            qlog,
+            server: self.server,
+        };
+        loop {
+            let job = {
+                let mut st = self.state();
+                loop {
+                    if let Some(j) = st.jobs.pop_front() {
+                        break j;
+                    }
+                    if st.stop {
+                        return;
+                    }
+                    st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            self.call(job, &mut record, &mut scratch);
+        }
+    }
+
+    /// Runs one job's handler and reports back to its worker.
+    fn call(&self, mut job: Job, record: &mut CWorker, scratch: &mut [u8]) {
+        let c = job.conn;
+        let len = job.pkt.len();
+        // SAFETY: the record is this thread's until `PoolDone` (see `Job`);
+        // `owner` points to the worker's record, which lives as long as
+        // the server; the fields are written through the raw pointer, no
+        // reference to the whole record is made (the worker may read `fd`
+        // and `ind` meanwhile).
+        let (owner, out_buf) = unsafe {
+            record.ind = (*(*c).owner).ind;
+            let owner = std::mem::replace(&mut (*c).owner, record as *mut CWorker);
+            let out_buf = std::mem::replace(&mut (*c).out_buf, scratch.as_mut_ptr().cast());
+            (*c).in_buf = job.pkt.as_mut_ptr().cast();
+            (*c).in_buf_len = len.min(u16::MAX as usize) as u16;
+            (*c).frame_len = len;
+            (owner, out_buf)
+        };
+        let id = job.head.akg_id;
+        CALL.with(|cur| *cur.borrow_mut() = Some((job.id, job.done.clone())));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.service.pool_packet(PoolCall {
+                conn: c,
+                head: job.head,
+                pkt: &mut job.pkt,
+                stx: job.stx,
+                big_endian: job.big_endian,
+            })
+        }));
+        let verdict = r.unwrap_or_else(|payload| {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            log::error!(
+                "pool: the handler of packet {id:#06x} panicked: {msg}; closing its connection as error"
+            );
+            Verdict::Stop
+        });
+        CALL.with(|cur| *cur.borrow_mut() = None);
+        // SAFETY: as above; the handler has returned.
+        unsafe {
+            (*c).owner = owner;
+            (*c).out_buf = out_buf;
+            (*c).in_buf_len = 0;
+        }
+        // Behind every write and close the handler made to this worker.
+        job.done
+            .command(Cmd::PoolDone(job.id, verdict != Verdict::Continue));
+    }
+
+    /// Stops the threads once their queue is empty, waiting until
+    /// `deadline` at most: a thread stuck in a handler is left running,
+    /// detached, and the log says so.
+    pub(crate) fn stop(&self, deadline: Instant) {
+        let threads = {
+            let mut st = self.state();
+            st.stop = true;
+            std::mem::take(&mut st.threads)
+        };
+        self.ready.notify_all();
+        while Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut stuck = 0;
+        for t in threads {
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                stuck += 1;
+            }
+        }
+        if stuck > 0 {
+            log::error!("handler pool: {stuck} thread(s) still in a handler at stop: left running, detached");
+        }
+    }
+}
