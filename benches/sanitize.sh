@@ -3,20 +3,21 @@
 #
 #   asan-rust   AddressSanitizer + LeakSanitizer on the Rust unit tests and
 #               the in-process server tests (--lib, rust_api, rust_closing,
-#               rust_framing).
+#               rust_framing, rust_pool).
 #   asan-c      libmario.a built with AddressSanitizer, linked into the C
 #               test programs (gcc -fsanitize=address,undefined, as in the
 #               Makefile's ctests) and driven by the integration tests that
 #               exercise cross-thread commands and slot reuse (lifecycle,
-#               crossthread, framing, closing, frame_kinds, chat). The C
+#               crossthread, framing, closing, frame_kinds, chat, health:
+#               its latency bounds times MARIO_TEST_TIME_SCALE=10). The C
 #               tests of `make test` already
 #               run under gcc's sanitizers, but with an uninstrumented
 #               library; here the library's own accesses are checked too.
-#   tsan-rust   ThreadSanitizer on --lib, rust_api, rust_closing and
-#               rust_framing.
+#   tsan-rust   ThreadSanitizer on --lib, rust_api, rust_closing,
+#               rust_framing and rust_pool.
 #   tsan-c      libmario.a built with ThreadSanitizer, linked into testsrv
 #               and mario_chat (gcc -fsanitize=thread), driven by lifecycle,
-#               crossthread and chat.
+#               crossthread, chat and health.
 #
 # Everything builds under target/asan and target/tsan (never target/debug,
 # target/release or target/ctests). The asan-c / tsan-c phases run the
@@ -99,7 +100,7 @@ export RUST_BACKTRACE=0
 san_cargo() {
     local san=$1 dir=$2
     shift 2
-    RUSTFLAGS="-Zsanitizer=$san -Cforce-frame-pointers=yes" \
+    MARIO_TEST_TIME_SCALE=10 RUSTFLAGS="-Zsanitizer=$san -Cforce-frame-pointers=yes" \
         cargo "+$TC" "$@" "${BUILD_STD[@]}" --target "$TARGET" --target-dir "$dir" \
         --config 'profile.dev.panic="unwind"'
 }
@@ -156,7 +157,7 @@ run_with_ctests() {
             mount --bind "$1" "$2/target/ctests" || exit 1
             cmp -s "$1/testsrv" "$2/target/ctests/testsrv" || { echo "bind mount not in effect"; exit 1; }
             shift 2 && exec "$@"' \
-            sh "$ctests" "$ROOT" env PATH="$OUT/bin:$PATH" "$exe" || status=1
+            sh "$ctests" "$ROOT" env PATH="$OUT/bin:$PATH" MARIO_TEST_TIME_SCALE=10 "$exe" || status=1
     done
     return $status
 }
@@ -177,7 +178,8 @@ phase() {
 CFLAGS_BASE="-std=c99 -O1 -g -Wall -Wextra -Werror -DLINUX64 -fno-omit-frame-pointer -Iinclude"
 
 asan_rust() {
-    san_cargo address target/asan test --no-fail-fast --lib --test rust_api --test rust_closing --test rust_framing
+    san_cargo address target/asan test --no-fail-fast --lib --test rust_api --test rust_closing --test rust_framing \
+        --test rust_pool
 }
 
 asan_c() {
@@ -185,21 +187,22 @@ asan_c() {
         "$CFLAGS_BASE -fsanitize=address,undefined -fno-sanitize-recover=undefined" || return 1
     local exes
     mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test framing --test closing \
-        --test frame_kinds --test chat)
-    [ "${#exes[@]}" = 6 ] || { echo "could not build the integration tests"; return 1; }
+        --test frame_kinds --test chat --test health)
+    [ "${#exes[@]}" = 7 ] || { echo "could not build the integration tests"; return 1; }
     run_with_ctests "$ROOT/target/asan/ctests" "${exes[@]}"
 }
 
 tsan_rust() {
-    san_cargo thread target/tsan test --no-fail-fast --lib --test rust_api --test rust_closing --test rust_framing
+    san_cargo thread target/tsan test --no-fail-fast --lib --test rust_api --test rust_closing --test rust_framing \
+        --test rust_pool
 }
 
 tsan_c() {
     build_ctests thread target/tsan "$CFLAGS_BASE -fsanitize=thread" || return 1
     local exes
     # The drivers themselves need no sanitizer: reuse the asan-c build.
-    mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test chat)
-    [ "${#exes[@]}" = 3 ] || { echo "could not build the integration tests"; return 1; }
+    mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test chat --test health)
+    [ "${#exes[@]}" = 4 ] || { echo "could not build the integration tests"; return 1; }
     run_with_ctests "$ROOT/target/tsan/ctests" "${exes[@]}"
 }
 

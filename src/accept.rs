@@ -467,6 +467,73 @@ mod tests {
         assert!(c[0].abs_diff(c[1]) <= 3, "{c:?}");
     }
 
+    /// Flags worker `i` as the monitor does: stalled in its current turn.
+    fn stall(p: &Placement, i: usize, turn: u64) {
+        p.workers[i].beat.turn.store(turn, Ordering::Relaxed);
+        p.workers[i].flagged.store(turn, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_stalled_worker_gets_no_connection_until_its_turn_ends() {
+        // Small server (round robin) and large (least loaded) alike.
+        for (n, pre) in [(3usize, 0u32), (3, 3000)] {
+            let p = placement(n, 100_000);
+            for w in 0..n {
+                p.workers[w].count.store(pre, Ordering::Relaxed);
+            }
+            stall(&p, 1, 42);
+            assert!(p.workers[1].stalled());
+            let got: Vec<usize> = (0..60)
+                .map(|k| place_and_take(&p, k as usize % 2 * 2, k))
+                .collect();
+            assert!(!got.contains(&1), "{got:?}");
+            assert!(got.contains(&0) && got.contains(&2));
+            // The handler returns: a new turn, and worker 1, the least
+            // loaded by far, gets connections again.
+            p.workers[1].beat.turn.store(43, Ordering::Relaxed);
+            p.workers[1].count.store(0, Ordering::Relaxed);
+            assert!(!p.workers[1].stalled());
+            let got: Vec<usize> = (0..60).map(|k| place_and_take(&p, 0, 100 + k)).collect();
+            assert!(got.iter().filter(|&&w| w == 1).count() >= 20, "{got:?}");
+        }
+    }
+
+    #[test]
+    fn the_accepting_worker_is_never_skipped_and_a_lone_healthy_one_keeps_all() {
+        let p = placement(2, 4);
+        stall(&p, 1, 7);
+        let got: Vec<usize> = (0..4).map(|k| place_and_take(&p, 0, k)).collect();
+        assert_eq!(got, vec![0, 0, 0, 0]);
+        // Worker 0 is full and worker 1 stalled: refused (the full case),
+        // never handed to the stalled worker.
+        assert!(matches!(p.place(0, conn(9)), Placed::Refused(_)));
+        assert_eq!(counts(&p), vec![4, 0]);
+    }
+
+    #[test]
+    fn rehome_moves_a_stalled_workers_queue_to_healthy_workers_with_room() {
+        let p = placement(3, 3);
+        for k in 0..3 {
+            p.workers[1].accept_q.push(conn(k)).unwrap();
+        }
+        p.workers[1].count.store(3, Ordering::Relaxed);
+        p.workers[2].count.store(2, Ordering::Relaxed);
+        stall(&p, 1, 5);
+        // Worker 0 has room for three, worker 2 for one: all three move.
+        assert_eq!(p.rehome(1), 3);
+        assert!(p.workers[1].accept_q.is_empty());
+        assert_eq!(counts(&p), vec![2, 0, 3]);
+        // Nowhere to go: the connections stay, still counted.
+        let p = placement(2, 1);
+        p.workers[0].count.store(1, Ordering::Relaxed);
+        p.workers[1].accept_q.push(conn(1)).unwrap();
+        p.workers[1].count.store(1, Ordering::Relaxed);
+        stall(&p, 1, 5);
+        assert_eq!(p.rehome(1), 0);
+        assert_eq!(p.workers[1].accept_q.len(), 1);
+        assert_eq!(counts(&p), vec![1, 1]);
+    }
+
     #[test]
     fn a_full_hand_off_queue_gives_the_place_back() {
         let p = placement(2, 100_000);

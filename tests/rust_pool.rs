@@ -158,7 +158,10 @@ fn on_stall_fires_once_per_stall_off_the_workers() {
     assert!(!srv.server.worker_stalled(1 - w));
     assert!(!srv.server.worker_stalled(99));
     assert_eq!(id, 0x0102);
-    assert!((200..500).contains(&ms), "noticed after {ms} ms");
+    assert!(
+        ms >= 200 && u128::from(ms) < 200 + scaled_ms(300).as_millis(),
+        "noticed after {ms} ms"
+    );
     assert!(!thread.starts_with("mario-worker"), "on_stall ran on {thread}");
     let (h, _) = read_frame(&mut s).expect("reply after the stall");
     assert_eq!(h.akg_id, 0x0102);

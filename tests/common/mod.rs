@@ -658,6 +658,17 @@ pub fn spawn_writes(c: &TcpStream, writes: Vec<(Vec<u8>, Option<Duration>)>) -> 
     })
 }
 
+/// `ms` milliseconds times `MARIO_TEST_TIME_SCALE` (default 1): the
+/// latency bounds of tests that `make sanitize` runs on a library slowed
+/// down by a sanitizer.
+pub fn scaled_ms(ms: u64) -> Duration {
+    let k: u64 = std::env::var("MARIO_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    Duration::from_millis(ms * k.max(1))
+}
+
 /// Polls `f` every 5 ms until it is true or `limit` passes.
 pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
