@@ -186,10 +186,29 @@ def micro_table(m):
             + f"{lg['filtered_vs_kept']:.4f} x a kept `slog_info` (formatted and queued: {lg['kept_ns']:.1f} ns).\n\n")
 
 
+def ctx_switches(pid):
+    """Context switches of all the process's threads so far (each wake-up of
+    a sleeping thread is one)."""
+    n = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            for line in open(f"/proc/{pid}/task/{t}/status"):
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    n += int(line.split()[1])
+        except OSError:
+            pass
+    return n
+
+
 def idle_cpu(server, secs):
-    c0 = cpu_seconds(server.proc.pid)
+    """CPU and thread wake-ups of a server holding no connection (libmario's
+    worker monitor runs: it looks every 250 ms)."""
+    time.sleep(0.5)
+    c0, w0 = cpu_seconds(server.proc.pid), ctx_switches(server.proc.pid)
     time.sleep(secs)
-    return {"idle_cpu_pct": 100.0 * (cpu_seconds(server.proc.pid) - c0) / secs, "rss_kib": rss_kib(server.proc.pid)}
+    return {"idle_cpu_pct": 100.0 * (cpu_seconds(server.proc.pid) - c0) / secs,
+            "wakeups_per_s": (ctx_switches(server.proc.pid) - w0) / secs,
+            "rss_kib": rss_kib(server.proc.pid)}
 
 
 def main():
@@ -228,11 +247,12 @@ def main():
         for kind in kinds:
             s = Server(kind, a.compare if kind == "before" else None)
             try:
-                res = idle_cpu(s, 3 if a.quick else 5)
+                res = idle_cpu(s, 3 if a.quick else 10)
             finally:
                 s.stop()
             results.setdefault(("idle", kind), []).append(res)
-            print(f"round {r + 1} idle           {kind:6} cpu {res['idle_cpu_pct']:.2f} %", file=sys.stderr)
+            print(f"round {r + 1} idle           {kind:6} cpu {res['idle_cpu_pct']:.2f} % "
+                  f"wake-ups {res['wakeups_per_s']:.1f}/s", file=sys.stderr)
     mem = memory_scaling()
     mic = micro(a.quick)
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -282,7 +302,14 @@ def write_report(a, results, mem, today, replace_today=False, micro=None):
     row("RSS holding 15,000 connections (churn 1000/s): KiB", "hold 15000", "rss_max_kib", n, "<= 0.2 x")
     row("same: failures", "hold 15000", "failures_total", n, "0")
     m, t = med(results, ("idle", "mario"), "idle_cpu_pct"), med(results, ("idle", "tokio"), "idle_cpu_pct")
-    rows.append(("idle server CPU", f"{m:.2f} %", f"{t:.2f} %", "-", "-", *(("-", "-") if before else ()), "0"))
+    b = med(results, ("idle", "before"), "idle_cpu_pct")
+    rows.append(("idle server CPU (10 s)", f"{m:.3f} %", f"{t:.3f} %", "-", "-",
+                 *((f"before: {b:.3f} %", "-") if before and b is not None else ()), "~0"))
+    m, t = med(results, ("idle", "mario"), "wakeups_per_s"), med(results, ("idle", "tokio"), "wakeups_per_s")
+    b = med(results, ("idle", "before"), "wakeups_per_s")
+    if m is not None and t is not None:
+        rows.append(("same: thread wake-ups per second", f"{m:.1f}", f"{t:.1f}", "-", "-",
+                     *((f"before: {b:.1f}", "-") if before and b is not None else ()), ""))
 
     cpu = "unknown"
     try:
