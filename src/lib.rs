@@ -64,6 +64,7 @@
 //! | | `wheel` | a hashed timing wheel with one-second ticks |
 //! | | `sync` | std atomics, or loom's under `--cfg loom` |
 //! | | [`logq`] | log rings, the log thread, the `log` crate sink |
+//! | | `stats` | each worker's counters ([`Counters`], [`Stats`]) |
 //! | 1 records | `records` | the C `WORKER`, `WORKER_ARRAY`, `SERVER` records |
 //! | 2 connections | `conn` | [`Conn`], [`ConnId`], a worker's connection table, the input path |
 //! | 3 contract | `service` | [`Config`], [`Verdict`], the `Service` callbacks |
@@ -92,6 +93,7 @@ pub mod proto;
 mod records;
 mod server;
 mod service;
+mod stats;
 mod sync;
 mod sys;
 mod wheel;
@@ -104,3 +106,4 @@ pub use proto::{
 };
 pub use server::{close_id, send_to};
 pub use service::{Config, DEFAULT_OUTPUT_LIMIT, Verdict};
+pub use stats::{Counters, Stats};

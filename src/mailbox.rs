@@ -15,7 +15,8 @@
 //! worker that is awake. The loom models in this file (`make loom`) check
 //! this on the real code.
 //!
-//! Uses: conn (the `ConnId` commands carry), sys (`Accepted`), sync.
+//! Uses: conn (the `ConnId` commands carry), sys (`Accepted`), sync, stats
+//! (the worker's counters).
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -23,6 +24,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
 use crate::conn::ConnId;
+use crate::stats::WorkerStats;
 use crate::sync::{self, AtomicBool, AtomicU32, AtomicUsize, Step, fence};
 use crate::sys::Accepted;
 
@@ -75,6 +77,9 @@ pub(crate) struct Mailbox {
     /// Closed connections still delivering their output (written by the
     /// worker only): placement caps `count + closing` at `connnum`.
     pub closing: AtomicU32,
+    /// The worker's statistics (see `stats`), on cache lines of their own:
+    /// other threads write the fields above.
+    pub stats: WorkerStats,
 }
 
 impl Mailbox {
@@ -96,6 +101,7 @@ impl Mailbox {
             waker,
             count: AtomicU32::new(0),
             closing: AtomicU32::new(0),
+            stats: WorkerStats::default(),
         }
     }
 

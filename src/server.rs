@@ -1,7 +1,7 @@
 //! The server: start-up, worker threads, stop, and the registry that lets
 //! any thread reach a connection by its [`ConnId`] (`send_to`, `close_id`).
 //!
-//! Uses: worker, accept, mailbox, service, conn, records, logq, sys.
+//! Uses: worker, accept, mailbox, service, conn, records, logq, sys, stats.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -19,6 +19,7 @@ use crate::logq::{self, LogQueue};
 use crate::mailbox::{Cmd, Mailbox};
 use crate::records::CRecords;
 use crate::service::{Config, Service};
+use crate::stats::Stats;
 use crate::sys;
 use crate::worker::{self, Worker};
 
@@ -212,6 +213,24 @@ impl ServerShared {
         self.life().state = RunState::Stopped;
         self.changed.notify_all();
         r
+    }
+
+    /// Each worker's counters now, and their sum (see `stats`): any
+    /// thread, any time (zeros before the server runs).
+    pub(crate) fn stats(&self) -> Stats {
+        Stats::from_workers(
+            self.workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    // SAFETY: the worker records and their log queues are
+                    // made in `new` and live as long as the server.
+                    let dropped = unsafe { (*(*self.records.worker(i)).qlog).dropped_total() };
+                    w.stats
+                        .snapshot(u64::from(w.count.load(Ordering::Relaxed)), dropped)
+                })
+                .collect(),
+        )
     }
 
     fn life(&self) -> std::sync::MutexGuard<'_, Lifecycle> {

@@ -9,9 +9,10 @@
 //! connection is closed as [`AKG_ERROR`](crate::AKG_ERROR); the worker goes
 //! on serving the others.
 //!
-//! Uses: server, worker, service, conn, proto.
+//! Uses: server, worker, service, conn, proto, stats.
 
 mod conn;
+mod stats;
 
 use std::io;
 use std::sync::Arc;

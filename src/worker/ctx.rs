@@ -32,7 +32,8 @@
 //! runs on the current thread.
 //!
 //! Uses: `super::closing` (closed connections' sockets), conn, records (the
-//! `WORKER` a context runs), mailbox (`Cmd`), service, proto, sys.
+//! `WORKER` a context runs), mailbox (`Cmd`), service, proto, sys, stats
+//! (the worker's counters).
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -46,9 +47,10 @@ use crate::conn::ConnId;
 use crate::conn::record::Conn;
 use crate::conn::table::{Append, ConnTable, State};
 use crate::mailbox::{Cmd, Mailbox};
-use crate::proto::{AKG_ERROR, Framing, Head};
+use crate::proto::{AKG_ERROR, AKG_TIMEOUT, Framing, Head};
 use crate::records::CWorker;
 use crate::service::{Service, Verdict};
+use crate::stats;
 use crate::sys::{self, Io};
 
 /// Size of the per-worker scratch area behind `CONN.out_buf`.
@@ -174,6 +176,7 @@ impl Ctx {
         cfg: CtxConfig,
     ) -> Ctx {
         let index = mailbox.index;
+        let closing = Closing::new(mailbox.clone());
         Ctx {
             holds_conn: service.holds_conn(),
             mailbox,
@@ -193,7 +196,7 @@ impl Ctx {
             held: RefCell::new(Vec::new()),
             depth: Cell::new(0),
             doomed: RefCell::new(Vec::new()),
-            closing: RefCell::new(Closing::default()),
+            closing: RefCell::new(closing),
         }
     }
 
@@ -290,7 +293,8 @@ impl Ctx {
         }
         self.table.set_state(slot, State::Doomed);
         if how == Ending::Abort {
-            let (out, _) = self.table.take_output(slot);
+            let (out, pos) = self.table.take_output(slot);
+            stats::sub(&self.mailbox.stats.out_queued, (out.len() - pos) as u64);
             self.table.recycle(out);
         }
         self.doomed.borrow_mut().push((id, reason, how));
@@ -357,6 +361,7 @@ impl Ctx {
         let now = self.now.get();
         match self.table.append(slot, generation, data, self.out_cap, now) {
             Append::Queued { first, mark } => {
+                stats::add(&self.mailbox.stats.out_queued, data.len() as u64);
                 if first && self.write_timeout > 0 {
                     self.table
                         .file_timer(slot, now.saturating_add(self.write_timeout).saturating_add(1));
@@ -435,6 +440,8 @@ impl Ctx {
                     Io::Done(n) => {
                         s.out_pos += n;
                         s.last_write = now;
+                        stats::add(&self.mailbox.stats.bytes_out, n as u64);
+                        stats::sub(&self.mailbox.stats.out_queued, n as u64);
                     }
                     Io::WouldBlock => break,
                     Io::Err(e) => return Some(e),
@@ -511,8 +518,18 @@ impl Ctx {
             c.in_buf_len = 0;
             c.ind
         };
+        let st = &self.mailbox.stats;
+        stats::add(
+            match reason {
+                AKG_TIMEOUT => &st.timeouts,
+                AKG_ERROR => &st.errors,
+                _ => &st.closed,
+            },
+            1,
+        );
         if how == Ending::Abort {
-            let (out, _) = self.table.take_output(slot);
+            let (out, pos) = self.table.take_output(slot);
+            stats::sub(&st.out_queued, (out.len() - pos) as u64);
             self.table.recycle(out);
         }
         // During the callback a graceful close takes a last reply; a nested
@@ -538,6 +555,7 @@ impl Ctx {
         let (out, pos) = self.table.take_output(slot);
         match how {
             Ending::Abort => {
+                stats::sub(&st.out_queued, (out.len() - pos) as u64);
                 sys::close_reset(fd);
                 self.table.recycle(out);
             }

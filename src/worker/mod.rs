@@ -15,7 +15,7 @@
 //!   output, or waiting after FIN for the peer to acknowledge it.
 //! * this file: the loop (events, reads, dispatch, timeouts, shutdown).
 //!
-//! Uses: accept, mailbox, service, conn, records, proto, sys.
+//! Uses: accept, mailbox, service, conn, records, proto, sys, stats.
 
 mod closing;
 mod ctx;
@@ -37,6 +37,7 @@ use crate::mailbox::Mailbox;
 use crate::proto::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, Bad, BadHead, Head, Scan};
 use crate::records::CWorker;
 use crate::service::{Config, Service, Verdict};
+use crate::stats;
 use crate::sys;
 use ctx::{CtxConfig, DRAIN_TOKEN};
 
@@ -326,6 +327,7 @@ impl Worker {
             let due = c.last_read.saturating_add(ctx.read_timeout).saturating_add(1);
             ctx.table.file_timer(slot, due);
         }
+        stats::add(&ctx.mailbox.stats.accepted, 1);
         ctx.connected(p);
     }
 
@@ -356,7 +358,13 @@ impl Worker {
                 ctx.framing(),
                 ctx.stx(),
                 ctx.now.get(),
-                sys::recv,
+                |fd, buf| {
+                    let r = sys::recv(fd, buf);
+                    if let sys::Io::Done(n) = r {
+                        stats::add(&ctx.mailbox.stats.bytes_in, n as u64);
+                    }
+                    r
+                },
                 |h, rest, len| {
                     // `in_buf_len`: the bytes available from the packet on
                     // (as the original), or the frame's length; both capped
@@ -373,6 +381,9 @@ impl Worker {
                         Some(h) => ctx.packet(p, h, &mut rest[..len]),
                         None => ctx.frame(p, &mut rest[..len]),
                     };
+                    if verdict != Verdict::NoHandler {
+                        stats::add(&ctx.mailbox.stats.packets_in, 1);
+                    }
                     last = h;
                     // SAFETY: the callback has returned; no other reference
                     // remains.
