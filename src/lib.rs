@@ -66,6 +66,7 @@
 //! | | [`logq`] | log rings, the log thread, the `log` crate sink |
 //! | | `stats` | each worker's counters ([`Counters`], [`Stats`]) |
 //! | 1 records | `records` | the C `WORKER`, `WORKER_ARRAY`, `SERVER` records |
+//! | | `metrics` | the Prometheus text of the statistics, the `/metrics` endpoint |
 //! | 2 connections | `conn` | [`Conn`], [`ConnId`], a worker's connection table, the input path |
 //! | 3 contract | `service` | [`Config`], [`Verdict`], the `Service` callbacks |
 //! | | `mailbox` | what other threads hand a worker; the wake-up protocol |
@@ -89,6 +90,7 @@ pub mod ffi;
 pub mod harness;
 pub mod logq;
 mod mailbox;
+mod metrics;
 pub mod proto;
 mod records;
 mod server;

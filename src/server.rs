@@ -1,7 +1,8 @@
 //! The server: start-up, worker threads, stop, and the registry that lets
 //! any thread reach a connection by its [`ConnId`] (`send_to`, `close_id`).
 //!
-//! Uses: worker, accept, mailbox, service, conn, records, logq, sys, stats.
+//! Uses: worker, accept, mailbox, service, conn, records, logq, sys, stats,
+//! metrics.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -17,6 +18,7 @@ use crate::conn::ConnId;
 use crate::conn::id::MAX_SERVERS;
 use crate::logq::{self, LogQueue};
 use crate::mailbox::{Cmd, Mailbox};
+use crate::metrics::{self, http::Endpoint};
 use crate::records::CRecords;
 use crate::service::{Config, Service};
 use crate::stats::Stats;
@@ -54,6 +56,9 @@ pub(crate) struct ServerShared {
     /// True while the workers run and take commands (set once they are
     /// started, cleared when a stop begins).
     serving: AtomicBool,
+    /// The `/metrics` endpoints serving this server's statistics; `None`
+    /// once it has stopped (they stop with it).
+    endpoints: Mutex<Option<Vec<Endpoint>>>,
 }
 
 /// Servers by number, for [`ConnId`] lookups from any thread. Numbers are
@@ -153,6 +158,7 @@ impl ServerShared {
             }),
             changed: Condvar::new(),
             serving: AtomicBool::new(false),
+            endpoints: Mutex::new(Some(Vec::new())),
         });
         reg[id] = Arc::downgrade(&s);
         drop(reg);
@@ -210,6 +216,9 @@ impl ServerShared {
             life.state = RunState::Running;
         }
         let r = self.serve();
+        // The metrics endpoints stop with the server.
+        let endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(endpoints);
         self.life().state = RunState::Stopped;
         self.changed.notify_all();
         r
@@ -231,6 +240,29 @@ impl ServerShared {
                 })
                 .collect(),
         )
+    }
+
+    /// Serves [`ServerShared::stats`] as Prometheus text on `addr` (see
+    /// `metrics::http`) until the server stops; returns the address bound.
+    /// Fails if the address is bad or taken, or the server has stopped.
+    pub(crate) fn serve_metrics(self: &Arc<Self>, addr: &str) -> io::Result<std::net::SocketAddr> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(list) = endpoints.as_mut() else {
+            return Err(io::Error::other("the server has stopped"));
+        };
+        // Weak: the endpoint, owned by the server, must not keep it alive.
+        let weak = Arc::downgrade(self);
+        let ep = Endpoint::start(
+            addr,
+            Box::new(move || {
+                weak.upgrade()
+                    .map(|s| metrics::prometheus(&s.stats()))
+                    .unwrap_or_default()
+            }),
+        )?;
+        let bound = ep.addr();
+        list.push(ep);
+        Ok(bound)
     }
 
     fn life(&self) -> std::sync::MutexGuard<'_, Lifecycle> {

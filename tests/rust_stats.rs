@@ -1,13 +1,18 @@
 //! Statistics in the Rust API: `Server::stats` counts a scripted session
-//! exactly (zeros before `run`, the same numbers after it returns).
+//! exactly (zeros before `run`, the same numbers after it returns),
+//! `Server::prometheus`, and `Server::serve_metrics` over HTTP (200, 404,
+//! 405, 400, HEAD, a silent client that holds nothing up and is closed in
+//! time, IPv6, bad and taken addresses, the endpoint gone after the stop).
 
 mod common;
+mod scrape;
 
 use common::*;
+use scrape::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mario::{AKG_CLOSED, Counters, Framing, Server, ServerBuilder, Verdict};
 
@@ -157,6 +162,23 @@ fn stats_count_a_scripted_session_exactly() {
         want[0].bytes_out + want[1].bytes_out,
         "the total is the sum"
     );
+    // The same numbers in the Prometheus text.
+    let text = r.server.prometheus();
+    let got = samples(&text);
+    let mut w = Vec::new();
+    for c in want {
+        w.push(Want {
+            connections: c.connections,
+            accepted: c.accepted,
+            closed: c.closed,
+            timeouts: c.timeouts,
+            errors: c.errors,
+            packets_in: c.packets_in,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+        });
+    }
+    assert_eq!(mismatches(&got, &w, 1), Vec::<String>::new(), "{text}");
     // After the stop: the same numbers (nothing was open).
     let server = r.server.clone();
     r.stop();
@@ -243,4 +265,88 @@ fn output_queued_returns_to_zero() {
         });
     }
     r.stop();
+}
+
+#[test]
+fn serve_metrics_answers_over_http() {
+    let server = std::sync::Arc::new(builder().build().unwrap());
+    // Before `run`: it serves already (zeros).
+    let addr = server.serve_metrics("127.0.0.1:0").unwrap().to_string();
+    let ok = get(&addr);
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert_eq!(ok.header("connection"), Some("close"));
+    assert_eq!(
+        ok.header("content-length"),
+        Some(ok.body.len().to_string().as_str())
+    );
+    assert!(
+        ok.body
+            .contains("mario_connections_accepted_total{worker=\"1\"} 0\n")
+    );
+
+    let s = server.clone();
+    let t = std::thread::spawn(move || s.run());
+    let port = server.wait_listening(Duration::from_secs(10)).unwrap();
+    let mut c = connect(port);
+    c.write_all(&frame(STX, ID_PING, b"hi")).unwrap();
+    read_frame(&mut c).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || {
+        get(&addr)
+            .body
+            .lines()
+            .any(|l| l.starts_with("mario_received_bytes_total") && l.ends_with(" 10"))
+    }));
+
+    let head = request(&addr, "HEAD /metrics HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    assert_eq!(request(&addr, "GET /other HTTP/1.1\r\n\r\n").unwrap().status, 404);
+    let post = request(&addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap();
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    assert_eq!(request(&addr, "hello\r\n\r\n").unwrap().status, 400);
+
+    // A silent client neither holds the endpoint up nor stays for ever.
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /met").unwrap();
+    let t0 = Instant::now();
+    assert_eq!(get(&addr).status, 200);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    for s in [&mut silent, &mut slow] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        assert!(buf.is_empty());
+    }
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(9),
+        "a silent client was closed after {waited:?}, not about 5 s"
+    );
+
+    // IPv6, where the machine has it.
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let v6 = server.serve_metrics("[::1]:0").unwrap();
+        assert!(v6.is_ipv6());
+        assert_eq!(get(&v6.to_string()).status, 200);
+    }
+    // Bad and taken addresses are errors naming them.
+    let e = server.serve_metrics("nonsense").unwrap_err();
+    assert!(e.to_string().contains("\"nonsense\""), "{e}");
+    let e = server.serve_metrics(&addr).unwrap_err();
+    assert!(e.to_string().contains(&addr), "{e}");
+
+    // The endpoint stops with the server.
+    server.stop_handle().stop();
+    t.join().unwrap().unwrap();
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "still listening after the stop"
+    );
+    let e = server.serve_metrics("127.0.0.1:0").unwrap_err();
+    assert!(e.to_string().contains("stopped"), "{e}");
 }

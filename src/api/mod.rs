@@ -9,7 +9,7 @@
 //! connection is closed as [`AKG_ERROR`](crate::AKG_ERROR); the worker goes
 //! on serving the others.
 //!
-//! Uses: server, worker, service, conn, proto, stats.
+//! Uses: server, worker, service, conn, proto, stats, metrics.
 
 mod conn;
 mod stats;
