@@ -4,6 +4,8 @@
 #                   + c-examples/mario_client + c-examples/mario_chat
 #   make run        build, then run maritcp in the foreground from c-examples/
 #   make test       everything above, then the whole test suite
+#   make venv       target/venv: Python with the Prometheus client's text
+#                   parser, which the statistics tests parse /metrics with
 #   make header     regenerate include/mario/mario.h after changing src/ffi/
 #   make lint       cargo fmt --check + cargo clippy -D warnings + make doc
 #   make doc        the crate's docs (cargo doc), warnings are errors
@@ -22,7 +24,7 @@ EX      := c-examples
 APP_SRC := $(EX)/mario.c $(EX)/config.c $(EX)/function.c $(EX)/collect.c
 APP_HDR := $(wildcard $(EX)/*.h) include/mario/mario.h
 
-.PHONY: all lib examples run test lint doc header install clean
+.PHONY: all lib examples run test lint doc header install clean venv
 
 all: lib examples
 
@@ -51,7 +53,7 @@ run: all
 
 # `harness`: the fuzz-corpus replay and the idle_table bench need the test
 # harnesses (src/harness/), which the shipped library never contains.
-test: lint all ctests
+test: lint all ctests venv
 	$(CARGO) test --all-targets --features harness -- --test-threads=4
 	$(CARGO) test -p mario-bench -p tokio-peer
 	$(CARGO) test --doc
@@ -74,6 +76,17 @@ install: all
 clean:
 	$(CARGO) clean
 	rm -f $(EX)/maritcp $(EX)/mario_client $(EX)/mario_chat $(EX)/*.o
+
+# The Prometheus client's own text parser, for tests/stats.rs (it parses
+# what /metrics serves): a virtualenv of our own, never the system's Python.
+VENV := target/venv
+PROMETHEUS_CLIENT := prometheus-client==0.26.0
+venv: $(VENV)/.ready
+
+$(VENV)/.ready:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PROMETHEUS_CLIENT)
+	touch $@
 
 # C test programs, built with AddressSanitizer + UBSan (run by `make test`).
 CTEST_DIR := target/ctests

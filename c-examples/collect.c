@@ -4,8 +4,10 @@
  * Online-user statistics. Each worker counts the users logged in on its
  * own connections in its own slot of online[]; only that worker writes
  * the slot. The stats thread reads all slots every 60 seconds and logs
- * "online number: N" through its own log queue. The slots are accessed
- * with GCC's __atomic builtins, so the reads and writes never race.
+ * "online number: N" through its own log queue, and next to it the
+ * server's own numbers (mario_get_stats) as one "stats: ..." line. The
+ * slots are accessed with GCC's __atomic builtins, so the reads and writes
+ * never race.
  */
 
 #include "mario/mario.h"
@@ -17,6 +19,7 @@
 #define COLLECT_TICK_USECOND		200000	/* check for stop 5 times a second */
 
 static LOG_QUEUE *log = NULL;
+static SERVER *stats_server = NULL;
 static sint32 *online = NULL;
 static uint16 online_size = 0;
 
@@ -38,6 +41,7 @@ sint32 init_collect(SERVER *server) {
 		return -1;
 	}
 	online_size = n;
+	stats_server = server;
 	return 0;
 }
 
@@ -61,6 +65,22 @@ sint32 online_total(void) {
 	return sum;
 }
 
+/* one line of the server's numbers since it started (mario_get_stats) */
+static void log_server_stats(void) {
+	mario_stats st;
+
+	if (stats_server == NULL || mario_get_stats(stats_server, &st, sizeof(st)) != (sint32) sizeof(st))
+		return;
+	slog_info_t(log, "stats: connections=%llu accepted=%llu refused=%llu closed=%llu timeouts=%llu "
+			"errors=%llu packets_in=%llu bytes_in=%llu bytes_out=%llu out_queued=%llu "
+			"log_dropped=%llu", (unsigned long long) st.connections,
+			(unsigned long long) st.accepted, (unsigned long long) st.refused,
+			(unsigned long long) st.closed, (unsigned long long) st.timeouts,
+			(unsigned long long) st.errors, (unsigned long long) st.packets_in,
+			(unsigned long long) st.bytes_in, (unsigned long long) st.bytes_out,
+			(unsigned long long) st.out_queued, (unsigned long long) st.log_dropped);
+}
+
 static void *collect_worker_fun(void *arg) {
 	time_t next = time(NULL) + COLLECT_INTERVAL_SECOND;
 
@@ -72,6 +92,7 @@ static void *collect_worker_fun(void *arg) {
 		now = time(NULL);
 		if (now >= next) {
 			slog_info_t(log, "online number: %d", online_total());
+			log_server_stats();
 			next = now + COLLECT_INTERVAL_SECOND;
 		}
 	}

@@ -2,7 +2,7 @@
  * collect.h
  *
  * Online-user statistics: one counter per worker thread, and a thread
- * that logs their sum every 60 seconds.
+ * that logs their sum, and the server's own numbers, every 60 seconds.
  */
 
 #ifndef COLLECT_H_

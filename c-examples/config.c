@@ -2,8 +2,8 @@
  * config.c
  *
  * Reads ./init.conf: one "NAME VALUE" per line (PORT, TIMEOUT, WORKERNUM,
- * CONNNUM, USERNUM, FILENUM). Lines starting with '#', blank lines and
- * unknown names are ignored. PORT is required.
+ * CONNNUM, USERNUM, FILENUM, METRICS). Lines starting with '#', blank
+ * lines and unknown names are ignored. PORT is required.
  */
 
 #include "mario/mario.h"
@@ -33,6 +33,15 @@ static int parse_num(const char *s, unsigned long max, unsigned long *out) {
 static int set_value(const char *name, const char *value, int lineno) {
 	unsigned long max, v;
 
+	if (strcmp(name, "METRICS") == 0) {
+		/* an address, checked by mario_serve_metrics */
+		if (value[0] == '\0') {
+			fprintf(stderr, "[error] %s line %d: METRICS has no value\n", CONF_FILE, lineno);
+			return -1;
+		}
+		snprintf(conf.metrics, sizeof(conf.metrics), "%s", value);
+		return 0;
+	}
 	if (strcmp(name, "PORT") == 0 || strcmp(name, "WORKERNUM") == 0)
 		max = 65535;
 	else if (strcmp(name, "TIMEOUT") == 0)
@@ -130,6 +139,7 @@ sint32 init_conf(void) {
 	fprintf(stdout, "%-16s%u\n", "connnum", conf.connnum);
 	fprintf(stdout, "%-16s%u\n", "usernum", conf.usernum);
 	fprintf(stdout, "%-16s%u\n", "filenum", conf.filenum);
+	fprintf(stdout, "%-16s%s\n", "metrics", conf.metrics[0] ? conf.metrics : "off");
 	fprintf(stdout, "-------------------------------------------\n");
 	fflush(stdout);
 	return 0;

@@ -16,6 +16,8 @@ typedef struct _CONF {
 	uint32 connnum;		/* CONNNUM: connections per worker */
 	uint32 usernum;		/* USERNUM: read and printed, not used otherwise */
 	uint32 filenum;		/* FILENUM: read and printed, not used otherwise */
+	char metrics[128];	/* METRICS: address of the /metrics endpoint
+						   (e.g. 127.0.0.1:9100); "" = none */
 } CONF;
 
 extern CONF conf;

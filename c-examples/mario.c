@@ -3,7 +3,8 @@
  *
  * maritcp: the MarioTCP sample server. Reads ./init.conf, answers LOGIN
  * packets (0x6101), counts the users online and logs their number every
- * 60 seconds.
+ * 60 seconds (with the server's statistics), and serves those statistics
+ * for Prometheus on the address METRICS names, if set.
  *
  * By default it daemonizes like the original. With "-f", or with the
  * environment variable MARITCP_FOREGROUND set to anything but "" or "0",
@@ -87,6 +88,10 @@ int main(int argc, char *argv[]) {
 	}
 	if (init_collect(server) < 0)
 		return EXIT_FAILURE;
+	if (conf.metrics[0] != '\0' && mario_serve_metrics(server, conf.metrics) != 0) {
+		fprintf(stderr, "[error] cannot serve metrics on %s\n", conf.metrics);
+		return EXIT_FAILURE;
+	}
 
 	regist_akg_func(CMD_FUNCTION_LOGIN, login);
 	regist_disconnected_func(logout);

@@ -24,7 +24,8 @@
 //! sockets; [`Listener`] is the listening socket, the accept loop and what
 //! it does with a placement (logging, refusing, the spare descriptor).
 //!
-//! Uses: mailbox (each worker's count and hand-off queue), sys, sync.
+//! Uses: mailbox (each worker's count and hand-off queue), sys, sync, stats
+//! (the refused count).
 
 use std::io;
 use std::os::fd::RawFd;
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant};
 use mio::Token;
 
 use crate::mailbox::Mailbox;
+use crate::stats;
 use crate::sync::{self, AtomicUsize, Step};
 use crate::sys::{self, Accepted, SpareFd};
 
@@ -183,6 +185,8 @@ impl Listener {
                 None
             }
             Placed::Refused(a) => {
+                // `me` is the calling worker: the counter's one writer.
+                stats::add(&self.placement.workers[me].stats.refused, 1);
                 let mut busy = self.busy_log.lock().unwrap_or_else(|e| e.into_inner());
                 busy.1 += 1;
                 if busy.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {

@@ -64,7 +64,9 @@
 //! | | `wheel` | a hashed timing wheel with one-second ticks |
 //! | | `sync` | std atomics, or loom's under `--cfg loom` |
 //! | | [`logq`] | log rings, the log thread, the `log` crate sink |
+//! | | `stats` | each worker's counters ([`Counters`], [`Stats`]) |
 //! | 1 records | `records` | the C `WORKER`, `WORKER_ARRAY`, `SERVER` records |
+//! | | `metrics` | the Prometheus text of the statistics, the `/metrics` endpoint |
 //! | 2 connections | `conn` | [`Conn`], [`ConnId`], a worker's connection table, the input path |
 //! | 3 contract | `service` | [`Config`], [`Verdict`], the `Service` callbacks |
 //! | | `mailbox` | what other threads hand a worker; the wake-up protocol |
@@ -89,11 +91,13 @@ pub mod ffi;
 pub mod harness;
 pub mod logq;
 mod mailbox;
+mod metrics;
 mod pool;
 pub mod proto;
 mod records;
 mod server;
 mod service;
+mod stats;
 mod sync;
 mod sys;
 mod wheel;
@@ -106,3 +110,4 @@ pub use proto::{
 };
 pub use server::{close_id, send_to};
 pub use service::{Config, DEFAULT_OUTPUT_LIMIT, DEFAULT_STALL_THRESHOLD, MAX_POOL_THREADS, Verdict};
+pub use stats::{Counters, Stats};

@@ -15,7 +15,8 @@
 //! worker that is awake. The loom models in this file (`make loom`) check
 //! this on the real code.
 //!
-//! Uses: conn (the `ConnId` commands carry), sys (`Accepted`), sync.
+//! Uses: conn (the `ConnId` commands carry), sys (`Accepted`), sync, stats
+//! (the worker's counters).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use std::time::Instant;
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
 use crate::conn::ConnId;
+use crate::stats::WorkerStats;
 use crate::sync::{self, AtomicBool, AtomicU32, AtomicUsize, Step, fence};
 use crate::sys::Accepted;
 
@@ -84,10 +86,11 @@ pub(crate) struct Mailbox {
     /// worker is healthy (see [`Mailbox::stalled`]). Next to `count`:
     /// placement reads both.
     pub flagged: AtomicU64,
-    /// Times the monitor found this worker stalled.
-    pub stalls: AtomicU64,
     /// What the worker runs now, for the monitor.
     pub beat: Heartbeat,
+    /// The worker's statistics (see `stats`), on cache lines of their own:
+    /// other threads write the fields above.
+    pub stats: WorkerStats,
 }
 
 /// A worker's heartbeat (see the server's monitor): when its current turn
@@ -146,8 +149,8 @@ impl Mailbox {
             count: AtomicU32::new(0),
             closing: AtomicU32::new(0),
             flagged: AtomicU64::new(0),
-            stalls: AtomicU64::new(0),
             beat: Heartbeat::new(),
+            stats: WorkerStats::default(),
         }
     }
 

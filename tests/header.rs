@@ -217,6 +217,29 @@ FIELD(mario_framing, length_size, uint32);
 FIELD(mario_framing, length_adjust, sint32);
 FIELD(mario_framing, delimiter, const char *);
 FIELD(mario_framing, frame_size, uint32);
+sint32 (*f_mario_get_stats)(SERVER *, mario_stats *, size_t) = mario_get_stats;
+sint32 (*f_mario_get_worker_stats)(SERVER *, uint32, mario_stats *, size_t) = mario_get_worker_stats;
+size_t (*f_mario_format_prometheus)(SERVER *, char *, size_t) = mario_format_prometheus;
+sint32 (*f_mario_serve_metrics)(SERVER *, const char *) = mario_serve_metrics;
+SA(SAME(mario_stats, struct mario_stats), "mario_stats is struct mario_stats");
+FIELD(mario_stats, connections, uint64);
+FIELD(mario_stats, accepted, uint64);
+FIELD(mario_stats, refused, uint64);
+FIELD(mario_stats, closed, uint64);
+FIELD(mario_stats, timeouts, uint64);
+FIELD(mario_stats, errors, uint64);
+FIELD(mario_stats, packets_in, uint64);
+FIELD(mario_stats, bytes_in, uint64);
+FIELD(mario_stats, bytes_out, uint64);
+FIELD(mario_stats, out_queued, uint64);
+FIELD(mario_stats, stalls, uint64);
+FIELD(mario_stats, pool_queued, uint64);
+FIELD(mario_stats, log_dropped, uint64);
+FIELD(mario_stats, workers, uint32);
+FIELD(mario_stats, stalled_workers, uint32);
+SA(OFFSET(mario_stats, connections) == 0 && OFFSET(mario_stats, log_dropped) == 96
+   && OFFSET(mario_stats, workers) == 104 && OFFSET(mario_stats, stalled_workers) == 108
+   && sizeof(mario_stats) == 112, "mario_stats layout: fields are only added at the end");
 
 static int fails = 0;
 #define CHECK(c) do { if (!(c)) { fprintf(stderr, "CHECK FAILED line %d: %s\n", __LINE__, #c); fails++; } } while (0)

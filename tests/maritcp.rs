@@ -137,12 +137,75 @@ fn online_count_in_stats_line() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("bad stats line {line:?}"));
     assert_eq!(n, expected, "stats line {line:?}");
+    // Next to it, the server's own numbers (mario_get_stats): 10
+    // connections (7 logged in, 2 idle, 1 bad LOGIN), 6 still open.
+    let stats = out
+        .lines()
+        .find(|l| l.contains("[INFO] stats: "))
+        .unwrap_or_else(|| panic!("no stats line next to {line:?}:\n{}", tail(&out, 20)));
+    for want in ["connections=6 ", "accepted=10 ", "refused=0 ", "out_queued=0 "] {
+        assert!(stats.contains(want), "{want:?} not in {stats:?}");
+    }
     // TIMEOUT 0 disables timeouts: a minute of silence closed nothing.
     for s in logged.iter_mut() {
         s.write_all(&login(1)).unwrap();
         expect_reply(s);
     }
     drop(idle);
+    p.stop_clean();
+}
+
+/// METRICS in init.conf serves the statistics for Prometheus; the
+/// shipped init.conf leaves it unset.
+#[test]
+fn metrics_served_when_configured() {
+    let shipped = std::fs::read_to_string(root().join("c-examples/init.conf")).unwrap();
+    assert!(
+        !shipped.lines().any(|l| l.starts_with("METRICS")),
+        "the shipped init.conf must not serve metrics"
+    );
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let p = Proc::maritcp(
+        &format!("TIMEOUT 30\nWORKERNUM 2\nCONNNUM 16\nMETRICS {maddr}\n"),
+        true,
+    );
+    assert!(
+        p.stdout().contains(&format!("metrics         {maddr}")),
+        "{}",
+        p.stdout()
+    );
+    let mut s = connect(p.port);
+    s.write_all(&login(7)).unwrap();
+    expect_reply(&mut s);
+    let body = |addr: &str| -> String {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut all = String::new();
+        std::io::Read::read_to_string(&mut c, &mut all).unwrap();
+        all
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let text = body(&maddr);
+            text.starts_with("HTTP/1.1 200 OK\r\n")
+                && text
+                    .lines()
+                    .filter(|l| l.starts_with("mario_connections{"))
+                    .map(|l| l.ends_with(" 1") as u32)
+                    .sum::<u32>()
+                    == 1
+                && text
+                    .lines()
+                    .filter(|l| l.starts_with("mario_packets_received_total{"))
+                    .map(|l| l.ends_with(" 1") as u32)
+                    .sum::<u32>()
+                    == 1
+        }),
+        "{}",
+        body(&maddr)
+    );
+    drop(s);
     p.stop_clean();
 }
 

@@ -227,6 +227,39 @@ typedef struct mario_framing {
     uint32 frame_size;    /* FIXED: every frame's size (at most 64 MiB) */
 } mario_framing;
 
+/* ---- statistics (mario_get_stats, mario_get_worker_stats) ------------- */
+/* A server's (the sum over its workers) or one worker's numbers. Counters
+ * count since init_server and only grow; gauges say how things are now.
+ * Each connection ends counted once, in closed, timeouts or errors, when
+ * its close callback runs. Size-versioned: pass sizeof(mario_stats); fields
+ * are only ever added at the end. */
+typedef struct mario_stats {
+    uint64 connections;     /* gauge: connections open now (closed ones still
+                               delivering their output not included) */
+    uint64 accepted;        /* connections accepted and opened (connected
+                               callback) */
+    uint64 refused;         /* connections reset right after accept because
+                               every worker held connnum */
+    uint64 closed;          /* connections closed as g_akg_closed_id (peer
+                               closed, bad input, stop) or an application id */
+    uint64 timeouts;        /* connections closed as g_akg_timeout_id */
+    uint64 errors;          /* connections closed as g_akg_error_id (socket
+                               error, output over its cap, handler returned
+                               non-zero) */
+    uint64 packets_in;      /* packets (frames) dispatched to a handler */
+    uint64 bytes_in;        /* bytes received from open connections */
+    uint64 bytes_out;       /* bytes handed to the kernel (send), closed
+                               connections still delivering included */
+    uint64 out_queued;      /* gauge: bytes of output queued in the library,
+                               not yet handed to the kernel */
+    uint64 stalls;          /* times a worker was found stalled */
+    uint64 pool_queued;     /* gauge: packets handed to the handler pool and
+                               not yet done */
+    uint64 log_dropped;     /* log lines dropped: worker log queue full */
+    uint32 workers;         /* workers these numbers cover (1 for one worker) */
+    uint32 stalled_workers; /* gauge: how many of them are stalled now */
+} mario_stats;
+
 /* Receives the library's own messages (mario_set_log_callback), on the log
  * thread: level is a MARIO_LOG_* value, line is NUL-terminated, len counts
  * neither the NUL nor a newline. */
@@ -650,6 +683,68 @@ void signal_handler(int sig, sighandler_t handler);
  thread, and locks other threads held would stay locked.
  */
 void run_daemon(void);
+
+/*
+ Fills `*out` with the server's statistics, the sum over its workers
+ (`workers` is their number), size-versioned: pass
+ `sizeof(mario_stats)` as `size`. The library writes
+ `min(size, sizeof(its mario_stats))` bytes (a program built against an
+ older, smaller struct gets the fields it knows) and zeros the rest of
+ `size`; returns the bytes it wrote, or -1 (nothing written) when `s` is
+ not a server or `out` is NULL. Any thread, any time after `init_server`
+ (zeros before `start_server`, the final numbers after it returns).
+
+ # Safety
+
+ `s` is NULL or a `SERVER *` from `init_server`; `out` is NULL or valid
+ for writes of `size` bytes.
+ */
+sint32 mario_get_stats(SERVER *s, mario_stats *out, size_t size);
+
+/*
+ As `mario_get_stats`, for worker `worker` (0 ..
+ `s->workers->size - 1`) alone: `workers` is 1, `stalled_workers` 0 or 1.
+ -1 also when there is no such worker.
+
+ # Safety
+
+ As for `mario_get_stats`.
+ */
+sint32 mario_get_worker_stats(SERVER *s, uint32 worker, mario_stats *out, size_t size);
+
+/*
+ Writes the server's statistics in the Prometheus text exposition format
+ 0.0.4 (the families of docs/C-API.md, "Statistics", a `worker` label on
+ every sample) to `buf`, like `snprintf`: at most `len - 1` bytes and a
+ NUL when `len > 0`; returns the length of the whole text (without the
+ NUL), so a return `>= len` means it was cut. Call with `len` 0 (`buf`
+ may then be NULL) to learn the length; the numbers move, so leave some
+ room. 0 (and an empty string) when `s` is not a server. Any thread.
+
+ # Safety
+
+ `s` is NULL or a `SERVER *` from `init_server`; `buf` is NULL (nothing
+ written) or valid for writes of `len` bytes.
+ */
+size_t mario_format_prometheus(SERVER *s, char *buf, size_t len);
+
+/*
+ Serves the server's statistics over HTTP on `addr` (`"127.0.0.1:9100"`,
+ `"[::1]:9100"`, `"0.0.0.0:9100"`), on a thread of its own (never a worker):
+ `GET /metrics` gets 200 with the text of `mario_format_prometheus`
+ (`Content-Type: text/plain; version=0.0.4`), other paths 404, other
+ methods 405; one request per connection, each closed after 5 s at most
+ however slow the client; an idle endpoint costs no CPU. Call it after
+ `init_server`, before or after `start_server`; it stops when
+ `start_server` returns. Returns 0, or -1 with the reason on stderr (not
+ a server, NULL or bad address, address in use, server stopped).
+
+ # Safety
+
+ `s` is NULL or a `SERVER *` from `init_server`; `addr` is NULL or a
+ NUL-terminated string.
+ */
+sint32 mario_serve_metrics(SERVER *s, const char *addr);
 
 #ifdef __cplusplus
 }  // extern "C"

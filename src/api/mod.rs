@@ -9,10 +9,11 @@
 //! connection is closed as [`AKG_ERROR`](crate::AKG_ERROR); the worker goes
 //! on serving the others.
 //!
-//! Uses: server, worker, service, conn, proto, records (the `WORKER` a
-//! stall is reported with, unused here).
+//! Uses: server, worker, service, conn, proto, stats, metrics, records (the
+//! `WORKER` a stall is reported with, unused here).
 
 mod conn;
+mod stats;
 
 pub use conn::PoolConn;
 

@@ -12,9 +12,15 @@
 //! The header's types, constants, structs and macros are hand-written in
 //! `cbindgen.toml`; cbindgen adds the prototypes of this module.
 //!
-//! Uses: server, worker, service, conn, records, logq, proto.
+//! Uses: server, worker, service, conn, records, logq, proto, stats, metrics.
 
 #![allow(non_upper_case_globals, non_camel_case_types, non_snake_case)]
+
+mod stats;
+
+pub use stats::{
+    mario_format_prometheus, mario_get_stats, mario_get_worker_stats, mario_serve_metrics, mario_stats,
+};
 
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;

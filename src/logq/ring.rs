@@ -90,6 +90,9 @@ pub struct LogQueue {
     /// Lines refused since the consumer last looked (see
     /// [`LogQueue::take_dropped`]).
     dropped: AtomicU64,
+    /// Lines refused since the queue was made (see
+    /// [`LogQueue::dropped_total`]): never reset.
+    dropped_total: AtomicU64,
     /// The log thread machinery this queue is registered with.
     pub(super) hub: &'static dyn Consumer,
     /// The ring. One byte is always left free so that `head == tail` means
@@ -143,6 +146,7 @@ impl LogQueue {
             tail: AtomicU32::new(0),
             producing: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            dropped_total: AtomicU64::new(0),
             hub,
             buf,
         }
@@ -153,6 +157,20 @@ impl LogQueue {
     /// dropped line is never silent.
     pub fn take_dropped(&self) -> u64 {
         self.dropped.swap(0, Ordering::Relaxed)
+    }
+
+    /// Lines refused (queue full) since the queue was made, from any
+    /// thread: the statistics' `log_dropped`. Unlike
+    /// [`LogQueue::take_dropped`] it is never reset.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total.load(Ordering::Relaxed)
+    }
+
+    /// Counts one refused line, for the log thread's warning and for the
+    /// statistics.
+    fn count_dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Capacity of the ring in bytes.
@@ -190,7 +208,7 @@ impl LogQueue {
         let len = body.len() + usize::from(newline);
 
         let Some(guard) = self.lock_producer() else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.count_dropped();
             return Err(QueueFull);
         };
         let size = self.buf.len();
@@ -201,7 +219,7 @@ impl LogQueue {
         let used = (head + size - tail) % size;
         let free = size - 1 - used;
         if RECORD_HEADER + len > free {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.count_dropped();
             return Err(QueueFull);
         }
 

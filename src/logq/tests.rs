@@ -497,4 +497,9 @@ fn refused_lines_are_counted_for_the_log_thread_to_report() {
     drain_records(hub);
     q.push(1, &line).unwrap();
     assert_eq!(q.take_dropped(), 0);
+    // The statistics' total is never reset by the log thread's reports.
+    assert_eq!(q.dropped_total(), 10);
+    while q.push(1, &line).is_ok() {}
+    assert_eq!(q.take_dropped(), 1);
+    assert_eq!(q.dropped_total(), 11);
 }

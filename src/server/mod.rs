@@ -3,7 +3,8 @@
 //!
 //! * `monitor`: the worker monitor, run by the thread in `run`.
 //!
-//! Uses: worker, accept, mailbox, pool, service, conn, records, logq, sys.
+//! Uses: worker, accept, mailbox, pool, service, conn, records, logq, sys,
+//! stats, metrics.
 
 mod monitor;
 
@@ -21,9 +22,11 @@ use crate::conn::ConnId;
 use crate::conn::id::MAX_SERVERS;
 use crate::logq::{self, LogQueue};
 use crate::mailbox::{Cmd, Mailbox};
+use crate::metrics::{self, http::Endpoint};
 use crate::pool::{self, Pool};
 use crate::records::CRecords;
 use crate::service::{Config, Service};
+use crate::stats::Stats;
 use crate::sys;
 use crate::worker::{self, Worker};
 
@@ -63,6 +66,9 @@ pub(crate) struct ServerShared {
     /// True while the workers run and take commands (set once they are
     /// started, cleared when a stop begins).
     serving: AtomicBool,
+    /// The `/metrics` endpoints serving this server's statistics; `None`
+    /// once it has stopped (they stop with it).
+    endpoints: Mutex<Option<Vec<Endpoint>>>,
 }
 
 /// Servers by number, for [`ConnId`] lookups from any thread. Numbers are
@@ -171,6 +177,7 @@ impl ServerShared {
             }),
             changed: Condvar::new(),
             serving: AtomicBool::new(false),
+            endpoints: Mutex::new(Some(Vec::new())),
         });
         reg[id] = Arc::downgrade(&s);
         drop(reg);
@@ -234,9 +241,53 @@ impl ServerShared {
             life.state = RunState::Running;
         }
         let r = self.serve();
+        // The metrics endpoints stop with the server.
+        let endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(endpoints);
         self.life().state = RunState::Stopped;
         self.changed.notify_all();
         r
+    }
+
+    /// Each worker's counters now, and their sum (see `stats`): any
+    /// thread, any time (zeros before the server runs).
+    pub(crate) fn stats(&self) -> Stats {
+        Stats::from_workers(
+            self.workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    // SAFETY: the worker records and their log queues are
+                    // made in `new` and live as long as the server.
+                    let dropped = unsafe { (*(*self.records.worker(i)).qlog).dropped_total() };
+                    w.stats
+                        .snapshot(u64::from(w.count.load(Ordering::Relaxed)), dropped, w.stalled())
+                })
+                .collect(),
+        )
+    }
+
+    /// Serves [`ServerShared::stats`] as Prometheus text on `addr` (see
+    /// `metrics::http`) until the server stops; returns the address bound.
+    /// Fails if the address is bad or taken, or the server has stopped.
+    pub(crate) fn serve_metrics(self: &Arc<Self>, addr: &str) -> io::Result<std::net::SocketAddr> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(list) = endpoints.as_mut() else {
+            return Err(io::Error::other("the server has stopped"));
+        };
+        // Weak: the endpoint, owned by the server, must not keep it alive.
+        let weak = Arc::downgrade(self);
+        let ep = Endpoint::start(
+            addr,
+            Box::new(move || {
+                weak.upgrade()
+                    .map(|s| metrics::prometheus(&s.stats()))
+                    .unwrap_or_default()
+            }),
+        )?;
+        let bound = ep.addr();
+        list.push(ep);
+        Ok(bound)
     }
 
     fn life(&self) -> std::sync::MutexGuard<'_, Lifecycle> {

@@ -56,7 +56,7 @@ impl ServerShared {
                 continue;
             }
             w.flagged.store(turn, Ordering::Relaxed);
-            w.stalls.fetch_add(1, Ordering::Relaxed);
+            w.stats.stalls.fetch_add(1, Ordering::Relaxed);
             let id = w.beat.handling.load(Ordering::Relaxed) as u16;
             let moved = listener.rehome(i);
             log::warn!(

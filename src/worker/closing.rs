@@ -20,10 +20,16 @@
 //! count when it checks the cap), so `connnum` bounds descriptors and
 //! memory; balance between workers looks at live connections only.
 //!
-//! Uses: sys.
+//! What these sockets send counts in the worker's `bytes_out`; what they
+//! still hold counts in its `out_queued` until it is sent or dropped.
+//!
+//! Uses: sys, mailbox (the worker's statistics), stats.
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
+use crate::mailbox::Mailbox;
+use crate::stats::{self, WorkerStats};
 use crate::sys::{self, Io};
 
 /// Most input discarded from a closing socket per look.
@@ -73,10 +79,11 @@ pub(crate) enum Started {
 }
 
 /// The closing sockets of one worker (see the module docs).
-#[derive(Default)]
 pub(crate) struct Closing {
     entries: Vec<Option<Entry>>,
     free: Vec<u32>,
+    /// The worker's mailbox, for its statistics.
+    mailbox: Arc<Mailbox>,
 }
 
 /// Bytes in the kernel's send queue of `fd` not yet acknowledged by the
@@ -90,9 +97,14 @@ fn kernel_queue(fd: RawFd) -> Option<usize> {
 }
 
 impl Entry {
+    /// Output the library still holds, dropped when the entry is reset.
+    fn held(&self) -> u64 {
+        (self.out.len() - self.pos) as u64
+    }
+
     /// Discards input, sends what the socket takes, shuts the write side
     /// once all is sent, and looks at the kernel's queue.
-    fn step(&mut self, now: u32) -> Step {
+    fn step(&mut self, now: u32, st: &WorkerStats) -> Step {
         if !self.peer_eof {
             self.peer_eof = sys::discard_input(self.fd, DISCARD_MAX);
         }
@@ -101,10 +113,13 @@ impl Entry {
                 Io::Done(n) => {
                     self.pos += n;
                     self.last_progress = now;
+                    stats::add(&st.bytes_out, n as u64);
+                    stats::sub(&st.out_queued, n as u64);
                 }
                 Io::WouldBlock => return Step::Pending,
                 Io::Err(e) => {
                     log::debug!("closed connection's output: send: {e}");
+                    stats::sub(&st.out_queued, self.held());
                     sys::close(self.fd);
                     return Step::Failed;
                 }
@@ -143,6 +158,15 @@ impl Entry {
 }
 
 impl Closing {
+    /// No socket finishing yet, for the worker whose mailbox is `mailbox`.
+    pub(crate) fn new(mailbox: Arc<Mailbox>) -> Closing {
+        Closing {
+            entries: Vec::new(),
+            free: Vec::new(),
+            mailbox,
+        }
+    }
+
     /// True when no socket is finishing.
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.len() == self.free.len()
@@ -165,7 +189,7 @@ impl Closing {
             queued: 0,
             last_progress: now,
         };
-        match e.step(now) {
+        match e.step(now, &self.mailbox.stats) {
             Step::Done(out) => Started::Closed(out),
             Step::Failed => Started::Closed(Vec::new()),
             Step::Pending => {
@@ -190,7 +214,7 @@ impl Closing {
         let Some(Some(e)) = self.entries.get_mut(i as usize) else {
             return Step::Pending;
         };
-        let r = e.step(now);
+        let r = e.step(now, &self.mailbox.stats);
         if r != Step::Pending {
             self.take(i);
         }
@@ -200,6 +224,7 @@ impl Closing {
     /// Resets entry `i` at once (its socket could not be watched).
     pub(crate) fn reset(&mut self, i: u32) {
         let e = self.take(i);
+        stats::sub(&self.mailbox.stats.out_queued, e.held());
         sys::close_reset(e.fd);
     }
 
@@ -218,7 +243,7 @@ impl Closing {
             let Some(e) = self.entries[i as usize].as_mut() else {
                 continue;
             };
-            if e.step(now) != Step::Pending {
+            if e.step(now, &self.mailbox.stats) != Step::Pending {
                 self.take(i);
                 ended += 1;
                 continue;
@@ -229,6 +254,7 @@ impl Closing {
                     "closed connection: the peer read nothing for {limit} s, {} byte(s) undelivered: reset",
                     e.out.len() - e.pos + e.queued
                 );
+                stats::sub(&self.mailbox.stats.out_queued, e.held());
                 sys::close_reset(e.fd);
                 ended += 1;
             }
@@ -254,6 +280,7 @@ impl Closing {
         for i in 0..self.entries.len() as u32 {
             if self.entries[i as usize].is_some() {
                 let e = self.take(i);
+                stats::sub(&self.mailbox.stats.out_queued, e.held());
                 sys::close_reset(e.fd);
             }
         }

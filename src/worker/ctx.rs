@@ -40,7 +40,8 @@
 //! by a stop) is recorded and applied when the pool reports back.
 //!
 //! Uses: `super::closing` (closed connections' sockets), conn, records (the
-//! `WORKER` a context runs), mailbox (`Cmd`), pool, service, proto, sys.
+//! `WORKER` a context runs), mailbox (`Cmd`), pool, service, proto, sys,
+//! stats (the worker's counters).
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -55,9 +56,10 @@ use crate::conn::record::Conn;
 use crate::conn::table::{Append, ConnTable, State};
 use crate::mailbox::{Cmd, Mailbox};
 use crate::pool::{Job, Pool};
-use crate::proto::{AKG_CONNECTED, AKG_ERROR, Framing, Head, carry_out};
+use crate::proto::{AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, Framing, Head, carry_out};
 use crate::records::CWorker;
 use crate::service::{Service, Verdict};
+use crate::stats;
 use crate::sys::{self, Io};
 
 /// Size of the per-worker scratch area behind `CONN.out_buf`.
@@ -188,6 +190,7 @@ impl Ctx {
         cfg: CtxConfig,
     ) -> Ctx {
         let index = mailbox.index;
+        let closing = Closing::new(mailbox.clone());
         Ctx {
             holds_conn: service.holds_conn(),
             mailbox,
@@ -207,7 +210,7 @@ impl Ctx {
             held: RefCell::new(Vec::new()),
             depth: Cell::new(0),
             doomed: RefCell::new(Vec::new()),
-            closing: RefCell::new(Closing::default()),
+            closing: RefCell::new(closing),
             pool: cfg.pool,
             pool_out: Cell::new(0),
         }
@@ -250,7 +253,10 @@ impl Ctx {
             done: self.mailbox.clone(),
         };
         match pool.submit(job) {
-            Ok(()) => self.pool_out.set(self.pool_out.get() + 1),
+            Ok(()) => {
+                self.pool_out.set(self.pool_out.get() + 1);
+                stats::add(&self.mailbox.stats.pool_queued, 1);
+            }
             Err(_) => {
                 self.table.with_slot(slot, |s| s.in_pool = false);
                 log::error!(
@@ -375,7 +381,8 @@ impl Ctx {
         }
         self.table.set_state(slot, State::Doomed);
         if how == Ending::Abort {
-            let (out, _) = self.table.take_output(slot);
+            let (out, pos) = self.table.take_output(slot);
+            stats::sub(&self.mailbox.stats.out_queued, (out.len() - pos) as u64);
             self.table.recycle(out);
         }
         self.doomed.borrow_mut().push((id, reason, how));
@@ -447,6 +454,7 @@ impl Ctx {
         let now = self.now.get();
         match self.table.append(slot, generation, data, self.out_cap, now) {
             Append::Queued { first, mark } => {
+                stats::add(&self.mailbox.stats.out_queued, data.len() as u64);
                 if first && self.write_timeout > 0 {
                     self.table
                         .file_timer(slot, now.saturating_add(self.write_timeout).saturating_add(1));
@@ -525,6 +533,8 @@ impl Ctx {
                     Io::Done(n) => {
                         s.out_pos += n;
                         s.last_write = now;
+                        stats::add(&self.mailbox.stats.bytes_out, n as u64);
+                        stats::sub(&self.mailbox.stats.out_queued, n as u64);
                     }
                     Io::WouldBlock => break,
                     Io::Err(e) => return Some(e),
@@ -619,8 +629,18 @@ impl Ctx {
             c.in_buf_len = 0;
             c.ind
         };
+        let st = &self.mailbox.stats;
+        stats::add(
+            match reason {
+                AKG_TIMEOUT => &st.timeouts,
+                AKG_ERROR => &st.errors,
+                _ => &st.closed,
+            },
+            1,
+        );
         if how == Ending::Abort {
-            let (out, _) = self.table.take_output(slot);
+            let (out, pos) = self.table.take_output(slot);
+            stats::sub(&st.out_queued, (out.len() - pos) as u64);
             self.table.recycle(out);
         }
         // During the callback a graceful close takes a last reply; a nested
@@ -647,6 +667,7 @@ impl Ctx {
         let (out, pos) = self.table.take_output(slot);
         match how {
             Ending::Abort => {
+                stats::sub(&st.out_queued, (out.len() - pos) as u64);
                 sys::close_reset(fd);
                 self.table.recycle(out);
             }

@@ -15,7 +15,7 @@
 //!   output, or waiting after FIN for the peer to acknowledge it.
 //! * this file: the loop (events, reads, dispatch, timeouts, shutdown).
 //!
-//! Uses: accept, mailbox, pool, service, conn, records, proto, sys.
+//! Uses: accept, mailbox, pool, service, conn, records, proto, sys, stats.
 
 mod closing;
 mod ctx;
@@ -39,6 +39,7 @@ use crate::pool::Pool;
 use crate::proto::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, Bad, BadHead, Head, Scan};
 use crate::records::CWorker;
 use crate::service::{Config, Service, Verdict};
+use crate::stats;
 use crate::sys;
 use ctx::{CtxConfig, DRAIN_TOKEN};
 
@@ -358,6 +359,7 @@ impl Worker {
             let due = c.last_read.saturating_add(ctx.read_timeout).saturating_add(1);
             ctx.table.file_timer(slot, due);
         }
+        stats::add(&ctx.mailbox.stats.accepted, 1);
         ctx.connected(p);
     }
 
@@ -379,6 +381,7 @@ impl Worker {
     fn pool_done(&mut self, id: ConnId, stop: bool) {
         let ctx = &self.ctx;
         ctx.pool_out.set(ctx.pool_out.get() - 1);
+        stats::sub(&ctx.mailbox.stats.pool_queued, 1);
         let slot = id.slot();
         // A slot in the pool is never freed, so this is the connection.
         let Some(p) = ctx.table.lookup_any(id) else {
@@ -467,7 +470,13 @@ impl Worker {
                 ctx.framing(),
                 ctx.stx(),
                 ctx.now.get(),
-                sys::recv,
+                |fd, buf| {
+                    let r = sys::recv(fd, buf);
+                    if let sys::Io::Done(n) = r {
+                        stats::add(&ctx.mailbox.stats.bytes_in, n as u64);
+                    }
+                    r
+                },
                 |h, rest, len| dispatch(ctx, p, slot, &mut d, h, rest, len),
             );
             match got {
@@ -670,6 +679,7 @@ fn dispatch(
         && ctx.pooled(h.akg_id)
     {
         d.pooled = Some((h, rest[..len].to_vec()));
+        stats::add(&ctx.mailbox.stats.packets_in, 1);
         return false;
     }
     // `in_buf_len`: the bytes available from the packet on (as the
@@ -686,6 +696,9 @@ fn dispatch(
         Some(h) => ctx.packet(p, h, &mut rest[..len]),
         None => ctx.frame(p, &mut rest[..len]),
     };
+    if d.verdict != Verdict::NoHandler {
+        stats::add(&ctx.mailbox.stats.packets_in, 1);
+    }
     // SAFETY: the callback has returned; no other reference remains.
     unsafe { (*p).in_buf_len = 0 };
     ctx.is_open(slot) && d.verdict == Verdict::Continue

@@ -23,6 +23,14 @@
  * (uint32, little-endian), then its bytes; a frame "CLOSE" (exactly) calls
  * close_err_conn, a frame "FAIL" returns -1. TS_NOFRAMEFUNC (set): no frame
  * handler is registered.
+ * Statistics: TS_METRICS=addr serves /metrics there (mario_serve_metrics;
+ * refused: prints METRICS_REFUSED and exits 5). Before start_server it
+ * checks mario_get_stats (size-versioning, bad arguments) and
+ * mario_format_prometheus (snprintf semantics); each broken promise is a
+ * violation. After the stop it prints the final numbers, server-wide and
+ * per worker (checking that the workers add up to the total):
+ *   STATS worker=all connections=N accepted=N ... workers=N stalled_workers=N
+ *   STATS worker=W connections=N ...
  *
  * Packet ids:
  *   0x0001 ECHO        reply with the whole packet
@@ -42,6 +50,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "mario/mario.h"
 #include <arpa/inet.h>
+#include <stddef.h>
 
 #define ID_ECHO 0x0001
 #define ID_CLOSE0 0x0002
@@ -366,6 +375,116 @@ static void *blaster(void *arg) {
 }
 
 
+/* mario_get_stats, mario_get_worker_stats and mario_format_prometheus
+ * before the server starts: every number 0, sizes as documented. */
+static void check_stats_api(void) {
+	mario_stats st;
+	unsigned char small[sizeof(mario_stats)], big[sizeof(mario_stats) + 16];
+	const size_t pre = offsetof(mario_stats, refused);
+	uint32 nw = server->workers->size;
+	size_t i, n;
+	char tiny[10], *full;
+
+	memset(&st, 0xab, sizeof(st));
+	if (mario_get_stats(server, &st, sizeof(st)) != (sint32) sizeof(st))
+		violation(NULL, "mario_get_stats: not sizeof(mario_stats) for the full size");
+	if (st.workers != nw || st.stalled_workers != 0 || st.connections != 0 || st.accepted != 0
+			|| st.bytes_out != 0 || st.log_dropped != 0)
+		violation(NULL, "mario_get_stats before start: not zeros with workers set");
+	/* a program built against an older, smaller struct: its prefix only */
+	memset(small, 0xab, sizeof(small));
+	if (mario_get_stats(server, (mario_stats *) (void *) small, pre) != (sint32) pre)
+		violation(NULL, "mario_get_stats: a smaller size is not what it returns");
+	for (i = 0; i < sizeof(small); i++)
+		if (small[i] != (i < pre ? 0 : 0xab))
+			violation(NULL, "mario_get_stats: wrote past a smaller size (or not zeros)");
+	/* a newer, larger struct: the bytes past ours are zeroed */
+	memset(big, 0xab, sizeof(big));
+	if (mario_get_stats(server, (mario_stats *) (void *) big, sizeof(big)) != (sint32) sizeof(mario_stats))
+		violation(NULL, "mario_get_stats: a larger size does not return sizeof(mario_stats)");
+	for (i = sizeof(mario_stats); i < sizeof(big); i++)
+		if (big[i] != 0)
+			violation(NULL, "mario_get_stats: the rest of a larger struct is not zeroed");
+	/* size 0 writes nothing; NULLs and a worker that does not exist are -1 */
+	memset(&st, 0xab, sizeof(st));
+	if (mario_get_stats(server, &st, 0) != 0 || ((unsigned char *) &st)[0] != 0xab)
+		violation(NULL, "mario_get_stats: size 0 is not 0 with nothing written");
+	if (mario_get_stats(NULL, &st, sizeof(st)) != -1 || mario_get_stats(server, NULL, sizeof(st)) != -1)
+		violation(NULL, "mario_get_stats: NULL is not -1");
+	if (mario_get_worker_stats(server, nw, &st, sizeof(st)) != -1
+			|| mario_get_worker_stats(NULL, 0, &st, sizeof(st)) != -1
+			|| mario_get_worker_stats(server, 0, NULL, sizeof(st)) != -1)
+		violation(NULL, "mario_get_worker_stats: bad arguments are not -1");
+	if (mario_get_worker_stats(server, nw - 1, &st, sizeof(st)) != (sint32) sizeof(st) || st.workers != 1
+			|| st.accepted != 0)
+		violation(NULL, "mario_get_worker_stats: not one worker's zeros");
+	/* snprintf semantics */
+	n = mario_format_prometheus(server, NULL, 0);
+	memset(tiny, 'x', sizeof(tiny));
+	if (n < 100 || mario_format_prometheus(server, tiny, sizeof(tiny)) != n || tiny[9] != 0
+			|| strncmp(tiny, "# HELP ma", 9) != 0)
+		violation(NULL, "mario_format_prometheus: not cut like snprintf");
+	full = (char *) malloc(n + 1);
+	if (full == NULL || mario_format_prometheus(server, full, n + 1) != n || strlen(full) != n
+			|| strstr(full, "mario_connections_accepted_total{worker=\"0\"} 0\n") == NULL)
+		violation(NULL, "mario_format_prometheus: not the whole text");
+	free(full);
+	if (mario_format_prometheus(NULL, tiny, sizeof(tiny)) != 0 || tiny[0] != 0)
+		violation(NULL, "mario_format_prometheus: NULL server is not an empty text");
+	if (mario_serve_metrics(NULL, "127.0.0.1:0") != -1 || mario_serve_metrics(server, NULL) != -1
+			|| mario_serve_metrics(server, "not an address") != -1)
+		violation(NULL, "mario_serve_metrics: bad arguments are not -1");
+}
+
+static void print_stats(const char *who, const mario_stats *st) {
+	printf("STATS worker=%s connections=%llu accepted=%llu refused=%llu closed=%llu timeouts=%llu "
+			"errors=%llu packets_in=%llu bytes_in=%llu bytes_out=%llu out_queued=%llu stalls=%llu "
+			"pool_queued=%llu log_dropped=%llu workers=%u stalled_workers=%u\n",
+			who, (unsigned long long) st->connections, (unsigned long long) st->accepted,
+			(unsigned long long) st->refused, (unsigned long long) st->closed,
+			(unsigned long long) st->timeouts, (unsigned long long) st->errors,
+			(unsigned long long) st->packets_in, (unsigned long long) st->bytes_in,
+			(unsigned long long) st->bytes_out, (unsigned long long) st->out_queued,
+			(unsigned long long) st->stalls, (unsigned long long) st->pool_queued,
+			(unsigned long long) st->log_dropped, st->workers, st->stalled_workers);
+}
+
+/* The final numbers, after the stop; the workers must add up to the total. */
+static void report_stats(void) {
+	mario_stats total, w, sum;
+	char who[16];
+	uint32 i;
+
+	memset(&sum, 0, sizeof(sum));
+	if (mario_get_stats(server, &total, sizeof(total)) != (sint32) sizeof(total)) {
+		violation(NULL, "mario_get_stats after the stop");
+		return;
+	}
+	print_stats("all", &total);
+	for (i = 0; i < server->workers->size; i++) {
+		if (mario_get_worker_stats(server, i, &w, sizeof(w)) != (sint32) sizeof(w)) {
+			violation(NULL, "mario_get_worker_stats after the stop");
+			return;
+		}
+		snprintf(who, sizeof(who), "%u", i);
+		print_stats(who, &w);
+		sum.accepted += w.accepted;
+		sum.refused += w.refused;
+		sum.closed += w.closed;
+		sum.timeouts += w.timeouts;
+		sum.errors += w.errors;
+		sum.packets_in += w.packets_in;
+		sum.bytes_in += w.bytes_in;
+		sum.bytes_out += w.bytes_out;
+		sum.workers += w.workers;
+	}
+	if (sum.accepted != total.accepted || sum.refused != total.refused || sum.closed != total.closed
+			|| sum.timeouts != total.timeouts || sum.errors != total.errors
+			|| sum.packets_in != total.packets_in || sum.bytes_in != total.bytes_in
+			|| sum.bytes_out != total.bytes_out || sum.workers != total.workers)
+		violation(NULL, "the workers' statistics do not add up to the server's");
+}
+
 static void *stopper(void *arg) {
 	sigset_t *set = (sigset_t *) arg;
 	int sig;
@@ -418,6 +537,12 @@ int main(void) {
 		regist_frame_func(on_frame);
 	if (start_log_thread() != 0)
 		return 2;
+	check_stats_api();
+	const char *maddr = getenv("TS_METRICS");
+	if (maddr && *maddr && mario_serve_metrics(server, maddr) != 0) {
+		fprintf(stderr, "METRICS_REFUSED\n");
+		return 5;
+	}
 
 	pthread_t st, bt;
 	pthread_create(&st, NULL, stopper, &set);
@@ -430,6 +555,7 @@ int main(void) {
 	__atomic_store_n(&stopping, 1, __ATOMIC_RELEASE);
 	pthread_join(bt, NULL);
 	pthread_join(st, NULL);
+	report_stats();
 	printf("SUMMARY connected=%lu closed=%lu packets=%lu violations=%lu\n", n_connected, n_closed, n_packets,
 			n_violations);
 	fflush(stdout);
