@@ -110,6 +110,26 @@ fn blocking_handlers_run_on_the_pool_in_order_with_worker_handlers() {
         assert!(closed_within(&mut s, Duration::from_secs(2)));
         assert!(wait_for(Duration::from_secs(2), || count(reason) == before + 1));
     }
+    // The pool gauge: one packet in the pool while its handler sleeps.
+    assert_eq!(srv.server.stats().total.pool_queued, 0);
+    let mut s = srv.connect();
+    let mut body = 9u32.to_ne_bytes().to_vec();
+    body.extend([200, 0]);
+    s.write_all(&frame(STX, 0x0201, &body)).unwrap();
+    assert!(wait_for(Duration::from_secs(1), || srv
+        .server
+        .stats()
+        .total
+        .pool_queued
+        == 1));
+    assert_eq!(seq_of(&read_frame(&mut s).unwrap().1), 9);
+    assert!(wait_for(Duration::from_secs(1), || srv
+        .server
+        .stats()
+        .total
+        .pool_queued
+        == 0));
+    drop(s);
     // The server still serves.
     let mut s = srv.connect();
     s.write_all(&frame(STX, 0x0202, &5u32.to_ne_bytes())).unwrap();
@@ -119,7 +139,7 @@ fn blocking_handlers_run_on_the_pool_in_order_with_worker_handlers() {
     let closes = closes.lock().unwrap();
     let ids: HashSet<_> = closes.iter().map(|c| c.0).collect();
     assert_eq!(ids.len(), closes.len(), "a close handler ran twice");
-    assert_eq!(closes.len(), 11);
+    assert_eq!(closes.len(), 12);
 }
 
 #[test]
@@ -155,6 +175,9 @@ fn on_stall_fires_once_per_stall_off_the_workers() {
         srv.server.worker_stalled(w),
         "worker {w} not stalled during its stall"
     );
+    let st = srv.server.stats();
+    assert_eq!((st.workers[w].stalls, st.workers[w].stalled_workers), (1, 1));
+    assert_eq!((st.total.stalls, st.total.stalled_workers), (1, 1));
     assert!(!srv.server.worker_stalled(1 - w));
     assert!(!srv.server.worker_stalled(99));
     assert_eq!(id, 0x0102);
@@ -171,5 +194,7 @@ fn on_stall_fires_once_per_stall_off_the_workers() {
         .worker_stalled(w)));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(stalls.lock().unwrap().len(), 1, "{:?}", stalls.lock().unwrap());
+    let st = srv.server.stats();
+    assert_eq!((st.total.stalls, st.total.stalled_workers), (1, 0));
     srv.stop();
 }
