@@ -96,7 +96,7 @@ CTEST_FLAGS := -std=c99 -O1 -g -Wall -Wextra -Werror -DLINUX64 -fsanitize=addres
 CTESTS := $(patsubst tests/c/%.c,$(CTEST_DIR)/%,$(wildcard tests/c/*.c))
 ctests: $(CTESTS) $(CTEST_DIR)/maritcp-asan $(CTEST_DIR)/mario_chat-asan
 
-$(CTEST_DIR)/%: tests/c/%.c include/mario/mario.h $(LIB)
+$(CTEST_DIR)/%: tests/c/%.c $(wildcard tests/c/*.h) include/mario/mario.h $(LIB)
 	@mkdir -p $(CTEST_DIR)
 	$(CC) $(CTEST_FLAGS) -o $@ $< $(LIB) $(LDLIBS)
 

@@ -43,10 +43,21 @@ pub(crate) enum Cmd {
     Close(ConnId, u16),
     /// Stop the worker: close everything and leave the loop.
     Stop,
-    /// The pool handler of this connection's packet has returned (true:
-    /// it asked to close the connection as an error); the worker owns the
-    /// record again (see `pool`).
-    PoolDone(ConnId, bool),
+    /// The pool handler of this connection's packet has returned, as
+    /// said; the worker owns the record again (see `pool`).
+    PoolDone(ConnId, PoolEnd),
+}
+
+/// How a pool handler returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PoolEnd {
+    /// Go on with the connection's next packets.
+    Continue,
+    /// Close the connection as an error.
+    Stop,
+    /// No pool handler was registered any more for the packet's id (this
+    /// one).
+    NoHandler(u16),
 }
 
 /// Rings a sleeping worker awake (its poll's `mio::Waker`).

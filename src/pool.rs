@@ -33,31 +33,63 @@ use std::time::{Duration, Instant};
 
 use crate::conn::{Conn, ConnId};
 use crate::logq::{self, LogQueue};
-use crate::mailbox::{Cmd, Mailbox};
+use crate::mailbox::{Cmd, Mailbox, PoolEnd};
 use crate::proto::Head;
 use crate::records::{CServer, CWorker};
-use crate::service::{PoolCall, Service, Verdict};
+use crate::service::{PoolCall, Service, Verdict, panic_message};
 
 /// Size of each pool thread's scratch area behind `CONN.out_buf` (as a
 /// worker's).
 const SCRATCH: usize = 2048;
 
-thread_local! {
-    /// On a pool thread during a call: the connection and its worker.
-    static CALL: std::cell::RefCell<Option<(ConnId, Arc<Mailbox>)>> = const { std::cell::RefCell::new(None) };
+/// The connection a pool thread runs a handler of, now.
+struct Call {
+    id: ConnId,
+    worker: Arc<Mailbox>,
+    /// The handler closed its connection: further writes are refused, as
+    /// on a worker after `close_conn`.
+    closed: bool,
 }
 
-/// The worker of connection `id` if the current thread runs a pool
-/// handler of that connection: its writes and closes go straight to the
-/// worker, which takes them even while the server stops (it waits for the
-/// handler).
-pub(crate) fn own_worker(id: ConnId) -> Option<Arc<Mailbox>> {
+thread_local! {
+    /// On a pool thread during a call.
+    static CALL: std::cell::RefCell<Option<Call>> = const { std::cell::RefCell::new(None) };
+    /// On a pool thread: its server's number, plus 1.
+    static POOL_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// What a pool handler does to its own connection, by id.
+pub(crate) enum Own<'a> {
+    /// Queue these bytes.
+    Write(&'a [u8]),
+    /// Close it with this reason.
+    Close(u16),
+}
+
+/// When the current thread runs a pool handler of connection `id`: hands
+/// `op` straight to its worker, which takes it even while the server stops
+/// (it waits for the handler), and returns whether it was taken (false for
+/// a write after the handler closed the connection). `None` on any other
+/// thread, or for another connection.
+pub(crate) fn own(id: ConnId, op: Own<'_>) -> Option<bool> {
     CALL.with(|c| {
-        c.borrow()
-            .as_ref()
-            .filter(|(cid, _)| *cid == id)
-            .map(|(_, w)| w.clone())
+        let mut c = c.borrow_mut();
+        let call = c.as_mut().filter(|call| call.id == id)?;
+        Some(match op {
+            Own::Write(_) if call.closed => false,
+            Own::Write(data) => call.worker.command(Cmd::Write(id, data.to_vec())),
+            Own::Close(reason) => {
+                let first = !call.closed;
+                call.closed = true;
+                first && call.worker.command(Cmd::Close(id, reason))
+            }
+        })
     })
+}
+
+/// True on a pool thread of server `server_id`.
+pub(crate) fn on_pool_of(server_id: usize) -> bool {
+    POOL_OF.with(|p| p.get() == server_id + 1)
 }
 
 /// One packet for the pool.
@@ -102,6 +134,8 @@ pub(crate) struct Pool {
     size: usize,
     /// The server's C record (the pool threads' `WORKER.server`).
     server: *mut CServer,
+    /// The server's number.
+    server_id: usize,
 }
 
 // SAFETY: `server` is the server's C record, which outlives the pool and
@@ -112,8 +146,13 @@ unsafe impl Send for Pool {}
 
 impl Pool {
     /// A pool of `size` threads (not started yet) running `service`'s
-    /// blocking handlers for server record `server`.
-    pub(crate) fn new(service: Arc<dyn Service>, size: usize, server: *mut CServer) -> Arc<Pool> {
+    /// blocking handlers for server `server_id` (C record `server`).
+    pub(crate) fn new(
+        service: Arc<dyn Service>,
+        size: usize,
+        server: *mut CServer,
+        server_id: usize,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             state: Mutex::new(State {
                 jobs: VecDeque::new(),
@@ -125,6 +164,7 @@ impl Pool {
             service,
             size: size.max(1),
             server,
+            server_id,
         })
     }
 
@@ -171,6 +211,7 @@ impl Pool {
 
     /// A pool thread: runs jobs until stopped.
     fn run(&self) {
+        POOL_OF.with(|p| p.set(self.server_id + 1));
         let qlog = LogQueue::create();
         logq::set_thread_queue(qlog);
         let mut scratch = vec![0u8; SCRATCH].into_boxed_slice();
@@ -185,11 +226,13 @@ impl Pool {
             let job = {
                 let mut st = self.state();
                 loop {
-                    if let Some(j) = st.jobs.pop_front() {
-                        break j;
-                    }
+                    // Jobs left at a stop belong to workers that gave up
+                    // waiting for them (see `Pool::cancel`).
                     if st.stop {
                         return;
+                    }
+                    if let Some(j) = st.jobs.pop_front() {
+                        break j;
                     }
                     st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
@@ -207,17 +250,23 @@ impl Pool {
         // the server; the fields are written through the raw pointer, no
         // reference to the whole record is made (the worker may read `fd`
         // and `ind` meanwhile).
-        let (owner, out_buf) = unsafe {
+        let (owner, out_buf, in_buf) = unsafe {
             record.ind = (*(*c).owner).ind;
             let owner = std::mem::replace(&mut (*c).owner, record as *mut CWorker);
             let out_buf = std::mem::replace(&mut (*c).out_buf, scratch.as_mut_ptr().cast());
-            (*c).in_buf = job.pkt.as_mut_ptr().cast();
+            let in_buf = std::mem::replace(&mut (*c).in_buf, job.pkt.as_mut_ptr().cast());
             (*c).in_buf_len = len.min(u16::MAX as usize) as u16;
             (*c).frame_len = len;
-            (owner, out_buf)
+            (owner, out_buf, in_buf)
         };
         let id = job.head.akg_id;
-        CALL.with(|cur| *cur.borrow_mut() = Some((job.id, job.done.clone())));
+        CALL.with(|cur| {
+            *cur.borrow_mut() = Some(Call {
+                id: job.id,
+                worker: job.done.clone(),
+                closed: false,
+            })
+        });
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.service.pool_packet(PoolCall {
                 conn: c,
@@ -228,30 +277,49 @@ impl Pool {
             })
         }));
         let verdict = r.unwrap_or_else(|payload| {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(no message)");
+            let msg = panic_message(payload.as_ref());
             log::error!(
                 "pool: the handler of packet {id:#06x} panicked: {msg}; closing its connection as error"
             );
             Verdict::Stop
         });
         CALL.with(|cur| *cur.borrow_mut() = None);
-        // SAFETY: as above; the handler has returned.
+        // SAFETY: as above; the handler has returned. `in_buf` goes back to
+        // where it pointed (the worker's read buffer), never to the copy,
+        // which is freed.
         unsafe {
             (*c).owner = owner;
             (*c).out_buf = out_buf;
+            (*c).in_buf = in_buf;
             (*c).in_buf_len = 0;
         }
+        let end = match verdict {
+            Verdict::Continue => PoolEnd::Continue,
+            Verdict::Stop => PoolEnd::Stop,
+            Verdict::NoHandler => PoolEnd::NoHandler(id),
+        };
         // Behind every write and close the handler made to this worker.
-        job.done
-            .command(Cmd::PoolDone(job.id, verdict != Verdict::Continue));
+        job.done.command(Cmd::PoolDone(job.id, end));
     }
 
-    /// Stops the threads once their queue is empty, waiting until
-    /// `deadline` at most: a thread stuck in a handler is left running,
+    /// Takes back the jobs of worker `worker` that no thread has started
+    /// (a stopping worker runs no more handlers): their records are the
+    /// worker's again. Returns their connections.
+    pub(crate) fn cancel(&self, worker: &Arc<Mailbox>) -> Vec<ConnId> {
+        let mut st = self.state();
+        let mut mine = Vec::new();
+        st.jobs.retain(|j| {
+            let keep = !Arc::ptr_eq(&j.done, worker);
+            if !keep {
+                mine.push(j.id);
+            }
+            keep
+        });
+        mine
+    }
+
+    /// Stops the threads (what is still queued never runs: see
+    /// [`Pool::cancel`]), waiting until `deadline` at most: a thread stuck in a handler is left running,
     /// detached, and the log says so.
     pub(crate) fn stop(&self, deadline: Instant) {
         let threads = {

@@ -165,6 +165,15 @@ pub(crate) trait Service: Send + Sync + 'static {
     fn stalled(&self, index: usize, worker: *mut CWorker, akg_id: u16, ms: u32);
 }
 
+/// The message of a caught panic (`catch_unwind`'s payload), for the log.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 /// One packet for a pool handler ([`Service::pool_packet`]), on a pool
 /// thread.
 pub(crate) struct PoolCall<'a> {

@@ -101,11 +101,12 @@ impl WorkerStats {
     }
 }
 
-/// A server's or one worker's statistics, as plain numbers (the C
-/// `mario_stats`, field for field). Counters count since the server was
+/// A server's or one worker's statistics, as plain numbers; `#[repr(C)]`:
+/// it is the C `mario_stats`. Counters count since the server was
 /// created and only grow; gauges (`connections`, `out_queued`,
 /// `pool_queued`, `stalled_workers`) say how things are now. Each value is
 /// read on its own (relaxed): they need not be from the same instant.
+#[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Gauge: connections open now, including those placed on the worker
@@ -138,10 +139,10 @@ pub struct Counters {
     /// the kernel, closed connections still delivering included.
     pub out_queued: u64,
     /// Times a worker was found stalled (a handler running past the stall
-    /// threshold). 0 until worker health monitoring lands.
+    /// threshold).
     pub stalls: u64,
-    /// Gauge: packets handed to the handler pool and not yet done. 0 until
-    /// the handler pool lands.
+    /// Gauge: packets handed to the handler pool whose handler has not
+    /// returned yet (waiting for a pool thread, or running).
     pub pool_queued: u64,
     /// Log lines dropped because the worker's log queue was full.
     pub log_dropped: u64,
@@ -149,7 +150,7 @@ pub struct Counters {
     /// one worker's.
     pub workers: u32,
     /// Gauge: how many of those workers are stalled now (0 or 1 for one
-    /// worker). 0 until worker health monitoring lands.
+    /// worker).
     pub stalled_workers: u32,
 }
 

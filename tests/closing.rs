@@ -403,7 +403,7 @@ fn many_closes_at_once_do_not_cut_a_later_one() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     // A small receive buffer: the replies wait in the server's kernel.
-    let s = socket2_small_rcvbuf(p.port);
+    let s = connect_small_rcvbuf(p.port);
     let mut s = s;
     s.write_all(&flood(300)).unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -417,35 +417,6 @@ fn many_closes_at_once_do_not_cut_a_later_one() {
     assert!(end.is_ok(), "ended with {end:?}, not FIN");
     drop(held);
     p.stop_clean();
-}
-
-/// A client socket with a 4 KiB receive buffer, connected to `port`.
-fn socket2_small_rcvbuf(port: u16) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain socket calls on a descriptor we create and then own.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let size: libc::c_int = 4096;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        let mut a: libc::sockaddr_in = std::mem::zeroed();
-        a.sin_family = libc::AF_INET as libc::sa_family_t;
-        a.sin_port = port.to_be();
-        a.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-        let r = libc::connect(
-            fd,
-            (&a as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(r, 0, "connect: {}", io::Error::last_os_error());
-        TcpStream::from_raw_fd(fd)
-    }
 }
 
 /// In the close callback, a last write that would pass the output cap is

@@ -418,3 +418,126 @@ fn a_connection_in_the_pool_is_not_read_tcp_holds_its_client_back() {
     eprintln!("{written} bytes taken before the client blocked");
     srv.stop_clean();
 }
+
+/// Waits up to `limit` for the server to exit by itself.
+fn exits_within(srv: &mut Proc, limit: Duration) -> bool {
+    let child = srv.child.as_mut().expect("running");
+    wait_for(limit, || child.try_wait().expect("wait").is_some())
+}
+
+#[test]
+fn the_stall_callback_and_a_pool_handler_may_stop_the_server() {
+    let _serial = one_at_a_time();
+    // From the monitor thread, in the stall callback.
+    let mut srv = healthsrv(&[("TS_STALL_MS", "200"), ("TS_STOP_ON_STALL", "1")]);
+    let mut s = connect(srv.port);
+    s.write_all(&frame(STX, SLEEP, &u32s(&[600]))).unwrap();
+    assert!(
+        exits_within(&mut srv, Duration::from_secs(4)),
+        "no stop after the stall callback asked"
+    );
+    let (h, _) = read_frame(&mut s).expect("the handler's reply, then the stop");
+    assert_eq!(h.akg_id, SLEEP);
+    let s1 = srv.stop_clean();
+    assert_eq!(summary(&s1.stdout, "stalls"), 1);
+    // From a pool handler.
+    let mut srv = healthsrv(&[]);
+    let mut s = connect(srv.port);
+    let t0 = Instant::now();
+    s.write_all(&frame(STX, 0x0204, &[])).unwrap();
+    assert!(srv.wait_stdout("PSTOP asked", Duration::from_secs(2)));
+    assert!(
+        t0.elapsed() < scaled_ms(500),
+        "mario_stop_server from a pool thread waited"
+    );
+    assert!(
+        exits_within(&mut srv, Duration::from_secs(3)),
+        "no stop after the pool handler asked"
+    );
+    let s2 = srv.stop_clean();
+    assert_eq!(summary(&s2.stdout, "connected"), summary(&s2.stdout, "closed"));
+}
+
+#[test]
+fn a_stop_waits_for_running_pool_handlers_and_starts_no_queued_one() {
+    let _serial = one_at_a_time();
+    let mut srv = healthsrv(&[("TS_POOL_THREADS", "1")]);
+    let mut conns: Vec<TcpStream> = (0..4).map(|_| connect(srv.port)).collect();
+    conns[0]
+        .write_all(&frame(STX, PSLEEP, &u32s(&[3500, 0])))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    for (k, c) in conns.iter_mut().enumerate().skip(1) {
+        c.write_all(&frame(STX, PSLEEP, &u32s(&[3500, k as u32])))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGTERM) };
+    // The running handler returns 3.2 s into the stop: its reply goes out.
+    conns[0].set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    expect_seq(&mut conns[0], PSLEEP, 0);
+    assert!(closed_within(&mut conns[0], Duration::from_secs(2)));
+    // The queued ones never run: closed without a reply.
+    for c in &mut conns[1..] {
+        let mut b = [0u8; 8];
+        c.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+        assert!(
+            matches!(c.read(&mut b), Ok(0) | Err(_)),
+            "a queued pool packet was answered"
+        );
+    }
+    assert!(exits_within(&mut srv, Duration::from_secs(6)));
+    let took = t0.elapsed();
+    assert!(took < Duration::from_millis(5500), "stop took {took:?}");
+    let s = srv.stop_clean();
+    assert_eq!(summary(&s.stdout, "pool_calls"), 1);
+    assert_eq!(summary(&s.stdout, "closed"), 4);
+}
+
+#[test]
+fn output_stuck_during_a_pool_call_still_times_out() {
+    let _serial = one_at_a_time();
+    // No read timeout: only the write timeout can end this connection.
+    let srv = healthsrv(&[("TS_WTIMEOUT", "1")]);
+    let mut s = connect_small_rcvbuf(srv.port);
+    let mut req = frame(STX, 0x0103, &u32s(&[2000]));
+    req.extend(frame(STX, PSLEEP, &u32s(&[2000, 1])));
+    s.write_all(&req).unwrap();
+    // The client reads nothing: reset as timeout once the handler returns.
+    assert!(
+        wait_for(Duration::from_secs(6), || srv
+            .stdout()
+            .contains("EV close worker=")),
+        "the stuck connection never timed out"
+    );
+    let out = srv.stdout();
+    assert_eq!(count(&out, "EV close"), 1);
+    assert!(out.contains(&format!("reason={}", 0xfffd)), "{out}");
+    drop(s);
+    srv.stop_clean();
+}
+
+#[test]
+fn a_pool_handler_removed_while_its_packet_waits_closes_as_without_a_handler() {
+    let _serial = one_at_a_time();
+    let srv = healthsrv(&[("TS_POOL_THREADS", "1")]);
+    let mut a = connect(srv.port);
+    a.write_all(&frame(STX, PSLEEP, &u32s(&[600, 1]))).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut b = connect(srv.port);
+    b.write_all(&frame(STX, 0x0206, &u32s(&[0, 2]))).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c = connect(srv.port);
+    c.write_all(&frame(STX, 0x0205, &[])).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap().0.akg_id, 0x0205);
+    expect_seq(&mut a, PSLEEP, 1);
+    assert!(closed_within(&mut b, Duration::from_secs(2)), "b not closed");
+    assert!(srv.wait_stdout(
+        "invalid akg_id: 518 (its pool handler was removed)",
+        Duration::from_secs(1)
+    ));
+    assert!(srv.wait_stdout(&format!("reason={}", 0xfffe), Duration::from_secs(1)));
+    srv.stop_clean();
+}

@@ -198,3 +198,63 @@ fn on_stall_fires_once_per_stall_off_the_workers() {
     assert_eq!((st.total.stalls, st.total.stalled_workers), (1, 0));
     srv.stop();
 }
+
+#[test]
+fn a_panicking_stall_callback_leaves_the_server_running_and_stoppable() {
+    let b = Server::builder()
+        .workers(2)
+        .stx(STX)
+        .stall_threshold(100)
+        .on_packet(0x0102, |conn, pkt| {
+            std::thread::sleep(Duration::from_millis(400));
+            conn.send_packet(pkt.id(), &[]);
+            Verdict::Continue
+        })
+        .on_packet(0x0202, |conn, pkt| {
+            conn.send_packet(pkt.id(), &pkt.body()[..4]);
+            Verdict::Continue
+        })
+        .on_stall(|_, _, _| panic!("a stall callback panics"));
+    let srv = Running::start(b);
+    let mut s = srv.connect();
+    s.write_all(&frame(STX, 0x0102, &[])).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap().0.akg_id, 0x0102);
+    assert_eq!(srv.server.stats().total.stalls, 1);
+    // The monitor goes on: a second stall is seen too.
+    s.write_all(&frame(STX, 0x0102, &[])).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap().0.akg_id, 0x0102);
+    assert_eq!(srv.server.stats().total.stalls, 2);
+    let mut t = srv.connect();
+    t.write_all(&frame(STX, 0x0202, &3u32.to_ne_bytes())).unwrap();
+    assert_eq!(seq_of(&read_frame(&mut t).unwrap().1), 3);
+    srv.stop();
+}
+
+#[test]
+fn stop_from_a_blocking_handler_only_asks() {
+    let asked = Arc::new(Mutex::new(None));
+    let (a, slot) = (asked.clone(), Arc::new(Mutex::new(None::<mario::StopHandle>)));
+    let sl = slot.clone();
+    let b = Server::builder()
+        .workers(2)
+        .stx(STX)
+        .on_packet_blocking(0x0201, move |_, _| {
+            let t0 = Instant::now();
+            if let Some(h) = sl.lock().unwrap().as_ref() {
+                h.stop();
+            }
+            *a.lock().unwrap() = Some(t0.elapsed());
+            Verdict::Continue
+        });
+    let srv = Running::start(b);
+    *slot.lock().unwrap() = Some(srv.server.stop_handle());
+    let mut s = srv.connect();
+    s.write_all(&frame(STX, 0x0201, &[0; 6])).unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(3)));
+    let took = asked.lock().unwrap().expect("the handler ran");
+    assert!(
+        took < scaled_ms(200),
+        "StopHandle::stop in a blocking handler took {took:?}"
+    );
+    srv.stop();
+}

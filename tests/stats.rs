@@ -16,7 +16,6 @@ use scrape::*;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::FromRawFd;
 use std::time::Duration;
 
 /// The `STATS worker=W ...` line testsrv printed after the stop, as
@@ -70,42 +69,6 @@ fn wait_scrape(addr: &str, want: &[Want], refused: u64, what: &str) {
         last.is_empty()
     });
     assert!(ok, "{what}: /metrics differs:\n{}", last.join("\n"));
-}
-
-/// A client whose receive buffer is small (4 KiB, set before connecting),
-/// so that output it does not read stays in the server.
-fn connect_small_rcvbuf(port: u16) -> TcpStream {
-    // SAFETY: plain socket calls on a descriptor this function owns; the
-    // address and option values are valid for their sizes.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0);
-        let size: libc::c_int = 4096;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let r = libc::connect(
-            fd,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
-        let s = TcpStream::from_raw_fd(fd);
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s
-    }
 }
 
 /// Frames of 1,500 bytes a FLOOD asks for: 15 MB, far more than the

@@ -352,10 +352,13 @@ void *start_server(void *arg);
 /*
  Stops a server started with `start_server`: stops accepting, closes
  every connection (each close callback runs once), joins the workers;
- `start_server` then returns `(void *)0`. From any thread but one of the
- server's workers it waits for all that; from a worker (inside a
- handler) it only asks. A call before `start_server` makes it return at
- once. Not async-signal-safe: call it from a thread (e.g. one blocked in
+ `start_server` then returns `(void *)0`. From any other thread it waits
+ for all that, 5 seconds at most (plus up to 2 to flush the log): a
+ worker or pool thread still in a handler then is left running,
+ detached, and the log says so. From one of the server's own threads (a
+ handler on a worker or a pool thread, the stall callback) it only asks.
+ A call before `start_server` makes it return at once. Not
+ async-signal-safe: call it from a thread (e.g. one blocked in
  `sigwait`), not from a signal handler.
 
  # Safety
@@ -454,8 +457,10 @@ sint32 mario_set_framing(SERVER *s, const mario_framing *f);
  `qlog`, so `slog_*_t(c->owner->qlog, ...)` is safe), and `c->user` and
  the other fields are the connection's. Reply with `bufferevent_write(c->bufev,
  ...)`, close with `close_conn` (the close callback then runs on the
- worker after the handler returns, once). Return 0 to go on, non-zero to
- close the connection as an error.
+ worker after the handler returns, once; writes after it return -1, as
+ on a worker). Return 0 to go on, non-zero to close the connection as an
+ error. After the call `in_buf` points where it did before (never to
+ the copy, which is freed).
 
  Per-connection order is kept: the connection's later packets wait until
  the handler returns, and the worker reads nothing more from that
@@ -486,8 +491,8 @@ void mario_set_pool_threads(SERVER *s, uint32 n);
  the `regist_stall_func` callback runs; when the handler returns, one
  info line says the worker is healthy again. The monitor runs on the
  thread in `start_server` and looks every quarter of the threshold
- (between 5 and 250 ms), so a stall is noticed within 1.25 times the
- threshold. Takes effect at `start_server`.
+ (between 5 and 250 ms): a stall is noticed within the threshold plus
+ that period. Takes effect at `start_server`.
 
  # Safety
 
@@ -502,7 +507,8 @@ void mario_set_stall_threshold(SERVER *s, uint32 ms);
  callback, the reason for a close callback, 0 for a frame of another
  framing) and how long it has run, in milliseconds. It runs on the
  monitor thread (the one in `start_server`), never on a worker; it must
- not block for long (the monitor waits for it). NULL removes it.
+ not block for long (the monitor waits for it). It may call
+ `mario_stop_server`, which then only asks. NULL removes it.
  */
 void regist_stall_func(mario_stall_func func);
 

@@ -380,8 +380,10 @@ pub struct StopHandle {
 
 impl StopHandle {
     /// Stops accepting, closes every connection (each close callback runs
-    /// once) and, unless called from one of the server's own threads, waits
-    /// until the workers have exited.
+    /// once) and, unless called from one of the server's own threads (a
+    /// handler on a worker or on a pool thread, `on_stall`), waits until
+    /// the workers have exited: 5 s at most, after which a worker or pool
+    /// thread still in a handler is left running, detached (and logged).
     pub fn stop(&self) {
         self.inner.stop()
     }

@@ -300,7 +300,13 @@ impl ConnTable {
         let Some(s) = slots.get_mut(slot as usize) else {
             return Append::Refused;
         };
-        if s.generation != generation || !matches!(s.state, State::Open | State::Closing) {
+        if s.generation != generation
+            || !matches!(s.state, State::Open | State::Closing)
+            || (s.state == State::Open && s.pool_end.is_some())
+        {
+            // Gone, closed, or a close asked for while in the pool: as on
+            // a worker, output after a close is refused (the close
+            // callback, when it runs, may still write: `Closing`).
             return Append::Refused;
         }
         let pending = s.pending();
@@ -415,13 +421,19 @@ impl ConnTable {
             if !current {
                 return;
             }
-            if self.with_slot(slot, |s| s.in_pool) {
-                // The record is the pool thread's; the worker files the
-                // timer again when the handler returns.
-                self.with_slot(slot, |s| s.wheel_due = NOT_FILED);
-                return;
-            }
-            let filed = match self.deadline(slot, rt, wt) {
+            let deadline = if self.with_slot(slot, |s| s.in_pool) {
+                // The record is the pool thread's: no read timeout (the
+                // worker does not read it meanwhile, and files the timer
+                // again when the handler returns), but output that makes
+                // no progress still times out (the worker's abort then
+                // waits for the handler).
+                self.with_slot(slot, |s| {
+                    (wt > 0 && s.pending() > 0).then(|| s.last_write.saturating_add(wt).saturating_add(1))
+                })
+            } else {
+                self.deadline(slot, rt, wt)
+            };
+            let filed = match deadline {
                 Some(d) if d > now => wheel.file(slot, d),
                 Some(_) => {
                     due.push(slot);

@@ -333,10 +333,13 @@ pub unsafe extern "C" fn start_server(arg: *mut c_void) -> *mut c_void {
 
 /// Stops a server started with `start_server`: stops accepting, closes
 /// every connection (each close callback runs once), joins the workers;
-/// `start_server` then returns `(void *)0`. From any thread but one of the
-/// server's workers it waits for all that; from a worker (inside a
-/// handler) it only asks. A call before `start_server` makes it return at
-/// once. Not async-signal-safe: call it from a thread (e.g. one blocked in
+/// `start_server` then returns `(void *)0`. From any other thread it waits
+/// for all that, 5 seconds at most (plus up to 2 to flush the log): a
+/// worker or pool thread still in a handler then is left running,
+/// detached, and the log says so. From one of the server's own threads (a
+/// handler on a worker or a pool thread, the stall callback) it only asks.
+/// A call before `start_server` makes it return at once. Not
+/// async-signal-safe: call it from a thread (e.g. one blocked in
 /// `sigwait`), not from a signal handler.
 ///
 /// # Safety
@@ -369,23 +372,21 @@ pub unsafe extern "C" fn mario_set_output_limit(s: *mut SERVER, bytes: usize) {
     })
 }
 
-/// The owner and id of a connection record.
+/// The id of a connection record.
 ///
 /// # Safety
 ///
 /// `c` is NULL or a `CONN *` handed out by the library (its record lives
 /// as long as its server).
-unsafe fn conn_ref(c: *const CONN) -> Option<(*const CWorker, ConnId)> {
+unsafe fn conn_id(c: *const CONN) -> Option<ConnId> {
     if c.is_null() {
         return None;
     }
-    // SAFETY: the caller's contract; `owner` never changes and `bufev` is
-    // atomic, so reading them races with nothing.
-    unsafe {
-        let owner = (*c).owner;
-        let id = (*std::ptr::addr_of!((*c).bufev)).load(Ordering::Acquire) as u64;
-        Some((owner, ConnId::from_raw(id)?))
-    }
+    // SAFETY: the caller's contract; `bufev` is atomic, so reading it races
+    // with nothing. (`owner` is not read: a pool thread swaps it during a
+    // call, see `pool`.)
+    let id = unsafe { (*std::ptr::addr_of!((*c).bufev)).load(Ordering::Acquire) } as u64;
+    ConnId::from_raw(id)
 }
 
 /// Closes `c`: sets `c->err_type = akg_id`, calls `AKG_FUNC[akg_id](c)` if
@@ -402,12 +403,12 @@ unsafe fn conn_ref(c: *const CONN) -> Option<(*const CWorker, ConnId)> {
 pub unsafe extern "C" fn close_conn(c: *mut CONN, akg_id: uint16) {
     guard("close_conn", || {
         // SAFETY: the caller's contract.
-        let Some((owner, id)) = (unsafe { conn_ref(c) }) else {
+        let Some(id) = (unsafe { conn_id(c) }) else {
             return;
         };
         // On the owner thread the record is the worker's to use, and it
         // holds no reference to it while C code runs.
-        let done = worker::on_owner(owner, |ctx| ctx.close(c, akg_id));
+        let done = worker::on_worker(id.server(), id.worker(), |ctx| ctx.close(c, akg_id));
         if done.is_none() {
             let _ = server::close_id(id, akg_id);
         }
@@ -589,8 +590,10 @@ pub unsafe extern "C" fn mario_set_framing(s: *mut SERVER, f: *const mario_frami
 /// `qlog`, so `slog_*_t(c->owner->qlog, ...)` is safe), and `c->user` and
 /// the other fields are the connection's. Reply with `bufferevent_write(c->bufev,
 /// ...)`, close with `close_conn` (the close callback then runs on the
-/// worker after the handler returns, once). Return 0 to go on, non-zero to
-/// close the connection as an error.
+/// worker after the handler returns, once; writes after it return -1, as
+/// on a worker). Return 0 to go on, non-zero to close the connection as an
+/// error. After the call `in_buf` points where it did before (never to
+/// the copy, which is freed).
 ///
 /// Per-connection order is kept: the connection's later packets wait until
 /// the handler returns, and the worker reads nothing more from that
@@ -632,8 +635,8 @@ pub unsafe extern "C" fn mario_set_pool_threads(s: *mut SERVER, n: uint32) {
 /// the `regist_stall_func` callback runs; when the handler returns, one
 /// info line says the worker is healthy again. The monitor runs on the
 /// thread in `start_server` and looks every quarter of the threshold
-/// (between 5 and 250 ms), so a stall is noticed within 1.25 times the
-/// threshold. Takes effect at `start_server`.
+/// (between 5 and 250 ms): a stall is noticed within the threshold plus
+/// that period. Takes effect at `start_server`.
 ///
 /// # Safety
 ///
@@ -654,7 +657,8 @@ pub unsafe extern "C" fn mario_set_stall_threshold(s: *mut SERVER, ms: uint32) {
 /// callback, the reason for a close callback, 0 for a frame of another
 /// framing) and how long it has run, in milliseconds. It runs on the
 /// monitor thread (the one in `start_server`), never on a worker; it must
-/// not block for long (the monitor waits for it). NULL removes it.
+/// not block for long (the monitor waits for it). It may call
+/// `mario_stop_server`, which then only asks. NULL removes it.
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_stall_func(func: mario_stall_func) {
     let p = func.map_or(std::ptr::null_mut(), |f| f as *mut c_void);

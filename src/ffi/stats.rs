@@ -12,65 +12,10 @@ use super::{SERVER, guard, shared, sint32, uint32};
 use crate::metrics;
 use crate::stats::Counters;
 
-/// `mario_stats`: a server's or one worker's statistics (the header
-/// documents each field and its unit). Size-versioned: fields are only
-/// ever added at the end.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct mario_stats {
-    /// Gauge: connections open now.
-    pub connections: u64,
-    /// Connections accepted and opened.
-    pub accepted: u64,
-    /// Connections refused because every worker was full.
-    pub refused: u64,
-    /// Connections closed as `g_akg_closed_id` or an application id.
-    pub closed: u64,
-    /// Connections closed as `g_akg_timeout_id`.
-    pub timeouts: u64,
-    /// Connections closed as `g_akg_error_id`.
-    pub errors: u64,
-    /// Frames (packets) dispatched to a handler.
-    pub packets_in: u64,
-    /// Bytes received.
-    pub bytes_in: u64,
-    /// Bytes handed to the kernel.
-    pub bytes_out: u64,
-    /// Gauge: bytes of output queued in the library.
-    pub out_queued: u64,
-    /// Times a worker was found stalled.
-    pub stalls: u64,
-    /// Gauge: packets waiting for or in the handler pool.
-    pub pool_queued: u64,
-    /// Log lines dropped (log queue full).
-    pub log_dropped: u64,
-    /// Workers covered.
-    pub workers: uint32,
-    /// Gauge: workers stalled now.
-    pub stalled_workers: uint32,
-}
-
-impl From<Counters> for mario_stats {
-    fn from(c: Counters) -> mario_stats {
-        mario_stats {
-            connections: c.connections,
-            accepted: c.accepted,
-            refused: c.refused,
-            closed: c.closed,
-            timeouts: c.timeouts,
-            errors: c.errors,
-            packets_in: c.packets_in,
-            bytes_in: c.bytes_in,
-            bytes_out: c.bytes_out,
-            out_queued: c.out_queued,
-            stalls: c.stalls,
-            pool_queued: c.pool_queued,
-            log_dropped: c.log_dropped,
-            workers: c.workers,
-            stalled_workers: c.stalled_workers,
-        }
-    }
-}
+/// `mario_stats`: a server's or one worker's statistics, the Rust
+/// [`Counters`] (`#[repr(C)]`; the header documents each field and its
+/// unit). Size-versioned: fields are only ever added at the end.
+pub type mario_stats = Counters;
 
 /// Copies `st` into the caller's `size` bytes at `out`: the first
 /// `min(size, sizeof(mario_stats))` bytes of it, zeros after them (a
@@ -115,7 +60,7 @@ pub unsafe extern "C" fn mario_get_stats(s: *mut SERVER, out: *mut mario_stats, 
         if out.is_null() {
             return -1;
         }
-        let st = mario_stats::from(srv.stats().total);
+        let st = srv.stats().total;
         // SAFETY: the caller's contract.
         unsafe { fill(&st, out, size) }
     })
@@ -147,7 +92,7 @@ pub unsafe extern "C" fn mario_get_worker_stats(
             return -1;
         };
         // SAFETY: the caller's contract.
-        unsafe { fill(&mario_stats::from(c), out, size) }
+        unsafe { fill(&c, out, size) }
     })
 }
 

@@ -48,6 +48,8 @@ struct Lifecycle {
     state: RunState,
     /// A stop was asked for (before or during `run`).
     stop: bool,
+    /// The thread in `run` (the monitor's).
+    runner: Option<std::thread::ThreadId>,
 }
 
 /// A server as every thread sees it.
@@ -98,7 +100,8 @@ fn worker_of(id: ConnId) -> Option<Arc<Mailbox>> {
 /// a graceful close the bytes are the last data before FIN.
 ///
 /// A pool handler's writes to its own connection go to the worker even
-/// while the server stops (the stop waits for the handler).
+/// while the server stops (the stop waits for the handler); after the
+/// handler closed its connection they are refused, as on a worker.
 ///
 /// From any other thread the bytes become a command to the owning worker:
 /// `true` means the command was queued (not that the bytes will be
@@ -109,8 +112,8 @@ pub fn send_to(id: ConnId, data: &[u8]) -> bool {
     if let Some(r) = worker::on_worker(id.server(), id.worker(), |ctx| ctx.write(id, data)) {
         return r;
     }
-    if let Some(w) = pool::own_worker(id) {
-        return w.command(Cmd::Write(id, data.to_vec()));
+    if let Some(r) = pool::own(id, pool::Own::Write(data)) {
+        return r;
     }
     match worker_of(id) {
         Some(w) => w.command(Cmd::Write(id, data.to_vec())),
@@ -132,8 +135,8 @@ pub fn close_id(id: ConnId, reason: u16) -> bool {
     if let Some(r) = worker::on_worker(id.server(), id.worker(), |ctx| ctx.close_id(id, reason)) {
         return r;
     }
-    if let Some(w) = pool::own_worker(id) {
-        return w.command(Cmd::Close(id, reason));
+    if let Some(r) = pool::own(id, pool::Own::Close(reason)) {
+        return r;
     }
     match worker_of(id) {
         Some(w) => w.command(Cmd::Close(id, reason)),
@@ -174,6 +177,7 @@ impl ServerShared {
             life: Mutex::new(Lifecycle {
                 state: RunState::Idle,
                 stop: false,
+                runner: None,
             }),
             changed: Condvar::new(),
             serving: AtomicBool::new(false),
@@ -239,6 +243,7 @@ impl ServerShared {
                 return Err(io::Error::other("server already started"));
             }
             life.state = RunState::Running;
+            life.runner = Some(std::thread::current().id());
         }
         let r = self.serve();
         // The metrics endpoints stop with the server.
@@ -330,7 +335,7 @@ impl ServerShared {
         } else {
             cfg.pool_threads as usize
         };
-        let pool = Pool::new(self.service.clone(), threads, self.records.server);
+        let pool = Pool::new(self.service.clone(), threads, self.records.server, self.id);
         let (threads, epolls) = match self.start_workers(&cfg, &listener, &pool) {
             Ok(t) => t,
             Err(e) => {
@@ -478,7 +483,8 @@ impl ServerShared {
             let w = &self.workers[i];
             let turn = w.beat.turn.load(Ordering::Relaxed);
             log::error!(
-                "worker {i} did not stop within {} s: it is still in the handler of packet {:#06x}                  (for {} ms); its thread is left running, detached, and its connections open",
+                "worker {i} did not stop within {} s: it is still in the handler of packet {:#06x} \
+                 (for {} ms); its thread is left running, detached, and its connections open",
                 STOP_BOUND.as_secs(),
                 w.beat.handling.load(Ordering::Relaxed),
                 if turn == 0 {
@@ -496,12 +502,16 @@ impl ServerShared {
         let mut life = self.life();
         life.stop = true;
         self.changed.notify_all();
-        if self
+        let own = self
             .workers
             .iter()
             .any(|w| worker::on_worker(self.id, w.index, |_| ()).is_some())
-        {
-            // A worker waiting for the workers to stop would wait forever.
+            || pool::on_pool_of(self.id)
+            || life.runner == Some(std::thread::current().id());
+        if own {
+            // One of the server's own threads (a worker, a pool thread, the
+            // monitor in a stall callback) waiting for the server to stop
+            // would wait for itself.
             return;
         }
         while life.state == RunState::Running {

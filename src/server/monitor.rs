@@ -41,10 +41,12 @@ impl ServerShared {
                     continue;
                 }
                 w.flagged.store(0, Ordering::Relaxed);
+                // It ended before the next turn began (if one runs now).
+                let end = if turn == 0 { now } else { turn };
                 log::info!(
-                    "worker {i} is healthy again: its stalled turn ended after about {} ms; it takes new \
+                    "worker {i} is healthy again: its stalled turn ended after at most {} ms; it takes new \
                      connections again",
-                    now.saturating_sub(flagged)
+                    end.saturating_sub(flagged)
                 );
                 continue;
             }
@@ -69,7 +71,13 @@ impl ServerShared {
                 }
             );
             let ms = u32::try_from(ms).unwrap_or(u32::MAX);
-            self.service.stalled(i, self.records.worker(i), id, ms);
+            let cw = self.records.worker(i);
+            let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.service.stalled(i, cw, id, ms)
+            }));
+            if called.is_err() {
+                log::error!("the stall callback panicked (worker {i}); the monitor goes on");
+            }
         }
     }
 }

@@ -58,7 +58,7 @@ use crate::mailbox::{Cmd, Mailbox};
 use crate::pool::{Job, Pool};
 use crate::proto::{AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, Framing, Head, carry_out};
 use crate::records::CWorker;
-use crate::service::{Service, Verdict};
+use crate::service::{Service, Verdict, panic_message};
 use crate::stats;
 use crate::sys::{self, Io};
 
@@ -216,9 +216,25 @@ impl Ctx {
         }
     }
 
+    /// Drops the output the connection in `slot` has not sent (an abort).
+    fn drop_output(&self, slot: u32) {
+        let (out, pos) = self.table.take_output(slot);
+        stats::sub(&self.mailbox.stats.out_queued, (out.len() - pos) as u64);
+        self.table.recycle(out);
+    }
+
     /// Whether packets of `akg_id` go to the handler pool.
     pub(super) fn pooled(&self, akg_id: u16) -> bool {
         self.pool.is_some() && self.service.pooled(akg_id)
+    }
+
+    /// Takes back this worker's packets that wait for a pool thread (at
+    /// stop: they never run); see `Pool::cancel`.
+    pub(super) fn pool_cancel(&self) -> Vec<ConnId> {
+        self.pool
+            .as_ref()
+            .map(|p| p.cancel(&self.mailbox))
+            .unwrap_or_default()
     }
 
     /// Whether a packet of the connection in `slot` is in the pool.
@@ -332,11 +348,7 @@ impl Ctx {
             self.run_doomed();
         }
         r.map_err(|payload| {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(no message)");
+            let msg = panic_message(payload.as_ref());
             log::error!(
                 "worker {}: {} panicked on connection {slot}: {msg}; closing it as error",
                 self.mailbox.index,
@@ -381,9 +393,7 @@ impl Ctx {
         }
         self.table.set_state(slot, State::Doomed);
         if how == Ending::Abort {
-            let (out, pos) = self.table.take_output(slot);
-            stats::sub(&self.mailbox.stats.out_queued, (out.len() - pos) as u64);
-            self.table.recycle(out);
+            self.drop_output(slot);
         }
         self.doomed.borrow_mut().push((id, reason, how));
         true
@@ -602,7 +612,12 @@ impl Ctx {
     fn end(&self, p: *mut Conn, reason: u16, how: Ending) {
         // SAFETY: see `close`; read only, no reference made.
         let slot = unsafe { (*p).ind };
-        if self.table.state(slot) == State::Open && self.in_pool(slot) {
+        if self.in_pool(slot) {
+            if self.table.state(slot) != State::Open {
+                // Ended already (an abort put off); no reference to the
+                // record while the pool thread has it.
+                return;
+            }
             // The record is the pool thread's: end when its handler
             // returns (`end_after_pool`); an abort takes no output
             // meanwhile.
@@ -612,8 +627,7 @@ impl Ctx {
                 s.pool_end = Some((reason, abort));
             });
             if how == Ending::Abort {
-                let (out, _) = self.table.take_output(slot);
-                self.table.recycle(out);
+                self.drop_output(slot);
                 self.table.set_state(slot, State::Doomed);
             }
             return;
@@ -639,9 +653,7 @@ impl Ctx {
             1,
         );
         if how == Ending::Abort {
-            let (out, pos) = self.table.take_output(slot);
-            stats::sub(&st.out_queued, (out.len() - pos) as u64);
-            self.table.recycle(out);
+            self.drop_output(slot);
         }
         // During the callback a graceful close takes a last reply; a nested
         // close is a no-op either way.

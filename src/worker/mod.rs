@@ -34,7 +34,7 @@ use crate::conn::ConnId;
 use crate::conn::input::{self, Input};
 use crate::conn::record::Conn;
 use crate::conn::table::State;
-use crate::mailbox::{Cmd, Mailbox};
+use crate::mailbox::{Cmd, Mailbox, PoolEnd};
 use crate::pool::Pool;
 use crate::proto::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, Bad, BadHead, Head, Scan};
 use crate::records::CWorker;
@@ -53,6 +53,12 @@ const READS_PER_TURN: usize = 16;
 /// At stop, how long a worker goes on delivering the output of the
 /// connections it closed before it resets what is left.
 pub(crate) const STOP_FLUSH: Duration = Duration::from_secs(3);
+/// At stop, how long a worker waits for the pool handlers of its
+/// connections (within the server's 5 s stop bound).
+const POOL_WAIT: Duration = Duration::from_millis(4500);
+/// At stop, how long the output of a connection whose pool handler
+/// returned late may take (within `POOL_WAIT`).
+const POOL_FLUSH: Duration = Duration::from_millis(300);
 
 /// Creates a worker's poll and mailbox.
 pub(crate) fn new_worker(index: usize) -> std::io::Result<(Poll, Arc<Mailbox>)> {
@@ -368,7 +374,7 @@ impl Worker {
         while let Some(cmd) = self.ctx.mailbox.take_cmd() {
             match cmd {
                 Cmd::Stop => self.stopping = true,
-                Cmd::PoolDone(id, stop) => self.pool_done(id, stop),
+                Cmd::PoolDone(id, end) => self.pool_done(id, end),
                 Cmd::Write(..) | Cmd::Close(..) => self.ctx.apply(cmd),
             }
         }
@@ -378,7 +384,7 @@ impl Worker {
     /// it asked to close the connection): the record is the worker's
     /// again. Applies an end asked for meanwhile, or goes on with the
     /// connection's next packets.
-    fn pool_done(&mut self, id: ConnId, stop: bool) {
+    fn pool_done(&mut self, id: ConnId, end: PoolEnd) {
         let ctx = &self.ctx;
         ctx.pool_out.set(ctx.pool_out.get() - 1);
         stats::sub(&ctx.mailbox.stats.pool_queued, 1);
@@ -399,16 +405,23 @@ impl Worker {
             (*p).last_read = now;
             (*p).packet_start = now;
         }
-        if ctx.read_timeout > 0 {
-            ctx.table
-                .file_timer(slot, now.saturating_add(ctx.read_timeout).saturating_add(1));
+        // Its timers (the write timeout of pending output, the read
+        // timeout) count again.
+        if let Some(due) = ctx.table.deadline(slot, ctx.read_timeout, ctx.write_timeout) {
+            ctx.table.file_timer(slot, due);
         }
         if let Some((reason, abort)) = pending {
             ctx.end_after_pool(p, reason, abort);
-        } else if stop {
-            ctx.close(p, AKG_ERROR);
-        } else {
-            self.resume(p, id.generation());
+            return;
+        }
+        match end {
+            _ if self.stopping => ctx.close(p, AKG_CLOSED),
+            PoolEnd::Continue => self.resume(p, id.generation()),
+            PoolEnd::Stop => ctx.close(p, AKG_ERROR),
+            PoolEnd::NoHandler(akg_id) => {
+                log::warn!("invalid akg_id: {akg_id} (its pool handler was removed)");
+                ctx.close(p, AKG_CLOSED);
+            }
         }
     }
 
@@ -604,26 +617,43 @@ impl Worker {
     fn shutdown(&mut self) {
         // Stopping is no turn: the monitor does not time it.
         self.ctx.mailbox.beat.turn.store(0, Ordering::Relaxed);
+        // Packets waiting for a pool thread are not run any more.
+        for id in self.ctx.pool_cancel() {
+            self.pool_done(id, PoolEnd::Stop);
+        }
         for slot in 0..self.ctx.table.slots() as u32 {
-            if let Some(p) = self.ctx.table.get(slot) {
-                // A connection in the pool closes when its handler returns.
+            if let Some(p) = self.ctx.table.get(slot)
+                && !self.ctx.in_pool(slot)
+            {
                 self.ctx.close(p, AKG_CLOSED);
             }
         }
+        // A connection whose handler runs in the pool closes when it
+        // returns (`pool_done`), up to `POOL_WAIT`.
         self.take_new();
         self.take_cmds();
         self.end_turn();
         let t0 = Instant::now();
+        let mut flush_until = STOP_FLUSH;
         let mut events = Events::with_capacity(256);
-        while (!self.ctx.closing.borrow().is_empty() || self.ctx.pool_out.get() > 0)
-            && t0.elapsed() < STOP_FLUSH
-        {
+        loop {
+            let t = t0.elapsed();
+            let pool = self.ctx.pool_out.get() > 0 && t < POOL_WAIT;
+            if !pool && (self.ctx.closing.borrow().is_empty() || t >= flush_until) {
+                break;
+            }
+            let before = self.ctx.pool_out.get();
             self.take_cmds();
             self.end_turn();
+            if self.ctx.pool_out.get() < before {
+                // What a late pool handler's connection queued gets a
+                // moment to go out too.
+                flush_until = flush_until.max(t + POOL_FLUSH).min(POOL_WAIT);
+            }
             // Events drive the sending; the kernel's queue draining raises
             // none for sure, so look at every entry often.
             self.ctx.check_closing();
-            let wait = (STOP_FLUSH - t0.elapsed()).min(Duration::from_millis(20));
+            let wait = Duration::from_millis(20);
             if let Err(e) = self.poll.poll(&mut events, Some(wait))
                 && e.kind() != std::io::ErrorKind::Interrupted
             {

@@ -12,9 +12,10 @@
  * and exits 1 if there was any violation or connected != closed.
  *
  * Environment: TS_PORT (required), TS_WORKERS (2), TS_CONNNUM (1024),
- * TS_RTIMEOUT (0), TS_STALL_MS (unset: the default), TS_POOL_THREADS
- * (unset: the default), TS_LEAVE (set: do not check connected == closed,
- * for a stop that leaves a stuck worker behind).
+ * TS_RTIMEOUT (0), TS_WTIMEOUT (0), TS_STALL_MS (unset: the default),
+ * TS_POOL_THREADS (unset: the default), TS_LEAVE (set: do not check
+ * connected == closed, for a stop that leaves a stuck worker behind),
+ * TS_STOP_ON_STALL (set: the stall callback calls mario_stop_server).
  *
  * Packets carry the stx 0x8eb69af7 (as maritcp's). Ids (replies carry the
  * same id):
@@ -23,13 +24,19 @@
  *   0x0102 SLEEP    worker: body uint32 ms; sleeps, then replies
  *   0x0201 PSLEEP   pool: body uint32 ms, uint32 seq; sleeps, replies seq
  *   0x0202 WSEQ     worker: body uint32 seq; replies seq
- *   0x0203 PCLOSE   pool: body uint32 ms; sleeps, then close_conn(closed)
+ *   0x0203 PCLOSE   pool: body uint32 ms; sleeps, then close_conn(closed);
+ *                   a write after it must be refused (-1)
+ *   0x0204 PSTOP    pool: mario_stop_server (it must only ask)
+ *   0x0205 UNREG    worker: regist_pool_func(PSLOW, NULL)
+ *   0x0206 PSLOW    pool: like PSLEEP (registered until UNREG)
+ *   0x0103 FLOOD    worker: body uint32 n; n replies of 1,500 bytes
  * The stall callback prints "STALL worker=W id=I ms=M stalled=S" (S: what
  * mario_worker_stalled said); each close prints "EV close worker=W
  * reason=R".
  */
 #define _POSIX_C_SOURCE 200809L
 #include "mario/mario.h"
+#include "tsmain.h"
 
 #define ID_LOGIN 0x6101
 #define ID_WHO 0x0101
@@ -37,6 +44,10 @@
 #define ID_PSLEEP 0x0201
 #define ID_WSEQ 0x0202
 #define ID_PCLOSE 0x0203
+#define ID_PSTOP 0x0204
+#define ID_UNREG 0x0205
+#define ID_PSLOW 0x0206
+#define ID_FLOOD 0x0103
 
 #define ST_MAGIC 0x600dcafeu
 #define STX 0x8eb69af7u
@@ -53,11 +64,6 @@ static unsigned long n_connected, n_closed, n_pool, n_stalls, n_violations;
 static void violation(const char *what) {
 	__atomic_fetch_add(&n_violations, 1, __ATOMIC_RELAXED);
 	fprintf(stderr, "VIOLATION %s\n", what);
-}
-
-static int env_int(const char *k, int d) {
-	const char *v = getenv(k);
-	return v && *v ? atoi(v) : d;
 }
 
 static int on_a_worker(void) {
@@ -118,6 +124,12 @@ static sint32 on_close(CONN *c) {
 		return 0;
 	if (st->closed++)
 		violation("second close callback");
+	/* in_buf, if set, still points to readable memory (never to a freed
+	 * pool copy): ASan checks this read. */
+	if (c->in_buf != NULL) {
+		volatile char first = c->in_buf[0];
+		(void) first;
+	}
 	printf("EV close worker=%u reason=%u\n", (unsigned) c->owner->ind, (unsigned) c->err_type);
 	fflush(stdout);
 	st->magic = 0;
@@ -206,43 +218,80 @@ static sint32 on_pclose(CONN *c) {
 	sleep_ms(body_u32(c, 0));
 	close_conn(c, g_akg_closed_id);
 	close_conn(c, g_akg_closed_id); /* a second close is a no-op */
+	if (bufferevent_write(c->bufev, "late", 4) != -1)
+		violation("pool handler: a write after close_conn was taken");
 	pool_leave(st);
+	return 0;
+}
+
+static sint32 on_pstop(CONN *c) {
+	ST *st = pool_enter(c, ID_PSTOP);
+	if (st == NULL)
+		return -1;
+	printf("PSTOP asking\n");
+	fflush(stdout);
+	mario_stop_server(server); /* from a pool thread: only asks */
+	printf("PSTOP asked\n");
+	fflush(stdout);
+	pool_leave(st);
+	return 0;
+}
+
+static sint32 on_pslow(CONN *c) {
+	ST *st = pool_enter(c, ID_PSLOW);
+	if (st == NULL)
+		return -1;
+	uint32 ms = body_u32(c, 0), seq = body_u32(c, 1);
+	sleep_ms(ms);
+	reply(c, c->out_buf, ID_PSLOW, &seq, 4);
+	pool_leave(st);
+	return 0;
+}
+
+static sint32 on_unreg(CONN *c) {
+	if (worker_state(c) == NULL)
+		return -1;
+	regist_pool_func(ID_PSLOW, NULL);
+	reply(c, c->out_buf, ID_UNREG, NULL, 0);
+	return 0;
+}
+
+static sint32 on_flood(CONN *c) {
+	if (worker_state(c) == NULL)
+		return -1;
+	static char big[1500];
+	uint32 n = body_u32(c, 0);
+	for (uint32 i = 0; i < n; i++) {
+		HEAD h;
+		h.stx = STX;
+		h.pkglen = sizeof(big);
+		h.akg_id = ID_FLOOD;
+		memcpy(big, &h, 8);
+		if (bufferevent_write(c->bufev, big, sizeof(big)) != 0)
+			return -1;
+	}
 	return 0;
 }
 
 static void on_stall(WORKER *w, uint16 id, uint32 ms) {
 	if (on_a_worker())
 		violation("stall callback on a worker thread");
+	if (getenv("TS_STOP_ON_STALL") != NULL)
+		mario_stop_server(server); /* from the monitor: only asks */
 	__atomic_fetch_add(&n_stalls, 1, __ATOMIC_RELAXED);
 	printf("STALL worker=%u id=%u ms=%u stalled=%d\n", (unsigned) w->ind, (unsigned) id, (unsigned) ms,
 			(int) mario_worker_stalled(w));
 	fflush(stdout);
 }
 
-static void *stopper(void *arg) {
-	sigset_t *set = (sigset_t *) arg;
-	int sig;
-	sigwait(set, &sig);
+static void on_signal(void) {
 	printf("STOPPING\n");
 	fflush(stdout);
-	mario_stop_server(server);
-	return NULL;
 }
 
 int main(void) {
-	int port = env_int("TS_PORT", 0);
-	if (port <= 0) {
-		fprintf(stderr, "TS_PORT is required\n");
-		return 2;
-	}
 	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-
-	server = init_server(port, (uint16) env_int("TS_WORKERS", 2), (uint32) env_int("TS_CONNNUM", 1024),
-			env_int("TS_RTIMEOUT", 0), 0);
+	server = ts_init_server(&set);
 	if (server == NULL)
 		return 2;
 	if (mario_worker_stalled(NULL) != -1)
@@ -260,18 +309,14 @@ int main(void) {
 	regist_akg_func(ID_WSEQ, on_wseq);
 	regist_pool_func(ID_PSLEEP, on_psleep);
 	regist_pool_func(ID_PCLOSE, on_pclose);
+	regist_pool_func(ID_PSTOP, on_pstop);
+	regist_pool_func(ID_PSLOW, on_pslow);
+	regist_akg_func(ID_UNREG, on_unreg);
+	regist_akg_func(ID_FLOOD, on_flood);
 	regist_stall_func(on_stall);
-	if (start_log_thread() != 0)
-		return 2;
-
-	pthread_t st;
-	pthread_create(&st, NULL, stopper, &set);
-	void *r = start_server(server);
-	if (r != NULL) {
-		fprintf(stderr, "start_server failed\n");
-		return 3;
-	}
-	pthread_join(st, NULL);
+	int r = ts_serve(server, &set, on_signal);
+	if (r != 0)
+		return r;
 	printf("SUMMARY connected=%lu closed=%lu pool_calls=%lu stalls=%lu violations=%lu\n",
 			__atomic_load_n(&n_connected, __ATOMIC_RELAXED), __atomic_load_n(&n_closed, __ATOMIC_RELAXED),
 			__atomic_load_n(&n_pool, __ATOMIC_RELAXED), __atomic_load_n(&n_stalls, __ATOMIC_RELAXED),

@@ -49,6 +49,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "mario/mario.h"
+#include "tsmain.h"
 #include <arpa/inet.h>
 #include <stddef.h>
 
@@ -174,11 +175,6 @@ static sint32 on_close(CONN *c) {
 	free(st);
 	/* c->user is deliberately left dangling: the library must clear it. */
 	return 0;
-}
-
-static int env_int(const char *name, int def) {
-	const char *v = getenv(name);
-	return v && *v ? atoi(v) : def;
 }
 
 /* A HEAD's pkglen in the server's byte order. */
@@ -485,29 +481,13 @@ static void report_stats(void) {
 		violation(NULL, "the workers' statistics do not add up to the server's");
 }
 
-static void *stopper(void *arg) {
-	sigset_t *set = (sigset_t *) arg;
-	int sig;
-	sigwait(set, &sig);
+static void on_signal(void) {
 	__atomic_store_n(&stopping, 1, __ATOMIC_RELEASE);
-	mario_stop_server(server);
-	return NULL;
 }
 
 int main(void) {
-	int port = env_int("TS_PORT", 0);
-	if (port <= 0) {
-		fprintf(stderr, "TS_PORT is required\n");
-		return 2;
-	}
 	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-
-	server = init_server(port, (uint16) env_int("TS_WORKERS", 2), (uint32) env_int("TS_CONNNUM", 1024),
-			env_int("TS_RTIMEOUT", 0), env_int("TS_WTIMEOUT", 0));
+	server = ts_init_server(&set);
 	if (server == NULL)
 		return 2;
 	lastword = getenv("TS_LASTWORD") != NULL;
@@ -544,17 +524,13 @@ int main(void) {
 		return 5;
 	}
 
-	pthread_t st, bt;
-	pthread_create(&st, NULL, stopper, &set);
+	pthread_t bt;
 	pthread_create(&bt, NULL, blaster, NULL);
-	void *r = start_server(server);
-	if (r != NULL) {
-		fprintf(stderr, "start_server failed\n");
-		return 3;
-	}
+	int r = ts_serve(server, &set, on_signal);
+	if (r != 0)
+		return r;
 	__atomic_store_n(&stopping, 1, __ATOMIC_RELEASE);
 	pthread_join(bt, NULL);
-	pthread_join(st, NULL);
 	report_stats();
 	printf("SUMMARY connected=%lu closed=%lu packets=%lu violations=%lu\n", n_connected, n_closed, n_packets,
 			n_violations);

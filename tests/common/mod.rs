@@ -389,6 +389,42 @@ pub fn info(s: &mut TcpStream, stx: u32) -> (u32, u32, u16, u16) {
     )
 }
 
+/// A client whose receive buffer is small (4 KiB, set before connecting),
+/// so that output it does not read stays in the server.
+pub fn connect_small_rcvbuf(port: u16) -> TcpStream {
+    // SAFETY: plain socket calls on a descriptor this function owns; the
+    // address and option values are valid for their sizes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
+        let s: TcpStream = std::os::fd::FromRawFd::from_raw_fd(fd);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    }
+}
+
 /// True if the server closes `s` within `within` (EOF or reset), ignoring
 /// any bytes it still sends.
 pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
