@@ -73,12 +73,15 @@ static void log_server_stats(void) {
 		return;
 	slog_info_t(log, "stats: connections=%llu accepted=%llu refused=%llu closed=%llu timeouts=%llu "
 			"errors=%llu packets_in=%llu bytes_in=%llu bytes_out=%llu out_queued=%llu "
-			"log_dropped=%llu", (unsigned long long) st.connections,
+			"stalls=%llu stalled_workers=%u pool_queued=%llu log_dropped=%llu",
+			(unsigned long long) st.connections,
 			(unsigned long long) st.accepted, (unsigned long long) st.refused,
 			(unsigned long long) st.closed, (unsigned long long) st.timeouts,
 			(unsigned long long) st.errors, (unsigned long long) st.packets_in,
 			(unsigned long long) st.bytes_in, (unsigned long long) st.bytes_out,
-			(unsigned long long) st.out_queued, (unsigned long long) st.log_dropped);
+			(unsigned long long) st.out_queued, (unsigned long long) st.stalls,
+			(unsigned) st.stalled_workers, (unsigned long long) st.pool_queued,
+			(unsigned long long) st.log_dropped);
 }
 
 static void *collect_worker_fun(void *arg) {

@@ -143,7 +143,15 @@ fn online_count_in_stats_line() {
         .lines()
         .find(|l| l.contains("[INFO] stats: "))
         .unwrap_or_else(|| panic!("no stats line next to {line:?}:\n{}", tail(&out, 20)));
-    for want in ["connections=6 ", "accepted=10 ", "refused=0 ", "out_queued=0 "] {
+    for want in [
+        "connections=6 ",
+        "accepted=10 ",
+        "refused=0 ",
+        "out_queued=0 ",
+        "stalls=0 ",
+        "stalled_workers=0 ",
+        "pool_queued=0 ",
+    ] {
         assert!(stats.contains(want), "{want:?} not in {stats:?}");
     }
     // TIMEOUT 0 disables timeouts: a minute of silence closed nothing.
