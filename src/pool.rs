@@ -302,6 +302,19 @@ impl Pool {
         job.done.command(Cmd::PoolDone(job.id, end));
     }
 
+    /// The server is stopping: threads start no more jobs (what is queued
+    /// is taken back by the workers, see [`Pool::cancel`]) and end once
+    /// their current one returns. [`Pool::stop`] waits for them.
+    pub(crate) fn halt(&self) {
+        self.state().stop = true;
+        self.ready.notify_all();
+    }
+
+    /// True once the server is stopping ([`Pool::halt`]).
+    pub(crate) fn halted(&self) -> bool {
+        self.state().stop
+    }
+
     /// Takes back the jobs of worker `worker` that no thread has started
     /// (a stopping worker runs no more handlers): their records are the
     /// worker's again. Returns their connections.
@@ -322,12 +335,8 @@ impl Pool {
     /// [`Pool::cancel`]), waiting until `deadline` at most: a thread stuck in a handler is left running,
     /// detached, and the log says so.
     pub(crate) fn stop(&self, deadline: Instant) {
-        let threads = {
-            let mut st = self.state();
-            st.stop = true;
-            std::mem::take(&mut st.threads)
-        };
-        self.ready.notify_all();
+        self.halt();
+        let threads = std::mem::take(&mut self.state().threads);
         while Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -176,6 +176,25 @@ pub(crate) fn accept(listen_fd: RawFd) -> Result<Accepted, io::Error> {
     }
 }
 
+unsafe extern "C" {
+    /// The C library's `stdout` (glibc and musl export it as a variable).
+    static stdout: *mut libc::FILE;
+    /// The C library's `stderr`.
+    static stderr: *mut libc::FILE;
+}
+
+/// `fflush(stdout); fflush(stderr)`: what the C program printed goes out
+/// before the library writes to the same descriptors.
+pub(crate) fn flush_stdout_stderr() {
+    // SAFETY: the C library initialises `stdout` and `stderr` before any
+    // code runs and never moves them; they are read, not written, and
+    // `fflush` takes each stream's own lock.
+    unsafe {
+        libc::fflush(stdout);
+        libc::fflush(stderr);
+    }
+}
+
 /// Creates a non-blocking IPv4 listening socket on `0.0.0.0:port`
 /// (`SO_REUSEADDR`, `TCP_NODELAY` for the accepted sockets, close-on-exec)
 /// with the given backlog. Returns the

@@ -541,3 +541,42 @@ fn a_pool_handler_removed_while_its_packet_waits_closes_as_without_a_handler() {
     assert!(srv.wait_stdout(&format!("reason={}", 0xfffe), Duration::from_secs(1)));
     srv.stop_clean();
 }
+
+/// start_server flushed every C stream (`fflush(NULL)`), which waits for
+/// stdin's lock: a program thread blocked reading stdin held the start up,
+/// and new connections waited in the backlog until a line came in.
+#[test]
+fn a_thread_reading_stdin_does_not_hold_up_the_start() {
+    let _serial = one_at_a_time();
+    // ctest waits for "start server ok"; it fails if the server never says it.
+    let srv = healthsrv(&[("TS_STDIN_READER", "1")]);
+    let (took, _) = login(srv.port);
+    assert!(took < scaled_ms(100), "LOGIN took {took:?}");
+    srv.stop_clean();
+}
+
+#[test]
+fn queued_pool_packets_do_not_start_once_a_stop_began_even_with_the_worker_busy() {
+    let _serial = one_at_a_time();
+    let mut srv = healthsrv(&[("TS_WORKERS", "1"), ("TS_POOL_THREADS", "1")]);
+    let mut conns: Vec<TcpStream> = (0..3).map(|_| connect(srv.port)).collect();
+    for (k, c) in conns.iter_mut().enumerate() {
+        c.write_all(&frame(STX, PSLEEP, &u32s(&[1000, k as u32])))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // The worker is busy for 2.5 s when the stop begins.
+    let mut busy = connect(srv.port);
+    busy.write_all(&frame(STX, SLEEP, &u32s(&[2500]))).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGTERM) };
+    assert!(exits_within(&mut srv, Duration::from_secs(6)));
+    let s = srv.stop_clean();
+    assert_eq!(
+        summary(&s.stdout, "pool_calls"),
+        1,
+        "queued pool packets ran during the stop"
+    );
+    assert_eq!(summary(&s.stdout, "closed"), 4);
+}

@@ -344,10 +344,12 @@ impl ServerShared {
             }
         };
         self.serving.store(true, Ordering::Release);
-        // Like the original: flush the C streams, then announce; only then
-        // does any connection get served.
-        // SAFETY: `fflush(NULL)` flushes every C output stream.
-        unsafe { libc::fflush(std::ptr::null_mut()) };
+        // Like the original: flush the C program's output, then announce;
+        // only then does any connection get served. Not `fflush(NULL)`: it
+        // takes the lock of every C stream, stdin's too, so a program
+        // thread blocked reading stdin held the start up (and connections
+        // waited in the backlog) until a line came in.
+        sys::flush_stdout_stderr();
         let line = b"--------------start server ok--------------\n";
         // SAFETY: writes a valid buffer to stdout.
         unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
@@ -390,6 +392,9 @@ impl ServerShared {
         // be dropped, so they are refused from now on.
         self.serving.store(false, Ordering::Release);
         listener.close();
+        // Packets waiting for a pool thread are not started any more, even
+        // while a worker is still busy in a handler.
+        pool.halt();
         let deadline = Instant::now() + STOP_BOUND;
         self.stop_workers(threads, deadline);
         // The workers waited for their connections' pool handlers.

@@ -56,7 +56,7 @@ use crate::conn::record::Conn;
 use crate::conn::table::{Append, ConnTable, State};
 use crate::mailbox::{Cmd, Mailbox};
 use crate::pool::{Job, Pool};
-use crate::proto::{AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, Framing, Head, carry_out};
+use crate::proto::{AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, Framing, Head, carry_out};
 use crate::records::CWorker;
 use crate::service::{Service, Verdict, panic_message};
 use crate::stats;
@@ -273,11 +273,15 @@ impl Ctx {
                 self.pool_out.set(self.pool_out.get() + 1);
                 stats::add(&self.mailbox.stats.pool_queued, 1);
             }
+            Err(_) if pool.halted() => {
+                // The server is stopping: the packet is not run, as those
+                // still queued are not.
+                self.table.with_slot(slot, |s| s.in_pool = false);
+                self.close(p, AKG_CLOSED);
+            }
             Err(_) => {
                 self.table.with_slot(slot, |s| s.in_pool = false);
-                log::error!(
-                    "connection {slot}: the handler pool takes no packet (stopped, or no thread): closing"
-                );
+                log::error!("connection {slot}: the handler pool cannot start a thread: closing");
                 self.close(p, AKG_ERROR);
             }
         }

@@ -15,7 +15,9 @@
  * TS_RTIMEOUT (0), TS_WTIMEOUT (0), TS_STALL_MS (unset: the default),
  * TS_POOL_THREADS (unset: the default), TS_LEAVE (set: do not check
  * connected == closed, for a stop that leaves a stuck worker behind),
- * TS_STOP_ON_STALL (set: the stall callback calls mario_stop_server).
+ * TS_STOP_ON_STALL (set: the stall callback calls mario_stop_server),
+ * TS_STDIN_READER (set: a thread sits in fgets(stdin), on a pipe nobody
+ * writes to, while the server starts).
  *
  * Packets carry the stx 0x8eb69af7 (as maritcp's). Ids (replies carry the
  * same id):
@@ -284,6 +286,15 @@ static void on_stall(WORKER *w, uint16 id, uint32 ms) {
 	fflush(stdout);
 }
 
+/* Blocks in fgets(stdin) for good, holding stdin's lock. */
+static void *stdin_reader(void *arg) {
+	char line[64];
+	(void) arg;
+	if (fgets(line, sizeof line, stdin) != NULL)
+		violation("a line came in on a pipe nobody writes to");
+	return NULL;
+}
+
 static void on_signal(void) {
 	printf("STOPPING\n");
 	fflush(stdout);
@@ -314,6 +325,15 @@ int main(void) {
 	regist_akg_func(ID_UNREG, on_unreg);
 	regist_akg_func(ID_FLOOD, on_flood);
 	regist_stall_func(on_stall);
+	if (getenv("TS_STDIN_READER") != NULL) {
+		int fds[2];
+		pthread_t rt;
+		if (pipe(fds) != 0 || dup2(fds[0], 0) < 0)
+			return 2;
+		pthread_create(&rt, NULL, stdin_reader, NULL);
+		pthread_detach(rt);
+		nsleep(50000000); /* it is in fgets by now */
+	}
 	int r = ts_serve(server, &set, on_signal);
 	if (r != 0)
 		return r;

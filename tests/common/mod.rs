@@ -215,8 +215,14 @@ impl Proc {
         self.child.as_ref().expect("running").id()
     }
 
+    /// What the server wrote to stdout so far: while it runs, only whole
+    /// lines (a line it is still writing would parse as a cut one).
     pub fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
+        let mut s = std::fs::read_to_string(&self.out).unwrap_or_default();
+        if self.child.is_some() {
+            s.truncate(s.rfind('\n').map_or(0, |i| i + 1));
+        }
+        s
     }
 
     pub fn stderr(&self) -> String {
