@@ -258,7 +258,6 @@ impl Ctx {
             self.close(p, AKG_ERROR);
             return;
         };
-        self.table.with_slot(slot, |s| s.in_pool = true);
         let job = Job {
             conn: p,
             id,
@@ -268,19 +267,18 @@ impl Ctx {
             big_endian: self.framing.head_big_endian(),
             done: self.mailbox.clone(),
         };
+        // The pool reports back through the mailbox, which this thread
+        // reads only later: marking the slot after the hand-over is in time.
         match pool.submit(job) {
             Ok(()) => {
+                self.table.with_slot(slot, |s| s.in_pool = true);
                 self.pool_out.set(self.pool_out.get() + 1);
                 stats::add(&self.mailbox.stats.pool_queued, 1);
             }
-            Err(_) if pool.halted() => {
-                // The server is stopping: the packet is not run, as those
-                // still queued are not.
-                self.table.with_slot(slot, |s| s.in_pool = false);
-                self.close(p, AKG_CLOSED);
-            }
+            // The server is stopping: the packet is not run, as those still
+            // queued are not.
+            Err(_) if pool.halted() => self.close(p, AKG_CLOSED),
             Err(_) => {
-                self.table.with_slot(slot, |s| s.in_pool = false);
                 log::error!("connection {slot}: the handler pool cannot start a thread: closing");
                 self.close(p, AKG_ERROR);
             }

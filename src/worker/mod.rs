@@ -380,10 +380,10 @@ impl Worker {
         }
     }
 
-    /// The pool handler of connection `id`'s packet has returned (`stop`:
-    /// it asked to close the connection): the record is the worker's
-    /// again. Applies an end asked for meanwhile, or goes on with the
-    /// connection's next packets.
+    /// The pool handler of connection `id`'s packet has returned as `end`
+    /// says (or, at stop, its packet was taken back unrun): the record is
+    /// the worker's again. Applies an end asked for meanwhile; else, while
+    /// stopping, closes the connection; else goes on with its next packets.
     fn pool_done(&mut self, id: ConnId, end: PoolEnd) {
         let ctx = &self.ctx;
         ctx.pool_out.set(ctx.pool_out.get() - 1);
@@ -613,7 +613,10 @@ impl Worker {
 
     /// Closes every connection gracefully (callbacks run), delivers what
     /// they had queued for at most [`STOP_FLUSH`], then resets what is left.
-    /// The table frees the records when the worker is dropped.
+    /// Packets still queued for the pool are taken back unrun; running pool
+    /// handlers get up to [`POOL_WAIT`], their connections closing when
+    /// they return. The table frees the records when the worker is dropped
+    /// (unless a pool handler still holds one: see `run`).
     fn shutdown(&mut self) {
         // Stopping is no turn: the monitor does not time it.
         self.ctx.mailbox.beat.turn.store(0, Ordering::Relaxed);
