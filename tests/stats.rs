@@ -131,10 +131,7 @@ fn a_scripted_session_is_counted_exactly_scraped_and_reported() {
         let (_, _, wi, _) = info(&mut s, STX);
         let w = &mut want[wi as usize];
         w.connections += 1;
-        w.accepted += 1;
-        w.packets_in += 1;
-        w.bytes_in += 8;
-        w.bytes_out += 20;
+        w.accepted_with_info();
         conns.push((s, wi as usize));
     }
     let workers: Vec<usize> = conns.iter().map(|c| c.1).collect();
@@ -193,11 +190,7 @@ fn a_scripted_session_is_counted_exactly_scraped_and_reported() {
     wait_scrape(&maddr, &want, refused, "after three closes");
     let mut e = connect(p.port);
     let (_, _, we, _) = info(&mut e, STX);
-    let w = &mut want[we as usize];
-    w.accepted += 1;
-    w.packets_in += 1;
-    w.bytes_in += 8;
-    w.bytes_out += 20;
+    want[we as usize].accepted_with_info();
     assert!(closed_within(&mut d, Duration::from_secs(8)), "no read timeout");
     assert!(closed_within(&mut e, Duration::from_secs(8)), "no read timeout");
     want[workers[3]].timeouts += 1;

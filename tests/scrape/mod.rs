@@ -194,6 +194,17 @@ pub struct Want {
     pub bytes_out: u64,
 }
 
+impl Want {
+    /// A client accepted that sent testsrv's INFO (8 bytes) and got its
+    /// reply (20 bytes).
+    pub fn accepted_with_info(&mut self) {
+        self.accepted += 1;
+        self.packets_in += 1;
+        self.bytes_in += 8;
+        self.bytes_out += 20;
+    }
+}
+
 /// What in `samples` differs from `want` (per worker) and `refused` (the
 /// sum over the workers).
 pub fn mismatches(samples: &HashMap<String, u64>, want: &[Want], refused: u64) -> Vec<String> {
