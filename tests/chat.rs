@@ -8,6 +8,8 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 struct Chat {
@@ -280,6 +282,10 @@ fn members_that_never_read_are_reset_at_the_cap_and_the_room_goes_on() {
     let mut listener = Client::join(chat.port);
     // The listener reads everything on its own thread.
     let mut lr = listener.r.get_ref().try_clone().unwrap();
+    // Bytes the listener has read: the talker keeps within 2 MiB of it,
+    // so a listener slowed down by a loaded machine is never cut off.
+    let heard = Arc::new(AtomicUsize::new(0));
+    let h = heard.clone();
     let reader = std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 16];
         let mut left = Vec::new(); // the " left" notices heard
@@ -289,6 +295,7 @@ fn members_that_never_read_are_reset_at_the_cap_and_the_room_goes_on() {
             if n == 0 {
                 break;
             }
+            h.fetch_add(n, Ordering::Relaxed);
             tail.extend_from_slice(&buf[..n]);
             let cut = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             for l in tail[..cut].split(|&b| b == b'\n') {
@@ -320,6 +327,9 @@ fn members_that_never_read_are_reset_at_the_cap_and_the_room_goes_on() {
         sent += line.len();
         if chat.logs().matches("over its cap").count() >= 2 {
             break;
+        }
+        while sent > heard.load(Ordering::Relaxed) + (2 << 20) && t0.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
     let left = reader.join().unwrap();
