@@ -1,6 +1,6 @@
 # libmario: MarioTCP 0.9.9 core in Rust.
 #
-#   make            libmario.a (target/release/libmario.a) + c-examples/maritcp
+#   make            libmario.a and libmario.so (target/release/) + c-examples/maritcp
 #                   + c-examples/mario_client + c-examples/mario_chat
 #   make run        build, then run maritcp in the foreground from c-examples/
 #   make test       everything above, then the whole test suite
@@ -9,13 +9,20 @@
 #   make header     regenerate include/mario/mario.h after changing src/ffi/
 #   make lint       cargo fmt --check + cargo clippy -D warnings + make doc
 #   make doc        the crate's docs (cargo doc), warnings are errors
-#   make install    PREFIX=/usr/local: header + library
+#   make install    PREFIX=/usr/local DESTDIR=: headers, libmario.a,
+#                   libmario.so.X.Y.Z with its links, mario.pc for pkg-config
+#   make uninstall  removes what make install put there
 #   make clean
 
 CARGO   ?= cargo
 CC      ?= gcc
 PREFIX  ?= /usr/local
 LIB     := target/release/libmario.a
+SO      := target/release/libmario.so
+LIBDIR  ?= $(PREFIX)/lib
+# The version is Cargo.toml's; the soname's number is its major (build.rs).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 CFLAGS  ?= -std=c99 -O2 -g -Wall -Wextra -DLINUX64
 # The whole link line of a MarioTCP application against libmario:
 LDLIBS  := -lpthread -ldl -lm
@@ -24,7 +31,7 @@ EX      := c-examples
 APP_SRC := $(EX)/mario.c $(EX)/config.c $(EX)/function.c $(EX)/collect.c
 APP_HDR := $(wildcard $(EX)/*.h) include/mario/mario.h
 
-.PHONY: all lib examples run test lint doc header install clean venv
+.PHONY: all lib examples run test lint doc header install uninstall clean venv
 
 all: lib examples
 
@@ -68,10 +75,26 @@ doc:
 header:
 	MARIO_WRITE_HEADER=1 $(CARGO) build --lib
 
+# What a distribution expects: the real file libmario.so.X.Y.Z, the soname
+# link libmario.so.X (what programs load), the development link
+# libmario.so (what -lmario finds), and a pkg-config file.
 install: all
-	install -d $(DESTDIR)$(PREFIX)/include/mario $(DESTDIR)$(PREFIX)/lib
+	install -d $(DESTDIR)$(PREFIX)/include/mario $(DESTDIR)$(LIBDIR)/pkgconfig
 	install -m 644 include/mario/*.h $(DESTDIR)$(PREFIX)/include/mario/
-	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libmario.a
+	install -m 644 $(LIB) $(DESTDIR)$(LIBDIR)/libmario.a
+	install -m 755 $(SO) $(DESTDIR)$(LIBDIR)/libmario.so.$(VERSION)
+	ln -sf libmario.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libmario.so.$(MAJOR)
+	ln -sf libmario.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libmario.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+		-e 's|@LIBS_PRIVATE@|$(LDLIBS)|' mario.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/mario.pc
+	chmod 644 $(DESTDIR)$(LIBDIR)/pkgconfig/mario.pc
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/include/mario/,$(notdir $(wildcard include/mario/*.h)))
+	-rmdir $(DESTDIR)$(PREFIX)/include/mario
+	rm -f $(DESTDIR)$(LIBDIR)/libmario.a $(DESTDIR)$(LIBDIR)/libmario.so \
+		$(DESTDIR)$(LIBDIR)/libmario.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libmario.so.$(VERSION) \
+		$(DESTDIR)$(LIBDIR)/pkgconfig/mario.pc
 
 clean:
 	$(CARGO) clean

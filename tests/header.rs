@@ -198,6 +198,8 @@ void (*f_mario_set_log_callback)(mario_log_callback, void *) = mario_set_log_cal
 void (*f_regist_frame_func)(FUNC_PTR) = regist_frame_func;
 size_t (*f_mario_frame_len)(const CONN *) = mario_frame_len;
 sint32 (*f_mario_set_framing)(SERVER *, const mario_framing *) = mario_set_framing;
+const char *(*f_mario_version)(void) = mario_version;
+SA(MARIO_VERSION_MAJOR >= 0 && MARIO_VERSION_MINOR >= 0 && MARIO_VERSION_PATCH >= 0, "MARIO_VERSION_*");
 void (*f_regist_pool_func)(uint16, FUNC_PTR) = regist_pool_func;
 void (*f_mario_set_pool_threads)(SERVER *, uint32) = mario_set_pool_threads;
 void (*f_mario_set_stall_threshold)(SERVER *, uint32) = mario_set_stall_threshold;

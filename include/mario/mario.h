@@ -274,6 +274,12 @@ typedef void (*mario_stall_func)(WORKER *w, uint16 akg_id, uint32 ms);
  * any real libevent bufferevent on to libevent). */
 #define bufferevent_write mario_bufferevent_write
 
+/* The library's version (its ABI major is the soname's: libmario.so.0). */
+#define MARIO_VERSION_MAJOR 0
+#define MARIO_VERSION_MINOR 1
+#define MARIO_VERSION_PATCH 0
+#define MARIO_VERSION_STRING "0.1.0"
+
 
 #ifdef __cplusplus
 extern "C" {
@@ -656,6 +662,13 @@ void mario_reopen_log(void);
  a `MARIO_LOG_*` value; `user` is passed back untouched.
  */
 void mario_set_log_callback(mario_log_callback callback, void *user);
+
+/*
+ The library's version, `"MAJOR.MINOR.PATCH"` (`MARIO_VERSION_STRING` of
+ the header it was built with): a static string, never NULL, never
+ freed. Any thread, any time.
+ */
+const char *mario_version(void);
 
 /*
  Sleeps `ns` nanoseconds.

@@ -949,6 +949,14 @@ pub extern "C" fn mario_set_log_callback(callback: mario_log_callback, user: *mu
     logq::set_log_callback(callback.map(|f| (f, user)))
 }
 
+/// The library's version, `"MAJOR.MINOR.PATCH"` (`MARIO_VERSION_STRING` of
+/// the header it was built with): a static string, never NULL, never
+/// freed. Any thread, any time.
+#[unsafe(no_mangle)]
+pub extern "C" fn mario_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
 /// Sleeps `ns` nanoseconds.
 #[unsafe(no_mangle)]
 pub extern "C" fn nsleep(ns: uint32) {

@@ -179,11 +179,17 @@ impl Proc {
         } else {
             root().join("c-examples/maritcp")
         };
+        Proc::maritcp_at(&bin, conf, &[])
+    }
+
+    /// Starts the maritcp binary `bin` (any build of c-examples/) as
+    /// [`Proc::maritcp`] does, with `env` added to its environment.
+    pub fn maritcp_at(bin: &Path, conf: &str, env: &[(&str, String)]) -> Proc {
         for _ in 0..5 {
             let port = free_port();
             let dir = scratch_dir("maritcp");
             std::fs::write(dir.join("init.conf"), format!("{conf}\nPORT {port}\n")).unwrap();
-            let mut p = Proc::spawn(&bin, &["-f"], &[], dir, port);
+            let mut p = Proc::spawn(bin, &["-f"], env, dir, port);
             if p.wait_started() {
                 return p;
             }
