@@ -4,8 +4,10 @@
 #                   + c-examples/mario_client + c-examples/mario_chat
 #   make run        build, then run maritcp in the foreground from c-examples/
 #   make test       everything above, then the whole test suite
-#   make venv       target/venv: Python with the Prometheus client's text
-#                   parser, which the statistics tests parse /metrics with
+#   make venv       target/venv: Python with pytest, the Prometheus client's
+#                   text parser (the statistics tests parse /metrics with it)
+#                   and the Python package of python/, installed from there
+#   make pytest     the Python package's tests (python/tests) on libmario.so
 #   make header     regenerate include/mario/mario.h after changing src/ffi/
 #   make lint       cargo fmt --check + cargo clippy -D warnings + make doc
 #   make doc        the crate's docs (cargo doc), warnings are errors
@@ -62,6 +64,7 @@ run: all
 # harnesses (src/harness/), which the shipped library never contains.
 test: lint all ctests venv
 	$(CARGO) test --all-targets --features harness -- --test-threads=4
+	$(MAKE) -s pytest
 	$(CARGO) test -p mario-bench -p tokio-peer
 	$(CARGO) test --doc
 
@@ -103,13 +106,24 @@ clean:
 # The Prometheus client's own text parser, for tests/stats.rs (it parses
 # what /metrics serves): a virtualenv of our own, never the system's Python.
 VENV := target/venv
-PROMETHEUS_CLIENT := prometheus-client==0.26.0
-venv: $(VENV)/.ready
+PY_TEST_DEPS := prometheus-client==0.26.0 pytest==8.3.5
+venv: $(VENV)/.ready $(VENV)/.mario
 
-$(VENV)/.ready:
+# (Again when this file changes: the pinned versions are here.)
+$(VENV)/.ready: Makefile
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PROMETHEUS_CLIENT)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_TEST_DEPS)
 	touch $@
+
+# The package as a user installs it (pip install ./python): the tests
+# import this copy, not the source tree's.
+$(VENV)/.mario: $(VENV)/.ready python/pyproject.toml $(wildcard python/mario/*.py python/mario/*/*.py)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall ./python
+	touch $@
+
+.PHONY: pytest
+pytest: lib venv
+	cd python/tests && MARIO_LIBRARY=$(CURDIR)/$(SO) ../../$(VENV)/bin/python -m pytest -q -p no:cacheprovider .
 
 # C test programs, built with AddressSanitizer + UBSan (run by `make test`).
 CTEST_DIR := target/ctests
@@ -135,7 +149,7 @@ $(CTEST_DIR)/mario_chat-asan: $(EX)/chat.c include/mario/mario.h $(LIB)
 # side, then the decoders and the cost of a filtered log call; rewrites
 # BENCHMARKS.md. BENCH_ARGS=--quick for a short run.
 .PHONY: bench
-bench: all target/bench/logcost
+bench: all venv target/bench/logcost
 	$(CARGO) build --release -p mario-bench -p tokio-peer
 	$(CARGO) bench --no-run --bench decoders
 	python3 benches/run.py $(BENCH_ARGS)

@@ -20,6 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target/release/mario-bench")
 MARITCP = os.path.join(ROOT, "c-examples/maritcp")
 PEER = os.path.join(ROOT, "target/release/tokio-peer")
+# The Python LOGIN server (python/mario/examples/login.py), as `make venv`
+# installs the package, on the library of this tree.
+VENV_PY = os.path.join(ROOT, "target/venv/bin/python")
+SO = os.path.join(ROOT, "target/release/libmario.so")
 WORKERS = 2
 TIMEOUT = 300
 
@@ -55,13 +59,18 @@ class Server:
         self.dir = tempfile.mkdtemp(prefix=f"mario-bench-{kind}-")
         out = open(os.path.join(self.dir, "stdout.txt"), "w")
         err = open(os.path.join(self.dir, "stderr.txt"), "w")
+        env = None
         if kind in ("mario", "before"):
             with open(os.path.join(self.dir, "init.conf"), "w") as f:
                 f.write(f"PORT {self.port}\nTIMEOUT {TIMEOUT}\nWORKERNUM {WORKERS}\nCONNNUM 20000\n")
             cmd = [maritcp or MARITCP, "-f"]
+        elif kind == "python":
+            cmd = [VENV_PY, "-m", "mario.examples.login", "--port", str(self.port), "--workers", str(WORKERS),
+                   "--timeout", str(TIMEOUT)]
+            env = dict(os.environ, MARIO_LIBRARY=SO)
         else:
             cmd = [PEER, "--port", str(self.port), "--workers", str(WORKERS), "--timeout", str(TIMEOUT)]
-        self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
         t0 = time.time()
         while time.time() - t0 < 10:
             with open(os.path.join(self.dir, "stdout.txt")) as f:
@@ -253,6 +262,19 @@ def main():
             results.setdefault(("idle", kind), []).append(res)
             print(f"round {r + 1} idle           {kind:6} cpu {res['idle_cpu_pct']:.2f} % "
                   f"wake-ups {res['wakeups_per_s']:.1f}/s", file=sys.stderr)
+    # The price of Python handlers (the GIL, ctypes): the same LOGIN server
+    # in Python against ours, rps 100 x 1, alternating, every round.
+    py_args = dict(scenarios(a.quick))["rps 100 x 1"]
+    for r in range(a.rounds):
+        for kind in ("mario", "python"):
+            s = Server(kind)
+            try:
+                res = run_bench(py_args, s)
+            finally:
+                s.stop()
+            results.setdefault(("python rps 100 x 1", kind), []).append(res)
+            print(f"round {r + 1} python check   {kind:6} rate {res.get('rate', 0):>10.0f}/s "
+                  f"cpu/op {res.get('server_cpu_us_per_op') or 0:6.2f} us", file=sys.stderr, flush=True)
     mem = memory_scaling()
     mic = micro(a.quick)
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -276,6 +298,25 @@ def ratios(results, scen, field, peer):
     pairs = zip(results.get((scen, "mario"), []), results.get((scen, peer), []))
     per = [x.get(field) / y.get(field) for x, y in pairs if x.get(field) is not None and y.get(field)]
     return (f"{ratio:.2f} x" if ratio is not None else "-"), (" ".join(f"{r:.2f}" for r in per) if per else "-")
+
+
+def python_table(results):
+    """The Python LOGIN server against ours (the C one), same rounds."""
+    key = "python rps 100 x 1"
+    py, c = results.get((key, "python"), []), results.get((key, "mario"), [])
+    if not py or not c:
+        return ""
+    rows = ["Python handlers (`python -m mario.examples.login`, the same LOGIN server in Python through "
+            "libmario's C interface with ctypes) against ours (maritcp, C handlers), rps 100 x 1, "
+            "alternating in each round:", "",
+            "| | ours (C) | Python | Python / ours | per round |", "|---|---|---|---|---|"]
+    for label, field, fmt in (("req/s", "rate", lambda v: f"{v:,.0f}"),
+                              ("server CPU per request", "server_cpu_us_per_op", lambda v: f"{v:.2f} us")):
+        m, p = med(results, (key, "mario"), field), med(results, (key, "python"), field)
+        per = [y[field] / x[field] for x, y in zip(c, py) if x.get(field) and y.get(field)]
+        rows.append(f"| {label} | {fmt(m)} | {fmt(p)} | {statistics.median(per):.2f} x | "
+                    + " ".join(f"{r:.2f}" for r in per) + " |")
+    return "\n".join(rows) + "\n\n"
 
 
 def write_report(a, results, mem, today, replace_today=False, micro=None):
@@ -356,7 +397,7 @@ on {today}.
         f.write(head + "\n".join(table) + "\n\n"
                 + "Memory per held connection (`mario-bench hold --churn 0 --sends 0`, a fresh server for each\n"
                 + "size; server RSS growth over its RSS before the run, divided by the connections held):\n\n"
-                + memory_table(mem) + "\n\n" + micro_table(micro) + notes + "\n" + hist_start + "\n" + entry + "\n" + old.lstrip("\n"))
+                + memory_table(mem) + "\n\n" + python_table(results) + micro_table(micro) + notes + "\n" + hist_start + "\n" + entry + "\n" + old.lstrip("\n"))
     print("\n".join(table))
     print(f"wrote {a.out}", file=sys.stderr)
 

@@ -1,0 +1,1 @@
+"""Example servers: ``python -m mario.examples.login``."""
