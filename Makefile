@@ -8,6 +8,7 @@
 #                   text parser (the statistics tests parse /metrics with it)
 #                   and the Python package of python/, installed from there
 #   make pytest     the Python package's tests (python/tests) on libmario.so
+#   make nodetest   the Node.js binding's tests (bindings/node, npm ci first)
 #   make header     regenerate include/mario/mario.h after changing src/ffi/
 #   make lint       cargo fmt --check + cargo clippy -D warnings + make doc
 #   make doc        the crate's docs (cargo doc), warnings are errors
@@ -65,6 +66,7 @@ run: all
 test: lint all ctests venv
 	$(CARGO) test --all-targets --features harness -- --test-threads=4
 	$(MAKE) -s pytest
+	$(MAKE) -s nodetest
 	$(CARGO) test -p mario-bench -p tokio-peer
 	$(CARGO) test --doc
 
@@ -120,6 +122,12 @@ $(VENV)/.ready: Makefile
 $(VENV)/.mario: $(VENV)/.ready python/pyproject.toml $(wildcard python/mario/*.py python/mario/*/*.py)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall ./python
 	touch $@
+
+# koffi from the lockfile (npm ci), then node's own test runner.
+.PHONY: nodetest
+nodetest: lib
+	cd bindings/node && npm ci --no-audit --no-fund --loglevel=error && \
+		MARIO_LIBRARY=$(CURDIR)/$(SO) node --test test/
 
 .PHONY: pytest
 pytest: lib venv
