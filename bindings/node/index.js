@@ -155,6 +155,9 @@ class Server {
    * throw to close the connection as error.
    */
   onPacket(akgId, fn) {
+    if (!Number.isInteger(akgId) || akgId < 0 || akgId >= 0xfffc) {
+      throw new RangeError(`packet id ${akgId} is reserved or out of range (0..0xfffb)`);
+    }
     const cb = koffi.register((ptr) => {
       const rec = koffi.decode(ptr, CONN);
       const conn = new Conn(rec, this);
@@ -192,9 +195,11 @@ class Server {
   async start(timeoutMs = 10000) {
     if (this._done) throw new Error('server already started');
     c.regist_stx(this.stx);
-    this._done = util.promisify(c.start_server.async)(this._s);
+    let ended = false;
+    this._done = util.promisify(c.start_server.async)(this._s).finally(() => { ended = true; });
     const t0 = Date.now();
     while (koffi.decode(this._s, SERVER).server_fd < 0) {
+      if (ended) throw new Error('start_server failed (see stderr: port in use?)');
       if (Date.now() - t0 > timeoutMs) throw new Error('the server did not start listening');
       await new Promise((r) => setTimeout(r, 5));
     }

@@ -5,7 +5,8 @@ interface with :mod:`ctypes`: nothing is compiled when it is installed. The
 library is looked for, in order, at the path in the ``MARIO_LIBRARY``
 environment variable, as the installed ``libmario.so.0`` (``make install``),
 and as ``target/release/libmario.so`` of the source tree this package sits in
-(``make``).
+(``make``; only when the package is used from the tree, e.g. ``pip install
+-e ./python``).
 
 A LOGIN server::
 
@@ -143,8 +144,8 @@ def _load() -> ctypes.CDLL:
         except OSError as e:
             errors.append(f"{path}: {e}")
     raise LibraryNotFound(
-        "libmario not found; set MARIO_LIBRARY to its path, install it (make install), "
-        "or build it in the source tree (make). Tried:\n  " + "\n  ".join(errors)
+        "libmario not found; set MARIO_LIBRARY to the path of libmario.so (make builds "
+        "target/release/libmario.so), or install it (make install). Tried:\n  " + "\n  ".join(errors)
     )
 
 
@@ -382,6 +383,7 @@ class Server:
         stx (int): the magic every packet head carries, 0..2**32-1.
 
     Raises:
+        TypeError: an argument is not an int.
         ValueError: an argument is out of its range.
         LibraryNotFound: libmario cannot be loaded.
     """
@@ -392,6 +394,8 @@ class Server:
                                 ("max_conns", max_conns, 1, 1 << 20), ("stx", stx, 0, 0xFFFFFFFF),
                                 ("read_timeout", read_timeout, 0, 2**31 - 1),
                                 ("write_timeout", write_timeout, 0, 2**31 - 1)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"{name} must be an int, not {type(v).__name__}")
             if not lo <= v <= hi:
                 raise ValueError(f"{name} is {v}, must be {lo}..={hi}")
         lib = _c()
@@ -457,8 +461,9 @@ class Server:
 
     @property
     def listening(self) -> bool:
-        """True once the server listens."""
-        return self._s.contents.server_fd >= 0
+        """True while the server listens (started, not stopped)."""
+        running = self._thread is not None and self._thread.is_alive()
+        return running and self._s.contents.server_fd >= 0
 
     def _frame(self, akg_id: int, body: bytes) -> bytes:
         n = HEAD_SIZE + len(body)

@@ -215,9 +215,14 @@ def test_bad_arguments_are_refused_with_the_setting_named():
         mario.Server(workers=0)
     with pytest.raises(ValueError, match="port"):
         mario.Server(port=70000)
+    with pytest.raises(TypeError, match="port must be an int"):
+        mario.Server(port="8082")
     s = mario.Server(port=0)
     with pytest.raises(ValueError, match="reserved"):
         s.on_packet(0xFFFD)
+    with s:
+        assert s.listening
+    assert not s.listening
 
 
 def test_library_version_is_the_packages():

@@ -124,6 +124,18 @@ test('sendTo reaches a connection later, and a throwing handler closes only its 
   good.sock.end();
 });
 
+test('bad packet ids are refused, and a port in use fails the start at once', async () => {
+  const a = new mario.Server({ port: 0 });
+  assert.throws(() => a.onPacket(0xfffd, () => {}), RangeError);
+  assert.throws(() => a.onPacket(0x10000, () => {}), RangeError);
+  await a.start();
+  const b = new mario.Server({ port: a.port });
+  const t0 = Date.now();
+  await assert.rejects(b.start(), /start_server failed/);
+  assert.ok(Date.now() - t0 < 2000, `the failed start took ${Date.now() - t0} ms`);
+  await a.stop();
+});
+
 test('the library version is reported', () => {
   assert.match(mario.libraryVersion(), /^\d+\.\d+\.\d+$/);
 });
