@@ -42,6 +42,24 @@ use crate::service::{PoolCall, Service, Verdict, panic_message};
 /// worker's).
 const SCRATCH: usize = 2048;
 
+/// Waits until `deadline` at most for `threads` to end, and joins those
+/// that did; the others are left running, detached. Returns their
+/// indices in `threads`.
+pub(crate) fn join_by(threads: Vec<JoinHandle<()>>, deadline: Instant) -> Vec<usize> {
+    while Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut stuck = Vec::new();
+    for (i, t) in threads.into_iter().enumerate() {
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            stuck.push(i);
+        }
+    }
+    stuck
+}
+
 /// The connection a pool thread runs a handler of, now.
 struct Call {
     id: ConnId,
@@ -337,17 +355,7 @@ impl Pool {
     pub(crate) fn stop(&self, deadline: Instant) {
         self.halt();
         let threads = std::mem::take(&mut self.state().threads);
-        while Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut stuck = 0;
-        for t in threads {
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                stuck += 1;
-            }
-        }
+        let stuck = join_by(threads, deadline).len();
         if stuck > 0 {
             log::error!("handler pool: {stuck} thread(s) still in a handler at stop: left running, detached");
         }

@@ -24,7 +24,7 @@ fn installed() -> PathBuf {
     DIR.get_or_init(|| {
         ensure_built();
         let dest = scratch_dir("install");
-        run_make(&[
+        make(&[
             "install",
             "PREFIX=/usr/local",
             &format!("DESTDIR={}", dest.display()),
@@ -32,21 +32,6 @@ fn installed() -> PathBuf {
         dest
     })
     .clone()
-}
-
-fn run_make(args: &[&str]) {
-    let out = Command::new("make")
-        .arg("-s")
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("make");
-    assert!(
-        out.status.success(),
-        "make {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `pkg-config ARGS mario` against the DESTDIR `dest` (its paths prefixed
@@ -327,9 +312,9 @@ fn make_uninstall_removes_what_make_install_put() {
     ensure_built();
     let dest = scratch_dir("uninstall");
     let d = format!("DESTDIR={}", dest.display());
-    run_make(&["install", "PREFIX=/opt/mario", &d]);
+    make(&["install", "PREFIX=/opt/mario", &d]);
     assert!(dest.join("opt/mario/lib/pkgconfig/mario.pc").is_file());
-    run_make(&["uninstall", "PREFIX=/opt/mario", &d]);
+    make(&["uninstall", "PREFIX=/opt/mario", &d]);
     let left: Vec<_> = walk(&dest).into_iter().filter(|p| !p.is_dir()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }

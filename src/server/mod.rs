@@ -477,14 +477,7 @@ impl ServerShared {
         for w in &self.workers {
             w.command(Cmd::Stop);
         }
-        while Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        for (i, t) in threads.into_iter().enumerate() {
-            if t.is_finished() {
-                let _ = t.join();
-                continue;
-            }
+        for i in pool::join_by(threads, deadline) {
             let w = &self.workers[i];
             let turn = w.beat.turn.load(Ordering::Relaxed);
             log::error!(

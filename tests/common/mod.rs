@@ -33,19 +33,24 @@ pub fn root() -> PathBuf {
 /// once per test binary (`make all ctests`).
 pub fn ensure_built() {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = Command::new("make")
-            .args(["-s", "all", "ctests"])
-            .current_dir(root())
-            .output()
-            .expect("run make");
-        assert!(
-            out.status.success(),
-            "make all ctests failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+    BUILT.get_or_init(|| make(&["all", "ctests"]));
+}
+
+/// Runs `make -s ARGS` in the repository; fails the test with its output
+/// if it fails.
+pub fn make(args: &[&str]) {
+    let out = Command::new("make")
+        .arg("-s")
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run make");
+    assert!(
+        out.status.success(),
+        "make {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A fresh scratch directory under the system temp dir.
