@@ -383,8 +383,7 @@ mod tests {
     fn conn(k: i32) -> Accepted {
         Accepted {
             fd: 1000 + k,
-            ip: 0,
-            port: 0,
+            peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         }
     }
 
@@ -568,8 +567,7 @@ mod loom_models {
     fn conn(k: i32) -> Accepted {
         Accepted {
             fd: k,
-            ip: 0,
-            port: 0,
+            peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         }
     }
 

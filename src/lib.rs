@@ -66,6 +66,7 @@
 //! | | [`logq`] | log rings, the log thread, the `log` crate sink |
 //! | | `stats` | each worker's counters ([`Counters`], [`Stats`]) |
 //! | 1 records | `records` | the C `WORKER`, `WORKER_ARRAY`, `SERVER` records |
+//! | | `listen` | the listening socket: address, IPv6, backlog, reuseport, systemd's |
 //! | | `metrics` | the Prometheus text of the statistics, the `/metrics` endpoint |
 //! | 2 connections | `conn` | [`Conn`], [`ConnId`], a worker's connection table, the input path |
 //! | 3 contract | `service` | [`Config`], [`Verdict`], the `Service` callbacks |
@@ -89,6 +90,7 @@ pub mod ffi;
 #[cfg(feature = "harness")]
 #[doc(hidden)]
 pub mod harness;
+mod listen;
 pub mod logq;
 mod mailbox;
 mod metrics;
@@ -105,6 +107,9 @@ mod worker;
 
 pub use api::{Packet, PoolConn, Server, ServerBuilder, StopHandle};
 pub use conn::{Conn, ConnId};
+/// A network in CIDR form ([`Config::proxy_sources`]), from the `ipnet`
+/// crate.
+pub use ipnet::IpNet;
 pub use proto::{
     AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Framing, Head, MAX_PKG_LEN, SIZE_OF_HEAD,
 };

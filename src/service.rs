@@ -7,19 +7,46 @@
 //! `DEFAULT_STX`), records (the `WORKER` of the stall callback).
 
 use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
 
 use crate::conn::Conn;
 use crate::conn::id::{MAX_SLOTS, MAX_WORKERS};
-use crate::proto::{DEFAULT_STX, Framing, Head};
+use crate::proto::{DEFAULT_STX, Framing, Head, PROXY_ANY};
+#[cfg(doc)]
+use crate::proto::{PROXY_V1, PROXY_V2};
 use crate::records::CWorker;
 
 /// Server settings. [`Config::validate`] gives each one's range; a server
 /// is not built with a value out of range.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// TCP port on `0.0.0.0`; 0 picks a free port (see
+    /// TCP port; 0 picks a free port (see
     /// [`Server::port`](crate::Server::port)).
     pub port: u16,
+    /// The address to listen on: an IPv4 or IPv6 address, or `None` for
+    /// every address through one dual-stack IPv6 socket (`[::]`, IPv4
+    /// clients then come as IPv4), or `0.0.0.0` where the system has no
+    /// IPv6. Default: `0.0.0.0`, as MarioTCP's `init_server`. Ignored when
+    /// systemd passed the listening socket (socket activation).
+    pub bind: Option<IpAddr>,
+    /// `SO_REUSEPORT` on the listening socket: other servers, of this or
+    /// other processes of the same user, may listen on the same address
+    /// and port, and the kernel spreads new connections across them.
+    /// Default: off. See docs/DEPLOY.md for the trade-off.
+    pub reuseport: bool,
+    /// The PROXY protocol versions accepted before a connection's first
+    /// byte of data: 0 (off, the default), [`PROXY_V1`], [`PROXY_V2`] or
+    /// [`PROXY_ANY`]. When on, every connection must start with a header
+    /// (an L4 load balancer's, e.g. HAProxy's `send-proxy-v2`), which
+    /// gives [`Conn::peer`] the real client's address; the connect callback
+    /// runs after it. See docs/C-API.md, "PROXY protocol".
+    pub proxy_protocol: u32,
+    /// The networks PROXY protocol headers are trusted from: when not
+    /// empty, a connection from any other address is refused at once.
+    /// Only with [`Config::proxy_protocol`] on.
+    pub proxy_sources: Vec<IpNet>,
     /// Worker threads, 1..=256.
     pub workers: u16,
     /// Most connections one worker holds, 1..=1,048,576 (a cap, not a
@@ -42,7 +69,9 @@ pub struct Config {
     /// Most bytes of output one connection may have pending,
     /// 1..=4,294,967,295; past it the connection is reset as `AKG_ERROR`.
     pub output_limit: usize,
-    /// `listen(2)` backlog.
+    /// `listen(2)` backlog: connections the kernel completes and holds
+    /// until a worker accepts them, 1..=65,535 (the kernel caps it at
+    /// `net.core.somaxconn`). Default 4,096.
     pub backlog: i32,
     /// How input is cut into frames; the classic `HEAD` by default.
     pub framing: Framing,
@@ -88,6 +117,21 @@ impl Config {
                 self.pool_threads
             ));
         }
+        if !(1..=65_535).contains(&self.backlog) {
+            return bad(format!("backlog is {}, must be 1..=65535", self.backlog));
+        }
+        if self.proxy_protocol & !PROXY_ANY != 0 {
+            return bad(format!(
+                "PROXY protocol mode is {}, must be 0 (off), 1 (v1), 2 (v2) or 3 (either)",
+                self.proxy_protocol
+            ));
+        }
+        if self.proxy_protocol == 0 && !self.proxy_sources.is_empty() {
+            return bad(format!(
+                "{} trusted PROXY protocol source(s) are set but the PROXY protocol is off",
+                self.proxy_sources.len()
+            ));
+        }
         if self.output_limit == 0 || self.output_limit > u32::MAX as usize {
             return bad(format!(
                 "output limit is {} bytes, must be 1..={}",
@@ -110,6 +154,10 @@ impl Default for Config {
             stx: DEFAULT_STX,
             output_limit: DEFAULT_OUTPUT_LIMIT,
             backlog: 4096,
+            bind: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            reuseport: false,
+            proxy_protocol: 0,
+            proxy_sources: Vec::new(),
             framing: Framing::default(),
             stall_threshold_ms: DEFAULT_STALL_THRESHOLD,
             pool_threads: 0,

@@ -1,6 +1,6 @@
 //! Thin, safe wrappers over the few socket system calls the reactor makes
 //! directly on raw descriptors (`accept4`, `recv`, `send` with
-//! `MSG_NOSIGNAL`, `close`, listening-socket setup).
+//! `MSG_NOSIGNAL`, `close`); the listening socket is `listen`'s.
 //!
 //! The reactor works on raw descriptors rather than `std` streams because a
 //! C host must never receive `SIGPIPE` (every send uses `MSG_NOSIGNAL`) and
@@ -9,6 +9,7 @@
 //! Uses: nothing of the crate.
 
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::RawFd;
 
 /// Result of a non-blocking read or write.
@@ -91,25 +92,6 @@ pub(crate) fn close_reset(fd: RawFd) {
     close(fd);
 }
 
-/// Sets `TCP_NODELAY`: the worker already coalesces each turn's replies
-/// into one send, so Nagle's algorithm would only add delay (and could hold
-/// back the last bytes when a connection is closed). Set on the listening
-/// socket, Linux passes it on to every accepted socket (one `setsockopt`
-/// per server instead of one per connection; tested below).
-pub(crate) fn set_nodelay(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: `one` is a valid c_int and its size is passed.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-}
-
 /// Discards input waiting on a socket we are closing (at most `limit`
 /// bytes), so that `close` does not answer unread data with a reset that
 /// would destroy our last replies. Returns true when the peer's end of
@@ -133,13 +115,44 @@ pub(crate) fn shutdown_write(fd: RawFd) {
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
 }
 
-/// An accepted client: descriptor, IPv4 address and port, both in network
-/// byte order (as the C `CONN.cip` / `CONN.cport` fields want them).
+/// An accepted client: its descriptor and address (an IPv4 client of a
+/// dual-stack socket comes as IPv4, not as `::ffff:a.b.c.d`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Accepted {
     pub fd: RawFd,
-    pub ip: u32,
-    pub port: u16,
+    pub peer: SocketAddr,
+}
+
+/// The address in `ss` (`AF_INET` or `AF_INET6`; IPv4-mapped IPv6 comes
+/// back as IPv4). Another family gives `0.0.0.0:0`.
+fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> SocketAddr {
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a `sockaddr_in`,
+            // which is smaller than and aligned within `sockaddr_storage`.
+            let sin = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for `sockaddr_in6`.
+            let sin6 = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let port = u16::from_be(sin6.sin6_port);
+            match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::from((v4, port)),
+                None => SocketAddr::V6(SocketAddrV6::new(
+                    ip,
+                    port,
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )),
+            }
+        }
+        _ => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+    }
 }
 
 /// `accept4(2)` with `SOCK_NONBLOCK | SOCK_CLOEXEC`, retrying `EINTR`.
@@ -159,19 +172,26 @@ pub(crate) fn accept(listen_fd: RawFd) -> Result<Accepted, io::Error> {
             )
         };
         if fd >= 0 {
-            let (ip, port) = if ss.ss_family as i32 == libc::AF_INET {
-                // SAFETY: the family says the storage holds a `sockaddr_in`,
-                // which is smaller than and aligned within `sockaddr_storage`.
-                let sin = unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-                (sin.sin_addr.s_addr, sin.sin_port)
-            } else {
-                (0, 0)
-            };
-            return Ok(Accepted { fd, ip, port });
+            return Ok(Accepted {
+                fd,
+                peer: sockaddr_to_std(&ss),
+            });
         }
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINTR) {
             return Err(e);
+        }
+    }
+}
+
+/// `recv(2)` with `MSG_PEEK`: copies what is waiting without taking it.
+pub(crate) fn peek(fd: RawFd, buf: &mut [u8]) -> Io {
+    loop {
+        // SAFETY: `buf` is a valid, writable slice of `buf.len()` bytes for
+        // the duration of the call; the kernel writes at most that many.
+        let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
+        if let Some(io) = classify(r) {
+            return io;
         }
     }
 }
@@ -193,65 +213,6 @@ pub(crate) fn flush_stdout_stderr() {
         libc::fflush(stdout);
         libc::fflush(stderr);
     }
-}
-
-/// Creates a non-blocking IPv4 listening socket on `0.0.0.0:port`
-/// (`SO_REUSEADDR`, `TCP_NODELAY` for the accepted sockets, close-on-exec)
-/// with the given backlog. Returns the
-/// descriptor and the port actually bound (useful when `port` is 0).
-pub(crate) fn listen_v4(port: u16, backlog: i32) -> io::Result<(RawFd, u16)> {
-    // SAFETY: plain socket creation; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fail = |fd| {
-        let e = io::Error::last_os_error();
-        close(fd);
-        Err(e)
-    };
-    let one: libc::c_int = 1;
-    // SAFETY: `one` is a valid c_int and its size is passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return fail(fd);
-    }
-    set_nodelay(fd);
-    // SAFETY: an all-zero `sockaddr_in` is valid; fields are set below.
-    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sin.sin_family = libc::AF_INET as libc::sa_family_t;
-    sin.sin_port = port.to_be();
-    sin.sin_addr.s_addr = libc::INADDR_ANY;
-    let slen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: `sin` is a valid `sockaddr_in` of `slen` bytes.
-    if unsafe { libc::bind(fd, (&sin as *const libc::sockaddr_in).cast(), slen) } != 0 {
-        return fail(fd);
-    }
-    // SAFETY: `fd` is a bound stream socket.
-    if unsafe { libc::listen(fd, backlog) } != 0 {
-        return fail(fd);
-    }
-    let mut got = sin;
-    let mut glen = slen;
-    // SAFETY: `got`/`glen` are valid for writes and `glen` is their size.
-    if unsafe { libc::getsockname(fd, (&mut got as *mut libc::sockaddr_in).cast(), &mut glen) } != 0 {
-        return fail(fd);
-    }
-    Ok((fd, u16::from_be(got.sin_port)))
 }
 
 /// A descriptor held in reserve for when the process runs out (libuv's
@@ -292,41 +253,5 @@ impl Drop for SpareFd {
         if self.0 >= 0 {
             close(self.0);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Accepted sockets get `TCP_NODELAY` from the listener, so the worker
-    /// never sets it per connection.
-    #[test]
-    fn accepted_sockets_inherit_nodelay() {
-        let (lfd, port) = listen_v4(0, 16).expect("listen");
-        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        let a = loop {
-            match accept(lfd) {
-                Ok(a) => break a,
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => std::thread::yield_now(),
-                Err(e) => panic!("accept: {e}"),
-            }
-        };
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `v` and `len` are valid for writes and `len` is their size.
-        let r = unsafe {
-            libc::getsockopt(
-                a.fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!((r, v), (0, 1), "accepted socket without TCP_NODELAY");
-        assert_eq!(u16::from_be(a.port), client.local_addr().unwrap().port());
-        close(a.fd);
-        close(lfd);
     }
 }

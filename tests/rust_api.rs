@@ -14,17 +14,14 @@ use protocol::*;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddrV4, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use mario::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, ConnId, Server, ServerBuilder, Verdict};
 
-fn local(s: &TcpStream) -> SocketAddrV4 {
-    match s.local_addr().unwrap() {
-        std::net::SocketAddr::V4(a) => a,
-        a => panic!("not IPv4: {a}"),
-    }
+fn local(s: &TcpStream) -> SocketAddr {
+    s.local_addr().unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -174,7 +171,7 @@ enum Ev {
     Violation(String),
 }
 
-type Log = Arc<Mutex<Vec<(SocketAddrV4, Ev)>>>;
+type Log = Arc<Mutex<Vec<(SocketAddr, Ev)>>>;
 
 const ID_ECHO: u16 = 0x0001;
 const ID_CLOSE_CUSTOM: u16 = 0x0002;
@@ -188,7 +185,7 @@ const CUSTOM_REASON: u16 = 0x1234;
 fn recording_server(workers: u16, evs: &Log) -> ServerBuilder {
     let rec = |evs: &Log| {
         let evs = evs.clone();
-        move |peer: SocketAddrV4, ev: Ev| evs.lock().unwrap().push((peer, ev))
+        move |peer: SocketAddr, ev: Ev| evs.lock().unwrap().push((peer, ev))
     };
     let (on_conn, on_close) = (rec(evs), rec(evs));
     let mut b = Server::builder()
@@ -324,7 +321,7 @@ fn connect_and_close_callbacks_run_once_with_reasons() {
             &[AKG_CLOSED],
         ),
     ];
-    let mut expect: Vec<(SocketAddrV4, &str, &[u16], bool)> = Vec::new();
+    let mut expect: Vec<(SocketAddr, &str, &[u16], bool)> = Vec::new();
     for (what, act, reasons) in cases {
         let mut s = connect(r.port);
         let me = local(&s);
@@ -373,7 +370,7 @@ fn connect_and_close_callbacks_run_once_with_reasons() {
         .filter(|(_, e)| matches!(e, Ev::Violation(_)))
         .collect();
     assert!(violations.is_empty(), "{violations:?}");
-    let mut by_peer: HashMap<SocketAddrV4, Vec<Ev>> = HashMap::new();
+    let mut by_peer: HashMap<SocketAddr, Vec<Ev>> = HashMap::new();
     for (p, e) in &evs {
         by_peer.entry(*p).or_default().push(e.clone());
     }
@@ -426,7 +423,7 @@ fn connect_and_close_callbacks_run_once_with_reasons() {
 // ConnId from other threads.
 
 /// A server whose connect callback hands each ConnId to the test.
-fn id_server(workers: u16) -> (Running, std::sync::mpsc::Receiver<(SocketAddrV4, ConnId)>, Log) {
+fn id_server(workers: u16) -> (Running, std::sync::mpsc::Receiver<(SocketAddr, ConnId)>, Log) {
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = Mutex::new(tx);
     let evs: Log = Arc::default();
@@ -446,7 +443,7 @@ fn id_server(workers: u16) -> (Running, std::sync::mpsc::Receiver<(SocketAddrV4,
     (Running::start(b), rx, evs)
 }
 
-fn id_of(rx: &std::sync::mpsc::Receiver<(SocketAddrV4, ConnId)>, s: &TcpStream) -> ConnId {
+fn id_of(rx: &std::sync::mpsc::Receiver<(SocketAddr, ConnId)>, s: &TcpStream) -> ConnId {
     let me = local(s);
     let t0 = Instant::now();
     loop {
@@ -681,7 +678,7 @@ fn a_panicking_handler_closes_its_connection_and_the_worker_goes_on() {
     const ID_PANIC: u16 = 0x0bad;
     const ID_ECHO_P: u16 = 0x0b01;
     const ID_PANIC_IN_CLOSE: u16 = 0x0b02;
-    let closes: Arc<Mutex<Vec<(SocketAddrV4, u16)>>> = Arc::default();
+    let closes: Arc<Mutex<Vec<(SocketAddr, u16)>>> = Arc::default();
     let closes2 = closes.clone();
     // The next client to connect is refused by a panic while this is set.
     let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -724,7 +721,7 @@ fn a_panicking_handler_closes_its_connection_and_the_worker_goes_on() {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s
     };
-    let closed_with = |who: SocketAddrV4, reason: u16| {
+    let closed_with = |who: SocketAddr, reason: u16| {
         let t0 = Instant::now();
         loop {
             let n = closes

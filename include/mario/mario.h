@@ -227,6 +227,12 @@ typedef struct mario_framing {
     uint32 frame_size;    /* FIXED: every frame's size (at most 64 MiB) */
 } mario_framing;
 
+/* ---- PROXY protocol (mario_set_proxy_protocol): versions accepted ------ */
+#define MARIO_PROXY_OFF 0 /* no header expected (default) */
+#define MARIO_PROXY_V1 1  /* the text header (HAProxy send-proxy) */
+#define MARIO_PROXY_V2 2  /* the binary header (HAProxy send-proxy-v2) */
+#define MARIO_PROXY_ANY 3 /* either */
+
 /* ---- statistics (mario_get_stats, mario_get_worker_stats) ------------- */
 /* A server's (the sum over its workers) or one worker's numbers. Counters
  * count since init_server and only grow; gauges say how things are now.
@@ -332,10 +338,11 @@ extern int g_mario_log_level;
  (1..=256) of at most `connnum` connections each (1..=1048576),
  closing connections idle for `read_timeout` seconds (gracefully) or
  whose output makes no progress for `write_timeout` seconds (reset); 0
- or less disables either, and any positive value works. Nothing listens
- until `start_server`. Returns NULL (with a message naming the bad
- argument on stderr) on bad arguments or failure. The server lives for
- the rest of the process.
+ or less disables either, and any positive value works. It will listen
+ on `0.0.0.0` (IPv4 only, as MarioTCP 0.9.9; `mario_init_server_addr`
+ chooses the address). Nothing listens until `start_server`. Returns
+ NULL (with a message naming the bad argument on stderr) on bad
+ arguments or failure. The server lives for the rest of the process.
  */
 SERVER *init_server(int port,
                     uint16 workernum,
@@ -344,7 +351,29 @@ SERVER *init_server(int port,
                     int write_timeout);
 
 /*
- Binds `0.0.0.0:port`, starts the workers, prints
+ As `init_server`, listening on `addr`: an IPv4 literal
+ (`"127.0.0.2"`) or an IPv6 one (`"::1"`; no `%scope`), or NULL for every address through one dual-stack IPv6 socket
+ (`[::]`; IPv4 clients then come as IPv4 in `c->cip`), or `0.0.0.0` where
+ the system has no IPv6. An IPv6 client has `c->cip` and `c->cport` 0:
+ `mario_conn_peer` gives any client's address. `workernum` must be
+ 1..=256. Returns NULL, with a message on stderr, on a bad argument
+ (an address that is not a literal: no name lookup is done). `addr` is
+ read during the call only.
+
+ # Safety
+
+ `addr` is NULL or a NUL-terminated string.
+ */
+SERVER *mario_init_server_addr(const char *addr,
+                               int port,
+                               int workernum,
+                               int connnum,
+                               int read_timeout,
+                               int write_timeout);
+
+/*
+ Listens (on the server's address and port, or on the socket systemd
+ passed: see docs/DEPLOY.md), starts the workers, prints
  `--------------start server ok--------------` and blocks the calling
  thread until `mario_stop_server`. Returns `(void *)0` after a stop,
  `(void *)-1` if the server cannot start (or `arg` is not a server).
@@ -505,6 +534,89 @@ void mario_set_pool_threads(SERVER *s, uint32 n);
  `s` is NULL (ignored) or a `SERVER *` returned by `init_server`.
  */
 void mario_set_stall_threshold(SERVER *s, uint32 ms);
+
+/*
+ Sets the listen backlog: connections the kernel completes and holds
+ until a worker accepts them, 1..=65535 (default 4096; the kernel caps
+ it at `net.core.somaxconn`). Takes effect at `start_server`. Returns 0,
+ or -1 with a message on stderr for a value out of range or a `s` that
+ is not a server.
+
+ # Safety
+
+ `s` is NULL or a `SERVER *` returned by `init_server`.
+ */
+sint32 mario_set_backlog(SERVER *s, int backlog);
+
+/*
+ Non-zero `on` sets `SO_REUSEPORT` on the listening socket: other
+ servers, of this process or others of the same user, may listen on the
+ same address and port, and the kernel spreads new connections across
+ them (by a hash of the client's address and port). Without it (the
+ default) a second server on the port fails to start. Each server then
+ places only what its own socket accepts: a busy or stalled process
+ still gets its share from the kernel (see docs/DEPLOY.md). Takes effect
+ at `start_server`.
+
+ # Safety
+
+ `s` is NULL (ignored) or a `SERVER *` returned by `init_server`.
+ */
+void mario_set_reuseport(SERVER *s, int on);
+
+/*
+ Expects a PROXY protocol header (HAProxy's, versions 1 and 2) at the
+ start of every connection, as an L4 load balancer sends it
+ (`send-proxy`, `send-proxy-v2`): `mode` is `MARIO_PROXY_OFF` (0, the
+ default), `MARIO_PROXY_V1`, `MARIO_PROXY_V2` or `MARIO_PROXY_ANY`. The
+ header is read before any framing and gives `c->cip`, `c->cport` and
+ `mario_conn_peer` the real client's address; the connected callback
+ runs after it. A `LOCAL` header (the balancer's health check) keeps the
+ balancer's address. A connection whose header is missing, malformed,
+ longer than 1024 bytes, or not complete within the read timeout (3 s at
+ most) is closed and counted as an error with one warning; no callback
+ runs for it. Takes effect at `start_server`. Returns 0, or -1 with a
+ message on stderr for a bad mode.
+
+ # Safety
+
+ `s` is NULL or a `SERVER *` returned by `init_server`.
+ */
+sint32 mario_set_proxy_protocol(SERVER *s, uint32 mode);
+
+/*
+ Adds a network PROXY protocol headers are trusted from, in CIDR form
+ (`"10.0.0.0/8"`, `"2001:db8::/32"`) or a single address (`"127.0.0.1"`).
+ Once one is added, a connection from any other address is refused at
+ once (reset, counted in `refused`, one warning): only the balancers
+ may speak for clients. Needs `mario_set_proxy_protocol` on by
+ `start_server`. Takes effect at `start_server`. Returns 0, or -1 with a
+ message on stderr for text that is not a network. `cidr` is read during
+ the call only.
+
+ # Safety
+
+ `s` is NULL or a `SERVER *` returned by `init_server`; `cidr` is NULL
+ or a NUL-terminated string.
+ */
+sint32 mario_add_proxy_source(SERVER *s, const char *cidr);
+
+/*
+ Writes the address of `c`'s client into `out` (a `struct sockaddr_in`
+ or `sockaddr_in6`, as `getpeername` would) and its size into `*len`.
+ `*len` is the room at `out` on entry; a shorter room gets the address
+ truncated (as `getpeername`), while `*len` still says its whole size.
+ With the PROXY protocol on, it is the real client's address from the
+ header. An IPv4 client of a dual-stack server is `AF_INET`. Call it on
+ the thread running a callback for `c` (a worker or a pool thread).
+ Returns 0, or -1 if an argument is NULL.
+
+ # Safety
+
+ `c` is NULL or a `CONN *` a callback received, used on that callback's
+ thread; `out` is NULL or valid for `*len` bytes; `len` is NULL or valid.
+ */
+sint32 mario_conn_peer(const CONN *c, struct sockaddr_storage *out, socklen_t *len);
 
 /*
  Registers `func(w, akg_id, ms)`, called once per stall (see

@@ -18,6 +18,9 @@ mod stats;
 pub use conn::PoolConn;
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -168,6 +171,38 @@ impl ServerBuilder {
     /// Port to listen on (0: any free port).
     pub fn port(mut self, port: u16) -> Self {
         self.cfg.port = port;
+        self
+    }
+    /// The address to listen on: an IPv4 or IPv6 address, or `None` for
+    /// every address through one dual-stack IPv6 socket (see
+    /// [`Config::bind`]). Default: `0.0.0.0`.
+    pub fn bind(mut self, addr: Option<IpAddr>) -> Self {
+        self.cfg.bind = addr;
+        self
+    }
+    /// The `listen(2)` backlog, 1..=65,535 (default 4,096).
+    pub fn backlog(mut self, n: i32) -> Self {
+        self.cfg.backlog = n;
+        self
+    }
+    /// `SO_REUSEPORT` on the listening socket (see [`Config::reuseport`]).
+    pub fn reuseport(mut self, on: bool) -> Self {
+        self.cfg.reuseport = on;
+        self
+    }
+    /// Expects a PROXY protocol header of the versions in `mode`
+    /// ([`PROXY_V1`](crate::proto::PROXY_V1),
+    /// [`PROXY_V2`](crate::proto::PROXY_V2) or both; 0: off) at the start
+    /// of every connection (see [`Config::proxy_protocol`]).
+    pub fn proxy_protocol(mut self, mode: u32) -> Self {
+        self.cfg.proxy_protocol = mode;
+        self
+    }
+    /// Trusts PROXY protocol headers from `net` only (and the other
+    /// networks so added): connections from elsewhere are refused (see
+    /// [`Config::proxy_sources`]).
+    pub fn proxy_source(mut self, net: IpNet) -> Self {
+        self.cfg.proxy_sources.push(net);
         self
     }
     /// Number of worker threads.
@@ -338,6 +373,11 @@ impl Server {
     /// The port: the one configured, or the one bound once running.
     pub fn port(&self) -> u16 {
         self.inner.config().port
+    }
+
+    /// The address the server listens on, once it does (`None` before).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local_addr()
     }
 
     /// Waits up to `timeout` for the server to be listening and returns

@@ -5,6 +5,7 @@
 //! Uses: records (the owner's `WORKER`), conn::id.
 
 use std::ffi::{c_char, c_int, c_void};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::id::ConnId;
@@ -44,6 +45,9 @@ pub struct Conn {
     pub(crate) frame_len: usize,
     /// A partial packet carried over between reads (empty otherwise).
     pub(crate) partial: Vec<u8>,
+    /// The client's address, IPv4 or IPv6: the socket's peer, or the real
+    /// client a PROXY protocol header named.
+    pub(crate) peer: SocketAddr,
 }
 
 impl Conn {
@@ -68,6 +72,7 @@ impl Conn {
             packet_start: 0,
             frame_len: 0,
             partial: Vec::new(),
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
         }
     }
 
@@ -77,12 +82,22 @@ impl Conn {
         ConnId(self.bufev.load(Ordering::Relaxed) as u64)
     }
 
-    /// The client's IPv4 address and port.
-    pub fn peer(&self) -> std::net::SocketAddrV4 {
-        std::net::SocketAddrV4::new(
-            std::net::Ipv4Addr::from(u32::from_be(self.cip)),
-            u16::from_be(self.cport),
-        )
+    /// The client's address, IPv4 or IPv6 (an IPv4 client of a dual-stack
+    /// server is IPv4). Behind a load balancer speaking the PROXY protocol
+    /// (see [`Config::proxy_protocol`](crate::Config::proxy_protocol)) it
+    /// is the real client's, from the header.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Sets the client's address: [`Conn::peer`], and the C `cip`/`cport`
+    /// (network byte order; 0 and 0 for an IPv6 client).
+    pub(crate) fn set_peer(&mut self, peer: SocketAddr) {
+        self.peer = peer;
+        (self.cip, self.cport) = match peer {
+            SocketAddr::V4(a) => (u32::from(*a.ip()).to_be(), a.port().to_be()),
+            SocketAddr::V6(_) => (0, 0),
+        };
     }
 
     /// Index of the worker thread that owns this connection.

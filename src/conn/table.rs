@@ -68,6 +68,10 @@ pub(crate) struct Slot {
     /// An end asked for while in the pool, applied when the pool handler
     /// returns: the reason, and true for an abort.
     pub(crate) pool_end: Option<(u16, bool)>,
+    /// While the connection waits for its PROXY protocol header (it is not
+    /// announced to the application yet): the tick by which the header
+    /// must be complete. 0: not waiting.
+    pub(crate) header_due: u32,
 }
 
 impl Slot {
@@ -82,6 +86,7 @@ impl Slot {
             out: Vec::new(),
             in_pool: false,
             pool_end: None,
+            header_due: 0,
         }
     }
 
@@ -206,12 +211,11 @@ impl ConnTable {
         self.slab.borrow().len()
     }
 
-    /// Opens a connection on socket `fd` from `ip:port` (network byte
-    /// order) at tick `now`: takes a free slot (or a new one), bumps its
+    /// Opens a connection on socket `fd` from `peer` at tick `now`: takes a free slot (or a new one), bumps its
     /// generation, and clears every field a previous client left. The
     /// record is `Open`, not yet filed for timeouts. `None` when the table
     /// is full ([`MAX_SLOTS`]).
-    pub(crate) fn open(&self, fd: RawFd, ip: u32, port: u16, now: u32) -> Option<*mut Conn> {
+    pub(crate) fn open(&self, fd: RawFd, peer: std::net::SocketAddr, now: u32) -> Option<*mut Conn> {
         let slot = match self.free.borrow_mut().pop() {
             Some(s) => s,
             None => {
@@ -236,6 +240,7 @@ impl ConnTable {
             s.wheel_due = NOT_FILED;
             s.last_write = now;
             s.out_pos = 0;
+            s.header_due = 0;
             debug_assert!(s.out.is_empty());
             s.generation
         });
@@ -245,8 +250,7 @@ impl ConnTable {
         let id = ConnId::new(self.server, self.worker, slot, generation);
         c.bufev.store(id.as_raw() as usize, Ordering::Release);
         c.fd = fd;
-        c.cip = ip;
-        c.cport = port;
+        c.set_peer(peer);
         c.err_type = 0;
         c.user = std::ptr::null_mut();
         c.in_buf = std::ptr::null_mut();
@@ -278,6 +282,7 @@ impl ConnTable {
             s.wheel_due = NOT_FILED;
             s.in_pool = false;
             s.pool_end = None;
+            s.header_due = 0;
             s.generation >= GEN_MASK
         };
         if retire {
@@ -364,7 +369,7 @@ impl ConnTable {
     }
 
     /// The tick at which the connection in `slot` must be looked at again
-    /// for its read timeout (`rt` seconds without a byte read) or write
+    /// for its PROXY protocol header (`Slot::header_due`), its read timeout (`rt` seconds without a byte read) or write
     /// timeout (`wt` seconds of pending output without progress), or for a
     /// packet begun more than `rt` seconds ago and still incomplete; `None`
     /// when neither applies. A deadline `d` expires once the current tick
@@ -373,6 +378,11 @@ impl ConnTable {
     /// never while a handler holds it.
     pub(crate) fn deadline(&self, slot: u32, rt: u32, wt: u32) -> Option<u32> {
         let p = self.get(slot)?;
+        let header_due = self.with_slot(slot, |s| s.header_due);
+        if header_due != 0 {
+            // Nothing is read or written before the header.
+            return Some(header_due);
+        }
         // SAFETY: live slab pointer; read only, outside callbacks.
         let c = unsafe { &*p };
         // A started packet counts from its first byte, however slowly the
@@ -465,6 +475,11 @@ mod tests {
         ConnTable::new(3, 1, std::ptr::null_mut(), std::ptr::null_mut())
     }
 
+    /// A client `127.0.0.1:port`.
+    fn peer(port: u16) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
     fn close(t: &ConnTable, p: *mut Conn) {
         // SAFETY: a record of a live test table, read only.
         t.set_state(unsafe { (*p).ind }, State::Closed);
@@ -478,11 +493,11 @@ mod tests {
     #[test]
     fn slots_are_reused_with_a_new_generation_and_old_ids_go_stale() {
         let t = table();
-        let a = t.open(10, 1, 2, 0).unwrap();
+        let a = t.open(10, peer(2), 0).unwrap();
         let id_a = id_of(a);
         assert_eq!((id_a.server(), id_a.worker(), id_a.slot()), (3, 1, 0));
         assert_eq!(t.lookup(id_a), Some(a));
-        let b = t.open(11, 1, 3, 0).unwrap();
+        let b = t.open(11, peer(3), 0).unwrap();
         assert_ne!(a, b);
         assert_eq!(t.slots(), 2);
         // A record is freed only once closed.
@@ -497,7 +512,7 @@ mod tests {
             (*a).user = 0x1234 as *mut _;
             (*a).err_type = 7;
         }
-        let c = t.open(12, 1, 4, 5).unwrap();
+        let c = t.open(12, peer(4), 5).unwrap();
         assert_eq!(c, a);
         let id_c = id_of(c);
         // SAFETY: as above.
@@ -526,17 +541,17 @@ mod tests {
     #[test]
     fn a_slot_whose_generations_are_used_up_is_retired() {
         let t = table();
-        let p = t.open(1, 0, 0, 0).unwrap();
+        let p = t.open(1, peer(0), 0).unwrap();
         close(&t, p);
         assert!(t.release(0));
         // Drive the generation counter to its last value.
         t.with_slot(0, |s| s.generation = GEN_MASK - 1);
-        let p = t.open(2, 0, 0, 0).unwrap();
+        let p = t.open(2, peer(0), 0).unwrap();
         let last = id_of(p);
         assert_eq!((last.slot(), last.generation()), (0, GEN_MASK));
         close(&t, p);
         assert!(t.release(0), "a retired slot still counts as released");
-        let q = t.open(3, 0, 0, 0).unwrap();
+        let q = t.open(3, peer(0), 0).unwrap();
         let next = id_of(q);
         assert_eq!(next.slot(), 1, "the used-up slot is not reused");
         assert_eq!(next.generation(), 1);
@@ -548,7 +563,7 @@ mod tests {
     #[test]
     fn output_is_capped_and_only_open_or_closing_connections_take_it() {
         let t = table();
-        let p = t.open(1, 0, 0, 7).unwrap();
+        let p = t.open(1, peer(0), 7).unwrap();
         let g = id_of(p).generation();
         assert_eq!(
             t.append(0, g, &[1; 60], 100, 7),
@@ -584,7 +599,7 @@ mod tests {
     #[test]
     fn deadlines_follow_reads_packets_and_pending_output_and_saturate() {
         let t = table();
-        let p = t.open(1, 0, 0, 10).unwrap();
+        let p = t.open(1, peer(0), 10).unwrap();
         // SAFETY: a record of a live test table, no other reference.
         let c = unsafe { &mut *p };
         assert_eq!(t.deadline(0, 0, 0), None);
@@ -610,8 +625,8 @@ mod tests {
     fn expiry_times_out_idle_connections_and_refiles_active_ones() {
         let t = table();
         let (rt, mut due) = (3, Vec::new());
-        let idle = t.open(1, 0, 0, 0).unwrap();
-        let busy = t.open(2, 0, 0, 0).unwrap();
+        let idle = t.open(1, peer(0), 0).unwrap();
+        let busy = t.open(2, peer(0), 0).unwrap();
         for slot in [0, 1] {
             let d = t.deadline(slot, rt, 0).unwrap();
             t.file_timer(slot, d);
@@ -637,14 +652,14 @@ mod tests {
         // A closed connection's entry is skipped.
         close(&t, idle);
         assert!(t.release(0));
-        let c = t.open(3, 0, 0, 7).unwrap();
+        let c = t.open(3, peer(0), 7).unwrap();
         t.file_timer(0, 11);
         close(&t, c);
         assert!(t.expire(20, rt, 0, &mut due) >= 1);
         assert!(due.is_empty());
         // A timeout near u32::MAX is filed at the wheel's horizon and
         // never comes due.
-        let _ = t.open(4, 0, 0, 20).unwrap();
+        let _ = t.open(4, peer(0), 20).unwrap();
         let d = t.deadline(2, u32::MAX, 0).unwrap();
         t.file_timer(2, d);
         for now in [21, 300, 600, 100_000] {

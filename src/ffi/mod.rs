@@ -23,6 +23,7 @@ pub use stats::{
 };
 
 use std::ffi::{c_char, c_int, c_void};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
@@ -30,7 +31,7 @@ use crate::conn::{Conn, ConnId};
 use crate::logq::{self, Level, LogQueue};
 use crate::proto::{
     AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_LENGTH_MAX, DEFAULT_LINE_MAX, DEFAULT_STX,
-    Framing, Head, MAX_PKG_LEN,
+    Framing, Head, MAX_PKG_LEN, PROXY_ANY,
 };
 use crate::records::{CServer, CWorker};
 use crate::server::{self, ServerShared};
@@ -253,10 +254,11 @@ unsafe fn shared(s: *const SERVER) -> Option<Arc<ServerShared>> {
 /// (1..=256) of at most `connnum` connections each (1..=1048576),
 /// closing connections idle for `read_timeout` seconds (gracefully) or
 /// whose output makes no progress for `write_timeout` seconds (reset); 0
-/// or less disables either, and any positive value works. Nothing listens
-/// until `start_server`. Returns NULL (with a message naming the bad
-/// argument on stderr) on bad arguments or failure. The server lives for
-/// the rest of the process.
+/// or less disables either, and any positive value works. It will listen
+/// on `0.0.0.0` (IPv4 only, as MarioTCP 0.9.9; `mario_init_server_addr`
+/// chooses the address). Nothing listens until `start_server`. Returns
+/// NULL (with a message naming the bad argument on stderr) on bad
+/// arguments or failure. The server lives for the rest of the process.
 #[unsafe(no_mangle)]
 pub extern "C" fn init_server(
     port: c_int,
@@ -266,36 +268,111 @@ pub extern "C" fn init_server(
     write_timeout: c_int,
 ) -> *mut SERVER {
     guard("init_server", || {
-        logq::install_logger();
-        let Ok(port) = u16::try_from(port) else {
-            eprintln!("init_server: bad port {port}");
-            return std::ptr::null_mut();
-        };
-        let cfg = Config {
+        new_server(
+            "init_server",
+            Some(Ipv4Addr::UNSPECIFIED.into()),
             port,
-            workers: workernum,
-            conns_per_worker: connnum,
-            read_timeout: read_timeout.max(0) as u32,
-            write_timeout: write_timeout.max(0) as u32,
-            ..Config::default()
-        };
-        match ServerShared::new(cfg, Arc::new(CService)) {
-            Ok(s) => {
-                let records = s.records.server;
-                // Servers made from C live for the process: C code may read
-                // `SERVER` fields at any time, even after a stop.
-                let _ = Arc::into_raw(s);
-                records
-            }
-            Err(e) => {
-                eprintln!("init_server: {e}");
-                std::ptr::null_mut()
-            }
-        }
+            workernum,
+            connnum,
+            read_timeout,
+            write_timeout,
+        )
     })
 }
 
-/// Binds `0.0.0.0:port`, starts the workers, prints
+/// As `init_server`, listening on `addr`: an IPv4 literal
+/// (`"127.0.0.2"`) or an IPv6 one (`"::1"`; no `%scope`), or NULL for every address through one dual-stack IPv6 socket
+/// (`[::]`; IPv4 clients then come as IPv4 in `c->cip`), or `0.0.0.0` where
+/// the system has no IPv6. An IPv6 client has `c->cip` and `c->cport` 0:
+/// `mario_conn_peer` gives any client's address. `workernum` must be
+/// 1..=256. Returns NULL, with a message on stderr, on a bad argument
+/// (an address that is not a literal: no name lookup is done). `addr` is
+/// read during the call only.
+///
+/// # Safety
+///
+/// `addr` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mario_init_server_addr(
+    addr: *const c_char,
+    port: c_int,
+    workernum: c_int,
+    connnum: c_int,
+    read_timeout: c_int,
+    write_timeout: c_int,
+) -> *mut SERVER {
+    guard("mario_init_server_addr", || {
+        let ip = if addr.is_null() {
+            None
+        } else {
+            // SAFETY: the caller's contract.
+            let text = unsafe { std::ffi::CStr::from_ptr(addr) }.to_string_lossy();
+            match text.trim().parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    eprintln!("mario_init_server_addr: \"{text}\" is not an IPv4 or IPv6 address");
+                    return std::ptr::null_mut();
+                }
+            }
+        };
+        let (Ok(workers), Ok(conns)) = (uint16::try_from(workernum), uint32::try_from(connnum)) else {
+            eprintln!("mario_init_server_addr: bad workernum {workernum} or connnum {connnum}");
+            return std::ptr::null_mut();
+        };
+        new_server(
+            "mario_init_server_addr",
+            ip,
+            port,
+            workers,
+            conns,
+            read_timeout,
+            write_timeout,
+        )
+    })
+}
+
+/// `init_server` and `mario_init_server_addr`: `who` names the caller in
+/// messages.
+fn new_server(
+    who: &str,
+    bind: Option<IpAddr>,
+    port: c_int,
+    workernum: uint16,
+    connnum: uint32,
+    read_timeout: c_int,
+    write_timeout: c_int,
+) -> *mut SERVER {
+    logq::install_logger();
+    let Ok(port) = u16::try_from(port) else {
+        eprintln!("{who}: bad port {port}");
+        return std::ptr::null_mut();
+    };
+    let cfg = Config {
+        port,
+        bind,
+        workers: workernum,
+        conns_per_worker: connnum,
+        read_timeout: read_timeout.max(0) as u32,
+        write_timeout: write_timeout.max(0) as u32,
+        ..Config::default()
+    };
+    match ServerShared::new(cfg, Arc::new(CService)) {
+        Ok(s) => {
+            let records = s.records.server;
+            // Servers made from C live for the process: C code may read
+            // `SERVER` fields at any time, even after a stop.
+            let _ = Arc::into_raw(s);
+            records
+        }
+        Err(e) => {
+            eprintln!("{who}: {e}");
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Listens (on the server's address and port, or on the socket systemd
+/// passed: see docs/DEPLOY.md), starts the workers, prints
 /// `--------------start server ok--------------` and blocks the calling
 /// thread until `mario_stop_server`. Returns `(void *)0` after a stop,
 /// `(void *)-1` if the server cannot start (or `arg` is not a server).
@@ -648,6 +725,176 @@ pub unsafe extern "C" fn mario_set_stall_threshold(s: *mut SERVER, ms: uint32) {
         if let Some(srv) = unsafe { shared(s) } {
             srv.configure(|c| c.stall_threshold_ms = ms);
         }
+    })
+}
+
+/// Sets the listen backlog: connections the kernel completes and holds
+/// until a worker accepts them, 1..=65535 (default 4096; the kernel caps
+/// it at `net.core.somaxconn`). Takes effect at `start_server`. Returns 0,
+/// or -1 with a message on stderr for a value out of range or a `s` that
+/// is not a server.
+///
+/// # Safety
+///
+/// `s` is NULL or a `SERVER *` returned by `init_server`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mario_set_backlog(s: *mut SERVER, backlog: c_int) -> sint32 {
+    guard("mario_set_backlog", || {
+        // SAFETY: the caller's contract.
+        let Some(srv) = (unsafe { shared(s) }) else {
+            eprintln!("mario_set_backlog: not a server from init_server");
+            return -1;
+        };
+        if !(1..=65_535).contains(&backlog) {
+            eprintln!("mario_set_backlog: backlog is {backlog}, must be 1..=65535");
+            return -1;
+        }
+        srv.configure(|c| c.backlog = backlog);
+        0
+    })
+}
+
+/// Non-zero `on` sets `SO_REUSEPORT` on the listening socket: other
+/// servers, of this process or others of the same user, may listen on the
+/// same address and port, and the kernel spreads new connections across
+/// them (by a hash of the client's address and port). Without it (the
+/// default) a second server on the port fails to start. Each server then
+/// places only what its own socket accepts: a busy or stalled process
+/// still gets its share from the kernel (see docs/DEPLOY.md). Takes effect
+/// at `start_server`.
+///
+/// # Safety
+///
+/// `s` is NULL (ignored) or a `SERVER *` returned by `init_server`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mario_set_reuseport(s: *mut SERVER, on: c_int) {
+    guard("mario_set_reuseport", || {
+        // SAFETY: the caller's contract.
+        if let Some(srv) = unsafe { shared(s) } {
+            srv.configure(|c| c.reuseport = on != 0);
+        }
+    })
+}
+
+/// Expects a PROXY protocol header (HAProxy's, versions 1 and 2) at the
+/// start of every connection, as an L4 load balancer sends it
+/// (`send-proxy`, `send-proxy-v2`): `mode` is `MARIO_PROXY_OFF` (0, the
+/// default), `MARIO_PROXY_V1`, `MARIO_PROXY_V2` or `MARIO_PROXY_ANY`. The
+/// header is read before any framing and gives `c->cip`, `c->cport` and
+/// `mario_conn_peer` the real client's address; the connected callback
+/// runs after it. A `LOCAL` header (the balancer's health check) keeps the
+/// balancer's address. A connection whose header is missing, malformed,
+/// longer than 1024 bytes, or not complete within the read timeout (3 s at
+/// most) is closed and counted as an error with one warning; no callback
+/// runs for it. Takes effect at `start_server`. Returns 0, or -1 with a
+/// message on stderr for a bad mode.
+///
+/// # Safety
+///
+/// `s` is NULL or a `SERVER *` returned by `init_server`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mario_set_proxy_protocol(s: *mut SERVER, mode: uint32) -> sint32 {
+    guard("mario_set_proxy_protocol", || {
+        // SAFETY: the caller's contract.
+        let Some(srv) = (unsafe { shared(s) }) else {
+            eprintln!("mario_set_proxy_protocol: not a server from init_server");
+            return -1;
+        };
+        if mode & !PROXY_ANY != 0 {
+            eprintln!("mario_set_proxy_protocol: mode is {mode}, must be MARIO_PROXY_OFF, _V1, _V2 or _ANY");
+            return -1;
+        }
+        srv.configure(|c| c.proxy_protocol = mode);
+        0
+    })
+}
+
+/// Adds a network PROXY protocol headers are trusted from, in CIDR form
+/// (`"10.0.0.0/8"`, `"2001:db8::/32"`) or a single address (`"127.0.0.1"`).
+/// Once one is added, a connection from any other address is refused at
+/// once (reset, counted in `refused`, one warning): only the balancers
+/// may speak for clients. Needs `mario_set_proxy_protocol` on by
+/// `start_server`. Takes effect at `start_server`. Returns 0, or -1 with a
+/// message on stderr for text that is not a network. `cidr` is read during
+/// the call only.
+///
+/// # Safety
+///
+/// `s` is NULL or a `SERVER *` returned by `init_server`; `cidr` is NULL
+/// or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mario_add_proxy_source(s: *mut SERVER, cidr: *const c_char) -> sint32 {
+    guard("mario_add_proxy_source", || {
+        // SAFETY: the caller's contract.
+        let Some(srv) = (unsafe { shared(s) }) else {
+            eprintln!("mario_add_proxy_source: not a server from init_server");
+            return -1;
+        };
+        if cidr.is_null() {
+            eprintln!("mario_add_proxy_source: no network given");
+            return -1;
+        }
+        // SAFETY: the caller's contract.
+        let text = unsafe { std::ffi::CStr::from_ptr(cidr) }.to_string_lossy();
+        match parse_net(&text) {
+            Some(net) => {
+                srv.configure(|c| c.proxy_sources.push(net));
+                0
+            }
+            None => {
+                eprintln!(
+                    "mario_add_proxy_source: \"{text}\" is not a network (a.b.c.d/n, x::/n or an address)"
+                );
+                -1
+            }
+        }
+    })
+}
+
+/// A network in CIDR form, or one address (a network of one).
+pub(crate) fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// Writes the address of `c`'s client into `out` (a `struct sockaddr_in`
+/// or `sockaddr_in6`, as `getpeername` would) and its size into `*len`.
+/// `*len` is the room at `out` on entry; a shorter room gets the address
+/// truncated (as `getpeername`), while `*len` still says its whole size.
+/// With the PROXY protocol on, it is the real client's address from the
+/// header. An IPv4 client of a dual-stack server is `AF_INET`. Call it on
+/// the thread running a callback for `c` (a worker or a pool thread).
+/// Returns 0, or -1 if an argument is NULL.
+///
+/// # Safety
+///
+/// `c` is NULL or a `CONN *` a callback received, used on that callback's
+/// thread; `out` is NULL or valid for `*len` bytes; `len` is NULL or valid.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mario_conn_peer(
+    c: *const CONN,
+    out: *mut libc::sockaddr_storage,
+    len: *mut libc::socklen_t,
+) -> sint32 {
+    guard("mario_conn_peer", || {
+        if c.is_null() || out.is_null() || len.is_null() {
+            return -1;
+        }
+        // SAFETY: the caller's contract: a live record, read on its thread.
+        let peer = unsafe { (*c).peer() };
+        let sa = socket2::SockAddr::from(peer);
+        // SAFETY: `len` is valid (the caller's contract).
+        let room = unsafe { *len } as usize;
+        let n = (sa.len() as usize).min(room);
+        // SAFETY: `sa` holds `sa.len()` bytes and `out` has room for
+        // `room`; we copy the smaller, and the two never overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(sa.as_ptr().cast::<u8>(), out.cast::<u8>(), n);
+            *len = sa.len();
+        }
+        0
     })
 }
 
@@ -1116,7 +1363,9 @@ mod tests {
     #[test]
     fn idle_connection_record_is_small() {
         let t = crate::conn::table::ConnTable::new(0, 0, std::ptr::null_mut(), std::ptr::null_mut());
-        let p = t.open(-1, 0, 0, 0).unwrap();
+        let p = t
+            .open(-1, std::net::SocketAddr::from(([0, 0, 0, 0], 0)), 0)
+            .unwrap();
         // SAFETY: a record of a live test table, read only.
         let slot = unsafe {
             assert_eq!((*p).partial.capacity(), 0);

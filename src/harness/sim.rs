@@ -31,7 +31,10 @@ impl IdleTable {
     /// no descriptor behind them).
     pub fn open(&mut self, n: usize) {
         for _ in 0..n {
-            let p = self.table.open(-1, 0, 0, self.now).expect("table full");
+            let p = self
+                .table
+                .open(-1, std::net::SocketAddr::from(([0, 0, 0, 0], 0)), self.now)
+                .expect("table full");
             // SAFETY: a record of our own live table; read only.
             let slot = unsafe { (*p).ind };
             if let Some(due) = self.table.deadline(slot, self.read_timeout, 0) {

@@ -3,12 +3,13 @@
 //!
 //! * `monitor`: the worker monitor, run by the thread in `run`.
 //!
-//! Uses: worker, accept, mailbox, pool, service, conn, records, logq, sys,
+//! Uses: worker, accept, mailbox, pool, service, conn, records, listen, logq, sys,
 //! stats, metrics.
 
 mod monitor;
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
@@ -20,6 +21,7 @@ use mio::Poll;
 use crate::accept::Listener;
 use crate::conn::ConnId;
 use crate::conn::id::MAX_SERVERS;
+use crate::listen;
 use crate::logq::{self, LogQueue};
 use crate::mailbox::{Cmd, Mailbox};
 use crate::metrics::{self, http::Endpoint};
@@ -71,6 +73,8 @@ pub(crate) struct ServerShared {
     /// The `/metrics` endpoints serving this server's statistics; `None`
     /// once it has stopped (they stop with it).
     endpoints: Mutex<Option<Vec<Endpoint>>>,
+    /// The address the listening socket is bound to, once it listens.
+    local: Mutex<Option<SocketAddr>>,
 }
 
 /// Servers by number, for [`ConnId`] lookups from any thread. Numbers are
@@ -182,6 +186,7 @@ impl ServerShared {
             changed: Condvar::new(),
             serving: AtomicBool::new(false),
             endpoints: Mutex::new(Some(Vec::new())),
+            local: Mutex::new(None),
         });
         reg[id] = Arc::downgrade(&s);
         drop(reg);
@@ -201,6 +206,12 @@ impl ServerShared {
             }
         }
         Ok(s)
+    }
+
+    /// The address the server listens on, once it does (the port is the
+    /// real one when 0 was asked for).
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        *self.local.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// True once the server listens (its `server_fd` is set).
@@ -304,9 +315,15 @@ impl ServerShared {
         if self.life().stop {
             return Ok(());
         }
-        let (lfd, port) = sys::listen_v4(cfg.port, cfg.backlog)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on 0.0.0.0:{}: {e}", cfg.port)))?;
+        let l = listen::open(&listen::Spec {
+            addr: cfg.bind,
+            port: cfg.port,
+            backlog: cfg.backlog,
+            reuseport: cfg.reuseport,
+        })?;
+        let (lfd, port) = (l.fd, l.local.port());
         self.configure(|c| c.port = port);
+        *self.local.lock().unwrap_or_else(|e| e.into_inner()) = Some(l.local);
         // SAFETY: the server thread is the only writer of `port`, and C reads it
         // once `start_server` runs; `server_fd` is atomic and published
         // last (Release), after the port, for `wait_listening`.

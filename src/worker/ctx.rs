@@ -45,6 +45,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
+
+use ipnet::IpNet;
 use std::sync::atomic::Ordering;
 
 use mio::unix::SourceFd;
@@ -164,6 +166,13 @@ pub(crate) struct Ctx {
     pool: Option<Arc<Pool>>,
     /// Packets of this worker's connections in the pool now.
     pub(super) pool_out: Cell<usize>,
+    /// The PROXY protocol versions accepted (`Config::proxy_protocol`); 0:
+    /// off.
+    pub(super) proxy: u32,
+    /// Where PROXY protocol headers are trusted from; empty: anywhere.
+    proxy_sources: Arc<[IpNet]>,
+    /// Seconds a new connection has to send its PROXY protocol header.
+    pub(super) header_timeout: u32,
 }
 
 /// What [`Ctx::new`] needs to know of its server.
@@ -175,7 +184,13 @@ pub(super) struct CtxConfig {
     pub read_timeout: u32,
     pub write_timeout: u32,
     pub pool: Option<Arc<Pool>>,
+    pub proxy: u32,
+    pub proxy_sources: Arc<[IpNet]>,
 }
+
+/// Seconds a new connection has at most to send its PROXY protocol header
+/// (less when the read timeout is shorter).
+pub(super) const MAX_HEADER_WAIT: u32 = 3;
 
 impl Ctx {
     /// A worker context with an empty table whose records point to
@@ -213,7 +228,51 @@ impl Ctx {
             closing: RefCell::new(closing),
             pool: cfg.pool,
             pool_out: Cell::new(0),
+            proxy: cfg.proxy,
+            proxy_sources: cfg.proxy_sources,
+            header_timeout: match cfg.read_timeout {
+                0 => MAX_HEADER_WAIT,
+                rt => rt.min(MAX_HEADER_WAIT),
+            },
         }
+    }
+
+    /// Whether a PROXY protocol header may come from `peer` (the
+    /// balancer's own address): always when no trusted network is set.
+    pub(super) fn trusted(&self, peer: std::net::SocketAddr) -> bool {
+        self.proxy_sources.is_empty() || self.proxy_sources.iter().any(|n| n.contains(&peer.ip()))
+    }
+
+    /// Whether the connection in `slot` still waits for its PROXY protocol
+    /// header (not yet announced to the application).
+    pub(super) fn awaits_header(&self, slot: u32) -> bool {
+        self.table.with_slot(slot, |s| s.header_due != 0)
+    }
+
+    /// Ends a connection the application never saw (its PROXY protocol
+    /// header did not come, or came bad): no callback runs; it counts as
+    /// closed for `reason`, and its socket is reset.
+    pub(super) fn drop_unannounced(&self, p: *mut Conn, reason: u16) {
+        // SAFETY: live slab pointer; no callback ran on it, so nothing
+        // else holds a reference.
+        let c = unsafe { &mut *p };
+        let slot = c.ind;
+        if self.table.state(slot) != State::Open {
+            return;
+        }
+        let st = &self.mailbox.stats;
+        stats::add(
+            match reason {
+                AKG_TIMEOUT => &st.timeouts,
+                AKG_ERROR => &st.errors,
+                _ => &st.closed,
+            },
+            1,
+        );
+        c.err_type = reason;
+        self.table.set_state(slot, State::Closed);
+        sys::close_reset(std::mem::replace(&mut c.fd, -1));
+        self.to_free.borrow_mut().push(slot);
     }
 
     /// Drops the output the connection in `slot` has not sent (an abort).
@@ -632,6 +691,11 @@ impl Ctx {
                 self.drop_output(slot);
                 self.table.set_state(slot, State::Doomed);
             }
+            return;
+        }
+        if self.awaits_header(slot) {
+            // Never announced: no close callback either.
+            self.drop_unannounced(p, reason);
             return;
         }
         let slot = {

@@ -13,12 +13,15 @@
 //!   connections).
 //! * `closing`: sockets of closed connections still delivering their
 //!   output, or waiting after FIN for the peer to acknowledge it.
+//! * `header`: the PROXY protocol header a connection starts with when
+//!   the server expects one.
 //! * this file: the loop (events, reads, dispatch, timeouts, shutdown).
 //!
 //! Uses: accept, mailbox, pool, service, conn, records, proto, sys, stats.
 
 mod closing;
 mod ctx;
+mod header;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -135,6 +138,8 @@ impl Worker {
                 read_timeout: cfg.read_timeout,
                 write_timeout: cfg.write_timeout,
                 pool,
+                proxy: cfg.proxy_protocol,
+                proxy_sources: cfg.proxy_sources.clone().into(),
             },
         );
         Ok(Box::new(Worker {
@@ -340,7 +345,17 @@ impl Worker {
     /// Serves a new connection (its place in the count already taken).
     fn open(&mut self, a: sys::Accepted) {
         let ctx = &self.ctx;
-        let Some(p) = ctx.table.open(a.fd, a.ip, a.port, ctx.now.get()) else {
+        if ctx.proxy != 0 && !ctx.trusted(a.peer) {
+            log::warn!(
+                "connection from {}: not a trusted source of PROXY protocol headers: refused",
+                a.peer
+            );
+            sys::close_reset(a.fd);
+            ctx.mailbox.count.fetch_sub(1, Ordering::AcqRel);
+            stats::add(&ctx.mailbox.stats.refused, 1);
+            return;
+        }
+        let Some(p) = ctx.table.open(a.fd, a.peer, ctx.now.get()) else {
             log::error!("worker {}: connection table full", ctx.mailbox.index);
             sys::close_reset(a.fd);
             ctx.mailbox.count.fetch_sub(1, Ordering::AcqRel);
@@ -361,11 +376,18 @@ impl Worker {
             ctx.to_free.borrow_mut().push(slot);
             return;
         }
+        stats::add(&ctx.mailbox.stats.accepted, 1);
+        if ctx.proxy != 0 {
+            // Announced once its PROXY protocol header is read (`header`).
+            let due = c.last_read.saturating_add(ctx.header_timeout).saturating_add(1);
+            ctx.table.with_slot(slot, |s| s.header_due = due);
+            ctx.table.file_timer(slot, due);
+            return;
+        }
         if ctx.read_timeout > 0 {
             let due = c.last_read.saturating_add(ctx.read_timeout).saturating_add(1);
             ctx.table.file_timer(slot, due);
         }
-        stats::add(&ctx.mailbox.stats.accepted, 1);
         ctx.connected(p);
     }
 
@@ -471,6 +493,9 @@ impl Worker {
         let ctx = &self.ctx;
         // SAFETY: live slab pointer; read only.
         let slot = unsafe { (*p).ind };
+        if ctx.awaits_header(slot) && header::read(ctx, p, hup) != header::Header::Done {
+            return;
+        }
         for _ in 0..READS_PER_TURN {
             if !ctx.is_open(slot) || ctx.in_pool(slot) {
                 // In the pool: read again when its handler returns.
@@ -600,7 +625,15 @@ impl Worker {
             .expire(now, ctx.read_timeout, ctx.write_timeout, &mut due);
         for &slot in &due {
             if let Some(p) = ctx.table.get(slot) {
-                if ctx.table.write_stalled(slot, ctx.write_timeout, now) {
+                if ctx.awaits_header(slot) {
+                    // SAFETY: live slab pointer; read only.
+                    let from = unsafe { (*p).peer };
+                    log::warn!(
+                        "connection from {from}: no complete PROXY protocol header within {} s: closing",
+                        ctx.header_timeout
+                    );
+                    ctx.drop_unannounced(p, AKG_ERROR);
+                } else if ctx.table.write_stalled(slot, ctx.write_timeout, now) {
                     ctx.abort(p, AKG_TIMEOUT);
                 } else {
                     ctx.close(p, AKG_TIMEOUT);
