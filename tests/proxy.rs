@@ -472,3 +472,35 @@ fn silent_clients_do_not_hold_slots() {
     assert_eq!(stat(&st, "errors"), 100, "{st}");
     assert_eq!(summary(&s.stdout, "connected"), 100);
 }
+
+/// The Rust API: the same settings on the builder, `Conn::peer` in the
+/// connect callback (which runs after the header) is the real client's,
+/// and a server bound to `[::1]` reports its address.
+#[test]
+fn the_rust_api_reads_the_header_and_sees_the_real_client() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+    let s2 = seen.clone();
+    let builder = mario::Server::builder()
+        .bind(Some("::1".parse().unwrap()))
+        .proxy_protocol(mario::proto::PROXY_ANY)
+        .proxy_source("::1/128".parse().unwrap())
+        .on_connect(move |c| s2.lock().unwrap().push(c.peer()))
+        .on_packet(ID_ECHO, |c, p| {
+            c.send(p.bytes());
+            mario::Verdict::Continue
+        });
+    let srv = Running::start(builder);
+    let local = srv.server.local_addr().expect("listening");
+    assert_eq!(local, SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, srv.port)));
+    let src: SocketAddr = "[2001:db8::5]:4242".parse().unwrap();
+    let mut c = TcpStream::connect(local).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut bytes = v2(src, "[2001:db8::1]:80".parse().unwrap(), &[]);
+    bytes.extend_from_slice(&frame(mario::DEFAULT_STX, ID_ECHO, b"hi"));
+    c.write_all(&bytes).unwrap();
+    assert_eq!(read_frame(&mut c).unwrap().1, b"hi");
+    assert_eq!(*seen.lock().unwrap(), [src]);
+    drop(c);
+    srv.stop();
+}
