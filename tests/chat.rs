@@ -20,7 +20,34 @@ struct Chat {
 }
 
 impl Chat {
+    /// Starts mario_chat on a free port; a port taken meanwhile (by another
+    /// test's client, say) is retried on another, as `Proc::ctest` does.
     fn start() -> Chat {
+        for _ in 0..4 {
+            let mut chat = Chat::start_once();
+            if chat.started() {
+                return chat;
+            }
+            let _ = chat.child.kill();
+            let _ = chat.child.wait();
+            if !chat.logs().contains("Address already in use") {
+                panic!("mario_chat did not start:\n{}", chat.logs());
+            }
+        }
+        let chat = Chat::start_once();
+        assert!(chat.started(), "mario_chat did not start:\n{}", chat.logs());
+        chat
+    }
+
+    fn started(&self) -> bool {
+        // start_server says when it listens (a probe connection would
+        // join the room).
+        wait_for(Duration::from_secs(10), || {
+            self.logs().contains("start server ok") || self.logs().contains("did not start")
+        }) && self.logs().contains("start server ok")
+    }
+
+    fn start_once() -> Chat {
         ensure_built();
         let dir = scratch_dir("chat");
         let out = dir.join("stdout.txt");
@@ -36,22 +63,12 @@ impl Chat {
             .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .expect("spawn mario_chat");
-        let chat = Chat {
+        Chat {
             child,
             port,
             out,
             err,
-        };
-        // start_server says when it listens (a probe connection would
-        // join the room).
-        assert!(
-            wait_for(Duration::from_secs(10), || chat
-                .logs()
-                .contains("start server ok")),
-            "mario_chat did not start:\n{}",
-            chat.logs()
-        );
-        chat
+        }
     }
 
     fn logs(&self) -> String {

@@ -213,9 +213,9 @@ fn the_socket_systemd_passes_is_served_instead_of_binding() {
     drop(listener);
     let mut c = dial(at);
     assert_eq!(peer(&mut c).1, c.local_addr().unwrap().to_string());
+    let said = format!("listening on {at}: the socket systemd passed (fd 3)");
     assert!(
-        srv.stdout()
-            .contains(&format!("listening on {at}: the socket systemd passed (fd 3)")),
+        wait_for(Duration::from_secs(2), || srv.stdout().contains(&said)),
         "{}",
         srv.stdout()
     );
@@ -232,10 +232,11 @@ fn a_passed_socket_on_another_port_is_served_and_said() {
     drop(listener);
     let mut c = dial(at);
     peer(&mut c);
+    let said =
+        format!("systemd passed one listening socket, on {at} (fd 3): serving it rather than port {other}");
+    // The log thread writes it: wait for it.
     assert!(
-        srv.stdout().contains(&format!(
-            "systemd passed one listening socket, on {at} (fd 3): serving it rather than port {other}"
-        )),
+        wait_for(Duration::from_secs(2), || srv.stdout().contains(&said)),
         "{}",
         srv.stdout()
     );

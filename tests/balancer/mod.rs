@@ -36,7 +36,20 @@ impl HaProxy {
     /// checks every [`CHECK_MS`] ms, redispatch on a failed connect.
     /// Panics, naming what to install, when `haproxy` is missing.
     pub fn start(servers: &[(&str, SocketAddr)], server_opts: &str) -> HaProxy {
-        let port = free_port();
+        // A free port may be taken before HAProxy binds it (by another
+        // test's client): try another.
+        for _ in 0..3 {
+            match HaProxy::start_on(free_port(), servers, server_opts) {
+                Ok(h) => return h,
+                Err(log) if log.contains("cannot bind") => continue,
+                Err(log) => panic!("haproxy did not start:\n{log}"),
+            }
+        }
+        HaProxy::start_on(free_port(), servers, server_opts)
+            .unwrap_or_else(|log| panic!("haproxy did not start:\n{log}"))
+    }
+
+    fn start_on(port: u16, servers: &[(&str, SocketAddr)], server_opts: &str) -> Result<HaProxy, String> {
         let dir = scratch_dir("haproxy");
         let stats = dir.join("stats.sock");
         let mut cfg = format!(
@@ -76,9 +89,9 @@ impl HaProxy {
         if !up {
             let log = h.log();
             h.kill();
-            panic!("haproxy did not start:\n{cfg}\n{log}");
+            return Err(format!("{cfg}\n{log}"));
         }
-        h
+        Ok(h)
     }
 
     /// What HAProxy printed.
