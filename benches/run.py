@@ -60,9 +60,12 @@ class Server:
         out = open(os.path.join(self.dir, "stdout.txt"), "w")
         err = open(os.path.join(self.dir, "stderr.txt"), "w")
         env = None
-        if kind in ("mario", "before"):
+        if kind in ("mario", "before", "haproxy"):
             with open(os.path.join(self.dir, "init.conf"), "w") as f:
                 f.write(f"PORT {self.port}\nTIMEOUT {TIMEOUT}\nWORKERNUM {WORKERS}\nCONNNUM 20000\n")
+                if kind == "haproxy":
+                    # maritcp behind HAProxy: PROXY v2, only from HAProxy.
+                    f.write("BIND 127.0.0.2\nPROXY v2\nPROXY_SOURCE 127.0.0.1\n")
             cmd = [maritcp or MARITCP, "-f"]
         elif kind == "python":
             cmd = [VENV_PY, "-m", "mario.examples.login", "--port", str(self.port), "--workers", str(WORKERS),
@@ -71,17 +74,42 @@ class Server:
         else:
             cmd = [PEER, "--port", str(self.port), "--workers", str(WORKERS), "--timeout", str(TIMEOUT)]
         self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        t0, started = time.time(), False
+        while time.time() - t0 < 10 and not started:
+            with open(os.path.join(self.dir, "stdout.txt")) as f:
+                started = "start server ok" in f.read()
+            if not started and self.proc.poll() is not None:
+                break
+            time.sleep(0 if started else 0.02)
+        if not started:
+            raise RuntimeError(f"{kind} did not start; see {self.dir}")
+        if kind != "haproxy":
+            return
+        # HAProxy in front (the configuration of docs/DEPLOY.md, one server):
+        # clients connect to it, the CPU measured is maritcp's.
+        self.backend, self.port = self.port, free_port()
+        cfg = os.path.join(self.dir, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write("global\n    maxconn 8000\n\ndefaults\n    mode tcp\n    timeout connect 1s\n"
+                    "    timeout client 30s\n    timeout server 30s\n\n"
+                    f"frontend front\n    bind 127.0.0.1:{self.port}\n    default_backend back\n\n"
+                    f"backend back\n    server a 127.0.0.2:{self.backend} send-proxy-v2 maxconn 8000\n")
+        self.haproxy = subprocess.Popen(["haproxy", "-f", cfg, "-db"], cwd=self.dir, stdin=subprocess.DEVNULL,
+                                        stdout=open(os.path.join(self.dir, "haproxy.txt"), "w"),
+                                        stderr=subprocess.STDOUT)
         t0 = time.time()
         while time.time() - t0 < 10:
-            with open(os.path.join(self.dir, "stdout.txt")) as f:
-                if "start server ok" in f.read():
-                    return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError(f"{kind} did not start; see {self.dir}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"haproxy did not start; see {self.dir}")
 
     def stop(self):
+        if getattr(self, "haproxy", None) is not None:
+            self.haproxy.kill()
+            self.haproxy.wait()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=15)
@@ -275,6 +303,19 @@ def main():
             results.setdefault(("python rps 100 x 1", kind), []).append(res)
             print(f"round {r + 1} python check   {kind:6} rate {res.get('rate', 0):>10.0f}/s "
                   f"cpu/op {res.get('server_cpu_us_per_op') or 0:6.2f} us", file=sys.stderr, flush=True)
+    # Through HAProxy (PROXY protocol v2) against direct, same rounds,
+    # alternating: what the balancer in front costs.
+    for r in range(a.rounds):
+        for scen in ("rps 100 x 1", "cps 200"):
+            for kind in ("mario", "haproxy"):
+                s = Server(kind)
+                try:
+                    res = run_bench(dict(scenarios(a.quick))[scen], s)
+                finally:
+                    s.stop()
+                results.setdefault((f"haproxy {scen}", kind), []).append(res)
+                print(f"round {r + 1} {scen:14} {kind:7} rate {res.get('rate', 0):>10.0f}/s", file=sys.stderr,
+                      flush=True)
     mem = memory_scaling()
     mic = micro(a.quick)
     today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -316,6 +357,28 @@ def python_table(results):
         per = [y[field] / x[field] for x, y in zip(c, py) if x.get(field) and y.get(field)]
         rows.append(f"| {label} | {fmt(m)} | {fmt(p)} | {statistics.median(per):.2f} x | "
                     + " ".join(f"{r:.2f}" for r in per) + " |")
+    return "\n".join(rows) + "\n\n"
+
+
+def haproxy_table(results):
+    """maritcp behind HAProxy (send-proxy-v2) against maritcp direct."""
+    rows = ["Behind HAProxy (`mode tcp`, `send-proxy-v2`, maritcp with `PROXY v2`, docs/DEPLOY.md) against "
+            "maritcp direct, alternating in each round; server CPU is maritcp's (HAProxy's own is not "
+            "counted):", "",
+            "| scenario | | direct | through HAProxy | HAProxy / direct | per round |", "|---|---|---|---|---|---|"]
+    for scen in ("rps 100 x 1", "cps 200"):
+        key = f"haproxy {scen}"
+        d, h = results.get((key, "mario"), []), results.get((key, "haproxy"), [])
+        if not d or not h:
+            return ""
+        for label, field, fmt in (("rate", "rate", lambda v: f"{v:,.0f}/s"),
+                                  ("server CPU per op", "server_cpu_us_per_op", lambda v: f"{v:.2f} us")):
+            m, p = med(results, (key, "mario"), field), med(results, (key, "haproxy"), field)
+            per = [y[field] / x[field] for x, y in zip(d, h) if x.get(field) and y.get(field)]
+            if m is None or p is None or not per:
+                continue
+            rows.append(f"| {scen} | {label} | {fmt(m)} | {fmt(p)} | {statistics.median(per):.2f} x | "
+                        + " ".join(f"{r:.2f}" for r in per) + " |")
     return "\n".join(rows) + "\n\n"
 
 
@@ -397,7 +460,7 @@ on {today}.
         f.write(head + "\n".join(table) + "\n\n"
                 + "Memory per held connection (`mario-bench hold --churn 0 --sends 0`, a fresh server for each\n"
                 + "size; server RSS growth over its RSS before the run, divided by the connections held):\n\n"
-                + memory_table(mem) + "\n\n" + python_table(results) + micro_table(micro) + notes + "\n" + hist_start + "\n" + entry + "\n" + old.lstrip("\n"))
+                + memory_table(mem) + "\n\n" + python_table(results) + haproxy_table(results) + micro_table(micro) + notes + "\n" + hist_start + "\n" + entry + "\n" + old.lstrip("\n"))
     print("\n".join(table))
     print(f"wrote {a.out}", file=sys.stderr)
 

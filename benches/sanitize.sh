@@ -8,7 +8,8 @@
 #               test programs (gcc -fsanitize=address,undefined, as in the
 #               Makefile's ctests) and driven by the integration tests that
 #               exercise cross-thread commands and slot reuse (lifecycle,
-#               crossthread, framing, closing, frame_kinds, chat, health:
+#               crossthread, framing, closing, frame_kinds, chat, proxy (the
+#               PROXY protocol header path), health:
 #               its latency bounds times MARIO_TEST_TIME_SCALE=10). The C
 #               tests of `make test` already
 #               run under gcc's sanitizers, but with an uninstrumented
@@ -17,7 +18,7 @@
 #               rust_framing and rust_pool.
 #   tsan-c      libmario.a built with ThreadSanitizer, linked into testsrv
 #               and mario_chat (gcc -fsanitize=thread), driven by lifecycle,
-#               crossthread, chat and health.
+#               crossthread, chat, proxy and health.
 #
 # Everything builds under target/asan and target/tsan (never target/debug,
 # target/release or target/ctests). The asan-c / tsan-c phases run the
@@ -187,7 +188,7 @@ asan_c() {
         "$CFLAGS_BASE -fsanitize=address,undefined -fno-sanitize-recover=undefined" || return 1
     local exes
     mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test framing --test closing \
-        --test frame_kinds --test chat --test health)
+        --test frame_kinds --test chat --test proxy --test health)
     [ "${#exes[@]}" = 7 ] || { echo "could not build the integration tests"; return 1; }
     run_with_ctests "$ROOT/target/asan/ctests" "${exes[@]}"
 }
@@ -201,7 +202,7 @@ tsan_c() {
     build_ctests thread target/tsan "$CFLAGS_BASE -fsanitize=thread" || return 1
     local exes
     # The drivers themselves need no sanitizer: reuse the asan-c build.
-    mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test chat --test health)
+    mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test chat --test proxy --test health)
     [ "${#exes[@]}" = 4 ] || { echo "could not build the integration tests"; return 1; }
     run_with_ctests "$ROOT/target/tsan/ctests" "${exes[@]}"
 }

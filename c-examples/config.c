@@ -2,7 +2,8 @@
  * config.c
  *
  * Reads ./init.conf: one "NAME VALUE" per line (PORT, TIMEOUT, WORKERNUM,
- * CONNNUM, USERNUM, FILENUM, METRICS). Lines starting with '#', blank
+ * CONNNUM, USERNUM, FILENUM, METRICS, BIND, BACKLOG, REUSEPORT, PROXY,
+ * PROXY_SOURCE, LOG_CONNECTIONS). Lines starting with '#', blank
  * lines and unknown names are ignored. PORT is required.
  */
 
@@ -42,8 +43,44 @@ static int set_value(const char *name, const char *value, int lineno) {
 		snprintf(conf.metrics, sizeof(conf.metrics), "%s", value);
 		return 0;
 	}
-	if (strcmp(name, "PORT") == 0 || strcmp(name, "WORKERNUM") == 0)
+	if (strcmp(name, "BIND") == 0 || strcmp(name, "PROXY_SOURCE") == 0 || strcmp(name, "PROXY") == 0) {
+		/* addresses and networks are checked by the library */
+		if (value[0] == '\0') {
+			fprintf(stderr, "[error] %s line %d: %s has no value\n", CONF_FILE, lineno, name);
+			return -1;
+		}
+		if (strcmp(name, "BIND") == 0) {
+			snprintf(conf.bind, sizeof(conf.bind), "%s", value);
+		} else if (strcmp(name, "PROXY") == 0) {
+			if (strcmp(value, "off") == 0)
+				conf.proxy = MARIO_PROXY_OFF;
+			else if (strcmp(value, "v1") == 0)
+				conf.proxy = MARIO_PROXY_V1;
+			else if (strcmp(value, "v2") == 0)
+				conf.proxy = MARIO_PROXY_V2;
+			else if (strcmp(value, "any") == 0)
+				conf.proxy = MARIO_PROXY_ANY;
+			else {
+				fprintf(stderr, "[error] %s line %d: PROXY is off, v1, v2 or any, not %s\n",
+						CONF_FILE, lineno, value);
+				return -1;
+			}
+		} else {
+			int n = conf.n_proxy_sources;
+			if (n == (int) (sizeof(conf.proxy_sources) / sizeof(conf.proxy_sources[0]))) {
+				fprintf(stderr, "[error] %s line %d: more than %d PROXY_SOURCE lines\n", CONF_FILE,
+						lineno, n);
+				return -1;
+			}
+			snprintf(conf.proxy_sources[n], sizeof(conf.proxy_sources[n]), "%s", value);
+			conf.n_proxy_sources = n + 1;
+		}
+		return 0;
+	}
+	if (strcmp(name, "PORT") == 0 || strcmp(name, "WORKERNUM") == 0 || strcmp(name, "BACKLOG") == 0)
 		max = 65535;
+	else if (strcmp(name, "REUSEPORT") == 0 || strcmp(name, "LOG_CONNECTIONS") == 0)
+		max = 1;
 	else if (strcmp(name, "TIMEOUT") == 0)
 		max = 0x7fffffff;
 	else if (strcmp(name, "CONNNUM") == 0 || strcmp(name, "USERNUM") == 0
@@ -73,6 +110,12 @@ static int set_value(const char *name, const char *value, int lineno) {
 		conf.connnum = (uint32) v;
 	else if (strcmp(name, "USERNUM") == 0)
 		conf.usernum = (uint32) v;
+	else if (strcmp(name, "BACKLOG") == 0)
+		conf.backlog = (int) v;
+	else if (strcmp(name, "REUSEPORT") == 0)
+		conf.reuseport = (int) v;
+	else if (strcmp(name, "LOG_CONNECTIONS") == 0)
+		conf.log_connections = (int) v;
 	else
 		conf.filenum = (uint32) v;
 	return 0;
@@ -140,6 +183,14 @@ sint32 init_conf(void) {
 	fprintf(stdout, "%-16s%u\n", "usernum", conf.usernum);
 	fprintf(stdout, "%-16s%u\n", "filenum", conf.filenum);
 	fprintf(stdout, "%-16s%s\n", "metrics", conf.metrics[0] ? conf.metrics : "off");
+	fprintf(stdout, "%-16s%s\n", "bind", conf.bind[0] ? conf.bind : "0.0.0.0");
+	if (conf.backlog)
+		fprintf(stdout, "%-16s%d\n", "backlog", conf.backlog);
+	fprintf(stdout, "%-16s%s\n", "reuseport", conf.reuseport ? "on" : "off");
+	fprintf(stdout, "%-16s%s\n", "proxy", conf.proxy == MARIO_PROXY_V1 ? "v1"
+			: conf.proxy == MARIO_PROXY_V2 ? "v2" : conf.proxy == MARIO_PROXY_ANY ? "any" : "off");
+	for (int i = 0; i < conf.n_proxy_sources; i++)
+		fprintf(stdout, "%-16s%s\n", "proxy_source", conf.proxy_sources[i]);
 	fprintf(stdout, "-------------------------------------------\n");
 	fflush(stdout);
 	return 0;

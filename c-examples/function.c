@@ -42,6 +42,28 @@ sint32 login(CONN *c) {
 	return 0;
 }
 
+sint32 log_connection(CONN *c) {
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char host[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+
+	if (mario_conn_peer(c, &ss, &len) != 0) {
+		/* only for a NULL argument */
+	} else if (ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) &ss;
+		inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+		port = ntohs(a->sin6_port);
+	} else if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *) &ss;
+		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+		port = ntohs(a->sin_port);
+	}
+	slog_info_t(c->owner->qlog, "connection from %s port %u on worker %u", host, port,
+			(unsigned) c->owner->ind);
+	return 0;
+}
+
 sint32 logout(CONN *c) {
 	if (c->user == &logged_in_marker) {
 		online_sub(c->owner->ind);

@@ -15,4 +15,8 @@ sint32 login(CONN *c);
 /* disconnected (timeout, closed, error): uncount a logged-in user */
 sint32 logout(CONN *c);
 
+/* connected callback (LOG_CONNECTIONS 1): logs the client's address (the
+ * real client's behind a PROXY protocol balancer) and the worker */
+sint32 log_connection(CONN *c);
+
 #endif /* FUNCTION_H_ */

@@ -79,13 +79,25 @@ int main(int argc, char *argv[]) {
 	if (init_conf() < 0)
 		return EXIT_FAILURE;
 
-	server = init_server(conf.port, (uint16) conf.workernum, conf.connnum,
-			conf.timeout, conf.timeout);
+	if (conf.bind[0] != '\0')
+		server = mario_init_server_addr(strcmp(conf.bind, "any") == 0 ? NULL : conf.bind,
+				conf.port, (int) conf.workernum, (int) conf.connnum, conf.timeout, conf.timeout);
+	else
+		server = init_server(conf.port, (uint16) conf.workernum, conf.connnum,
+				conf.timeout, conf.timeout);
 	if (server == NULL) {
 		fprintf(stderr, "[error] init_server failed (port %d, workernum %u, "
 				"connnum %u)\n", conf.port, conf.workernum, conf.connnum);
 		return EXIT_FAILURE;
 	}
+	if (conf.backlog != 0 && mario_set_backlog(server, conf.backlog) != 0)
+		return EXIT_FAILURE;
+	mario_set_reuseport(server, conf.reuseport);
+	if (mario_set_proxy_protocol(server, conf.proxy) != 0)
+		return EXIT_FAILURE;
+	for (int i = 0; i < conf.n_proxy_sources; i++)
+		if (mario_add_proxy_source(server, conf.proxy_sources[i]) != 0)
+			return EXIT_FAILURE;
 	if (init_collect(server) < 0)
 		return EXIT_FAILURE;
 	if (conf.metrics[0] != '\0' && mario_serve_metrics(server, conf.metrics) != 0) {
@@ -95,6 +107,8 @@ int main(int argc, char *argv[]) {
 
 	regist_akg_func(CMD_FUNCTION_LOGIN, login);
 	regist_disconnected_func(logout);
+	if (conf.log_connections)
+		regist_connected_func(log_connection);
 
 	if (start_log_thread() != 0) {
 		fprintf(stderr, "[error] start_log_thread failed\n");

@@ -205,6 +205,13 @@ void (*f_mario_set_pool_threads)(SERVER *, uint32) = mario_set_pool_threads;
 void (*f_mario_set_stall_threshold)(SERVER *, uint32) = mario_set_stall_threshold;
 void (*f_regist_stall_func)(void (*)(WORKER *, uint16, uint32)) = regist_stall_func;
 sint32 (*f_mario_worker_stalled)(const WORKER *) = mario_worker_stalled;
+SERVER *(*f_mario_init_server_addr)(const char *, int, int, int, int, int) = mario_init_server_addr;
+sint32 (*f_mario_set_backlog)(SERVER *, int) = mario_set_backlog;
+void (*f_mario_set_reuseport)(SERVER *, int) = mario_set_reuseport;
+sint32 (*f_mario_set_proxy_protocol)(SERVER *, uint32) = mario_set_proxy_protocol;
+sint32 (*f_mario_add_proxy_source)(SERVER *, const char *) = mario_add_proxy_source;
+sint32 (*f_mario_conn_peer)(const CONN *, struct sockaddr_storage *, socklen_t *) = mario_conn_peer;
+SA(MARIO_PROXY_OFF == 0 && MARIO_PROXY_V1 == 1 && MARIO_PROXY_V2 == 2 && MARIO_PROXY_ANY == 3, "MARIO_PROXY_*");
 SA(SAME(mario_stall_func, void (*)(WORKER *, uint16, uint32)), "mario_stall_func");
 SA(MARIO_LOG_OFF == 0 && MARIO_LOG_ERROR == 1 && MARIO_LOG_WARN == 2
    && MARIO_LOG_INFO == 3 && MARIO_LOG_DEBUG == 4, "MARIO_LOG_*");

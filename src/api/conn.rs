@@ -86,7 +86,7 @@ fn with_frame(stx: u32, be: bool, akg_id: u16, body: &[u8], f: impl FnOnce(&[u8]
 #[derive(Debug, Clone)]
 pub struct PoolConn {
     id: ConnId,
-    peer: std::net::SocketAddrV4,
+    peer: std::net::SocketAddr,
     worker: usize,
     stx: u32,
     big_endian: bool,
@@ -106,10 +106,7 @@ impl PoolConn {
             PoolConn {
                 id: ConnId::from_raw((*c).bufev.load(std::sync::atomic::Ordering::Relaxed) as u64)
                     .expect("an open connection has an id"),
-                peer: std::net::SocketAddrV4::new(
-                    std::net::Ipv4Addr::from(u32::from_be((*c).cip)),
-                    u16::from_be((*c).cport),
-                ),
+                peer: (*c).peer,
                 worker: (*(*c).owner).ind as usize,
                 stx,
                 big_endian,
@@ -122,8 +119,9 @@ impl PoolConn {
         self.id
     }
 
-    /// The client's IPv4 address and port.
-    pub fn peer(&self) -> std::net::SocketAddrV4 {
+    /// The client's address, IPv4 or IPv6 (the real client's behind a PROXY
+    /// protocol balancer), as [`Conn::peer`].
+    pub fn peer(&self) -> std::net::SocketAddr {
         self.peer
     }
 

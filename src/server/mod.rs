@@ -315,6 +315,8 @@ impl ServerShared {
         if self.life().stop {
             return Ok(());
         }
+        // Settings changed since `new` (the C setters) must agree too.
+        cfg.validate()?;
         let l = listen::open(&listen::Spec {
             addr: cfg.bind,
             port: cfg.port,

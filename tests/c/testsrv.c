@@ -44,6 +44,9 @@
  *                      the workers, and closes it after body[0] (uint32)
  *                      frames if body[1] (uint32) is non-zero
  *   0x0008 FLOOD       reply body uint32 n: n frames of 1500 bytes
+ *   0x000b PEER        reply id 0x000b, body: text "cip=A.B.C.D:PORT
+ *                      peer=ADDR pid=N" (c->cip/c->cport, then
+ *                      mario_conn_peer as a.b.c.d:p or [v6]:p)
  * Close events are logged as
  *   EV close serial=S reason=R packets=P worker=W slot=I [lastword=R]
  */
@@ -61,6 +64,7 @@
 #define ID_SUB 0x0007
 #define ID_FLOOD 0x0008
 #define ID_BYE 0x000a
+#define ID_PEER 0x000b
 
 typedef struct {
 	uint32 magic;
@@ -301,6 +305,41 @@ static sint32 on_info(CONN *c) {
 	return bufferevent_write(c->bufev, o, 20) == 0 ? 0 : -1;
 }
 
+static sint32 on_peer(CONN *c) {
+	if (packet_state(c) == NULL)
+		return -1;
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	char host[INET6_ADDRSTRLEN] = "?", addr[80] = "?";
+	if (mario_conn_peer(c, &ss, &len) != 0) {
+		violation(c, "mario_conn_peer failed");
+	} else if (ss.ss_family == AF_INET && len == sizeof(struct sockaddr_in)) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *) &ss;
+		inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+		snprintf(addr, sizeof addr, "%s:%u", host, (unsigned) ntohs(a->sin_port));
+	} else if (ss.ss_family == AF_INET6 && len == sizeof(struct sockaddr_in6)) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *) &ss;
+		inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+		snprintf(addr, sizeof addr, "[%s]:%u", host, (unsigned) ntohs(a->sin6_port));
+	} else {
+		violation(c, "mario_conn_peer: bad family or length");
+	}
+	/* a room too small gets a truncated address and the whole size */
+	struct sockaddr_storage small;
+	socklen_t slen = 2;
+	if (mario_conn_peer(c, &small, &slen) != 0 || slen != len || small.ss_family != ss.ss_family)
+		violation(c, "mario_conn_peer with 2 bytes of room");
+	if (mario_conn_peer(NULL, &ss, &len) != -1 || mario_conn_peer(c, NULL, &len) != -1
+			|| mario_conn_peer(c, &ss, NULL) != -1)
+		violation(c, "mario_conn_peer accepted NULL");
+	const unsigned char *ip = (const unsigned char *) &c->cip;
+	char *o = c->out_buf;
+	int n = snprintf(o + 8, 1400, "cip=%u.%u.%u.%u:%u peer=%s pid=%ld", ip[0], ip[1], ip[2], ip[3],
+			(unsigned) ntohs(c->cport), addr, (long) getpid());
+	put_head(o, (uint16) (8 + n), ID_PEER);
+	return bufferevent_write(c->bufev, o, (uint16) (8 + n)) == 0 ? 0 : -1;
+}
+
 static sint32 on_sub(CONN *c) {
 	ST *st = packet_state(c);
 	HEAD *h = (HEAD *) c->in_buf;
@@ -507,6 +546,7 @@ int main(void) {
 	regist_connected_func(on_connected);
 	regist_disconnected_func(on_close);
 	regist_akg_func(ID_ECHO, on_echo);
+	regist_akg_func(ID_PEER, on_peer);
 	regist_akg_func(ID_CLOSE0, on_close0);
 	regist_akg_func(ID_CLOSEM1, on_closem1);
 	regist_akg_func(ID_FAIL, on_fail);

@@ -11,7 +11,12 @@
  *   }
  *
  * Settings: TS_PORT (required), TS_WORKERS (2), TS_CONNNUM (1024),
- * TS_RTIMEOUT (0), TS_WTIMEOUT (0).
+ * TS_RTIMEOUT (0), TS_WTIMEOUT (0). Listening: TS_BIND (an address for
+ * mario_init_server_addr, "any" for NULL; unset: init_server),
+ * TS_BACKLOG (mario_set_backlog), TS_REUSEPORT (1: mario_set_reuseport),
+ * TS_PROXY (v1|v2|any: mario_set_proxy_protocol), TS_PROXY_SOURCE (one
+ * network, or several separated by commas: mario_add_proxy_source). A
+ * setting the library refuses prints SETTING_REFUSED and gives NULL.
  */
 #ifndef TSMAIN_H
 #define TSMAIN_H
@@ -38,8 +43,40 @@ static inline SERVER *ts_init_server(sigset_t *set) {
 	sigaddset(set, SIGTERM);
 	sigaddset(set, SIGINT);
 	pthread_sigmask(SIG_BLOCK, set, NULL);
-	return init_server(port, (uint16) env_int("TS_WORKERS", 2), (uint32) env_int("TS_CONNNUM", 1024),
-			env_int("TS_RTIMEOUT", 0), env_int("TS_WTIMEOUT", 0));
+	const char *bind = getenv("TS_BIND");
+	SERVER *s;
+	if (bind != NULL && *bind != '\0')
+		s = mario_init_server_addr(strcmp(bind, "any") == 0 ? NULL : bind, port, env_int("TS_WORKERS", 2),
+				env_int("TS_CONNNUM", 1024), env_int("TS_RTIMEOUT", 0), env_int("TS_WTIMEOUT", 0));
+	else
+		s = init_server(port, (uint16) env_int("TS_WORKERS", 2), (uint32) env_int("TS_CONNNUM", 1024),
+				env_int("TS_RTIMEOUT", 0), env_int("TS_WTIMEOUT", 0));
+	if (s == NULL)
+		return NULL;
+	int refused = 0;
+	if (getenv("TS_BACKLOG") != NULL)
+		refused |= mario_set_backlog(s, env_int("TS_BACKLOG", 0)) != 0;
+	mario_set_reuseport(s, env_int("TS_REUSEPORT", 0));
+	const char *proxy = getenv("TS_PROXY");
+	if (proxy != NULL && *proxy != '\0') {
+		uint32 mode = strcmp(proxy, "v1") == 0 ? MARIO_PROXY_V1
+				: strcmp(proxy, "v2") == 0 ? MARIO_PROXY_V2
+				: strcmp(proxy, "any") == 0 ? MARIO_PROXY_ANY : (uint32) atoi(proxy);
+		refused |= mario_set_proxy_protocol(s, mode) != 0;
+	}
+	const char *src = getenv("TS_PROXY_SOURCE");
+	if (src != NULL && *src != '\0') {
+		char list[512];
+		snprintf(list, sizeof list, "%s", src);
+		for (char *save = NULL, *net = strtok_r(list, ",", &save); net != NULL; net = strtok_r(NULL, ",", &save))
+			refused |= mario_add_proxy_source(s, net) != 0;
+	}
+	if (refused) {
+		printf("SETTING_REFUSED\n");
+		fflush(stdout);
+		return NULL;
+	}
+	return s;
 }
 
 static SERVER *ts_server;

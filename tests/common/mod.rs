@@ -94,11 +94,23 @@ pub const UBSAN_OPTIONS: &str = "print_stacktrace=1:halt_on_error=1:exitcode=87"
 
 impl Proc {
     fn spawn(bin: &Path, args: &[&str], env: &[(&str, String)], dir: PathBuf, port: u16) -> Proc {
+        Proc::spawn_prepared(bin, args, env, dir, port, |c| c)
+    }
+
+    fn spawn_prepared(
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        dir: PathBuf,
+        port: u16,
+        prep: impl FnOnce(Command) -> Command,
+    ) -> Proc {
         let out = dir.join("stdout.txt");
         let err = dir.join("stderr.txt");
         let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .current_dir(&dir)
+        cmd.args(args);
+        let mut cmd = prep(cmd);
+        cmd.current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&err).unwrap())
@@ -147,6 +159,33 @@ impl Proc {
             let _ = p.kill();
         }
         panic!("{name} did not start");
+    }
+
+    /// Starts the C test program target/ctests/`name` on `port` (its
+    /// `TS_PORT`) with `env`; `prep` may adjust or replace the command
+    /// first (its directory, output files and environment are set after).
+    /// Waits until it listens. `Err`: it exited first (its output).
+    pub fn ctest_with(
+        name: &str,
+        port: u16,
+        env: &[(&str, &str)],
+        prep: impl FnOnce(Command) -> Command,
+    ) -> Result<Proc, Stopped> {
+        ensure_built();
+        let mut e: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        e.push(("TS_PORT", port.to_string()));
+        let mut p = Proc::spawn_prepared(
+            &root().join("target/ctests").join(name),
+            &[],
+            &e,
+            scratch_dir(name),
+            port,
+            prep,
+        );
+        if p.wait_started() {
+            return Ok(p);
+        }
+        Err(p.stop())
     }
 
     /// Like [`Proc::testsrv`], with the server's descriptor limit set to
