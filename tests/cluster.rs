@@ -1,28 +1,41 @@
 //! The cluster example `c-examples/pushsrv.c` (built with ASan/UBSan:
 //! `target/ctests/pushsrv-asan`) as it is deployed: a real `redis-server`,
-//! two instances on 127.0.0.2 and 127.0.0.3 and a real `haproxy` in front
-//! of them (TCP, round robin, health checks every 200 ms), all on
-//! loopback. 200 users log in through HAProxy and push messages to each
-//! other; every message must reach its user, on whichever instance holds
-//! it, exactly once and in order per sender. Then one instance is killed
-//! (SIGKILL) while messages flow: its users must see their connection
-//! close at once, log in again through HAProxy (which sends them to the
-//! survivor), and receive everything pushed after that, exactly once and
-//! in order. A second test stops and restarts Redis under one instance.
+//! two instances on 127.0.0.2 and 127.0.0.3 expecting the PROXY protocol,
+//! and a real `haproxy` in front of them (tests/balancer: `mode tcp`,
+//! round robin, `send-proxy-v2`, health checks every 200 ms), all on
+//! loopback. 200 users log in through HAProxy from 127.0.0.9 (each
+//! instance must log that real address, not HAProxy's), then push to each
+//! other in rounds, each message carrying (round, sender, seq per sender
+//! and receiver, time sent):
+//!
+//! 1. 10 senders, one push in flight each: the latency of a message;
+//! 2. all 200, four in flight each: every message reaches its user, on
+//!    whichever instance holds it, exactly once and in order;
+//! 3. instance a is killed (SIGKILL) a third of the way in: its users must
+//!    see the close at once and log in again through HAProxy straight
+//!    away (backing off between attempts), landing on b; between b's users
+//!    nothing is lost, and what a's senders were told was published
+//!    reached b's users;
+//! 4. all 200 on b: again exactly once, in order.
+//!
+//! Then b stops cleanly on SIGTERM (no leak, no error logged). A second
+//! test stops and restarts Redis under one instance.
 //!
 //! redis-server and haproxy are required (`.ci/run` installs them): a
 //! machine without them fails here, it does not skip.
 //!
 //! `cargo test --features harness --test cluster -- --nocapture` prints
-//! the figures (messages, rate, delivery latency).
+//! the figures (messages, rate, delivery latency, reconnection).
 
+mod balancer;
 mod common;
+use balancer::{HaProxy, connect_from};
 use common::*;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,12 +43,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The PROXY protocol between HAProxy and the instances: HAProxy sends a
-/// v2 header (`send-proxy-v2`), the instances expect it (`-x v2`) and log
-/// the real client's address, which the test then checks.
-///
-/// Off until the library's PROXY parser (src/proto/proxy.rs) lands: with it
-/// on, the instances' workers would abort on the first connection.
-const PROXY_V2: bool = false;
+/// v2 header (`send-proxy-v2`), the instances expect it from 127.0.0.1
+/// only (`-x v2 -s 127.0.0.1`) and log the real client's address, which
+/// the test checks. `false` runs the same test without it (the instances
+/// then see every client as HAProxy).
+const PROXY_V2: bool = true;
 
 /// The instances' build: the sanitizer one (leaks are checked at the
 /// survivor's clean exit). `c-examples/pushsrv` is the shipped one.
@@ -50,7 +62,8 @@ const FRIENDS: usize = 8;
 /// Client threads, each driving USERS / THREADS sockets.
 const THREADS: usize = 4;
 /// The clients' own address: the instances log it when the PROXY
-/// protocol is on (HAProxy connects to them from 127.0.0.1).
+/// protocol is on (HAProxy connects to them from 127.0.0.1), as
+/// tests/haproxy.rs checks for maritcp.
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
 
 // The protocol of c-examples/pushsrv.c (its top comment).
@@ -170,20 +183,18 @@ fn redis_cmd(port: u16, cmd: &str) -> io::Result<String> {
 }
 
 /// A pushsrv instance on `ip`, its Redis on 127.0.0.1:`redis_port`, run
-/// in a new directory under `dir`.
-fn start_pushsrv(ip: Ipv4Addr, redis_port: u16, dir: &Path) -> Proc {
+/// in a new directory under `dir`; `proxy`: behind HAProxy (PROXY_V2).
+fn start_pushsrv(ip: Ipv4Addr, redis_port: u16, dir: &Path, proxy: bool) -> Proc {
     let bin = root().join(PUSHSRV);
     for _ in 0..5 {
         let port = free_port_on(ip);
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "-a",
             &ip.to_string(),
             "-p",
             &port.to_string(),
             "-r",
             &format!("127.0.0.1:{redis_port}"),
-            "-x",
-            if PROXY_V2 { "v2" } else { "off" },
             "-w",
             "2",
             "-t",
@@ -192,6 +203,9 @@ fn start_pushsrv(ip: Ipv4Addr, redis_port: u16, dir: &Path) -> Proc {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if proxy && PROXY_V2 {
+            args.extend(["-x", "v2", "-s", "127.0.0.1"].map(String::from));
+        }
         let run = dir.join(format!("pushsrv-{ip}-{port}"));
         std::fs::create_dir_all(&run).unwrap();
         let mut p = spawn(&bin, &args, &run, port);
@@ -210,32 +224,10 @@ fn start_pushsrv(ip: Ipv4Addr, redis_port: u16, dir: &Path) -> Proc {
     panic!("pushsrv did not start on {ip}");
 }
 
-/// haproxy in front of `backends` (name, address), listening on
-/// 127.0.0.1:`port`, with a stats socket in `dir`.
-fn start_haproxy(dir: &Path, port: u16, backends: &[(&str, SocketAddrV4)]) -> Proc {
-    let proxy = if PROXY_V2 { " send-proxy-v2" } else { "" };
-    let servers: String = backends
-        .iter()
-        .map(|(name, addr)| format!("    server {name} {addr}{proxy} check inter 200ms fall 2 rise 1\n"))
-        .collect();
-    let cfg = format!(
-        "global\n    stats socket {sock} mode 600 level admin\n    maxconn 4096\n\n\
-         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    \
-         retries 3\n    option redispatch\n\n\
-         frontend push\n    bind 127.0.0.1:{port}\n    default_backend pushsrv\n\n\
-         backend pushsrv\n    balance roundrobin\n{servers}",
-        sock = dir.join("haproxy.sock").display()
-    );
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap();
-    let args = vec!["-f".to_string(), path.display().to_string(), "-db".to_string()];
-    spawn(Path::new("haproxy"), &args, dir, port)
-}
-
 /// HAProxy's statistics of the backend's servers (`show stat` on its
 /// stats socket): server name -> column -> value.
-fn haproxy_stat(dir: &Path) -> io::Result<HashMap<String, HashMap<String, String>>> {
-    let mut s = UnixStream::connect(dir.join("haproxy.sock"))?;
+fn haproxy_stat(h: &HaProxy) -> io::Result<HashMap<String, HashMap<String, String>>> {
+    let mut s = UnixStream::connect(h.dir.join("stats.sock"))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(b"show stat\n")?;
     let mut csv = String::new();
@@ -260,24 +252,16 @@ fn haproxy_stat(dir: &Path) -> io::Result<HashMap<String, HashMap<String, String
                 .collect()
         })
         .filter(|row: &HashMap<String, String>| {
-            row.get("pxname").is_some_and(|p| p == "pushsrv")
+            row.get("pxname").is_some_and(|p| p == "back")
                 && row.get("svname").is_some_and(|s| s != "BACKEND")
         })
         .map(|row| (row["svname"].clone(), row))
         .collect())
 }
 
-/// HAProxy's view of the backend's servers: name -> status (UP, DOWN, ...).
-fn haproxy_status(dir: &Path) -> io::Result<HashMap<String, String>> {
-    Ok(haproxy_stat(dir)?
-        .into_iter()
-        .map(|(name, row)| (name, row.get("status").cloned().unwrap_or_default()))
-        .collect())
-}
-
 /// "a: DOWN, 12 retries, 3 redispatches; b: ..." for the figures.
-fn haproxy_summary(dir: &Path) -> String {
-    let Ok(stat) = haproxy_stat(dir) else {
+fn haproxy_summary(h: &HaProxy) -> String {
+    let Ok(stat) = haproxy_stat(h) else {
         return "no stats".to_string();
     };
     let mut names: Vec<&String> = stat.keys().collect();
@@ -325,40 +309,6 @@ fn packet(id: u16, body: &[u8]) -> Vec<u8> {
     v
 }
 
-/// A blocking connection from CLIENT_IP to `to`.
-fn connect_from(to: SocketAddrV4) -> io::Result<TcpStream> {
-    fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-        libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: a.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*a.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        }
-    }
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor this function owns (and
-    // hands to the TcpStream, which closes it); valid addresses and sizes.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let s = TcpStream::from_raw_fd(fd);
-        let local = sockaddr(SocketAddrV4::new(CLIENT_IP, 0));
-        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let remote = sockaddr(to);
-        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        s.set_nodelay(true)?;
-        Ok(s)
-    }
-}
-
 /// Reads one packet from a blocking socket: (id, body).
 fn read_packet(s: &mut TcpStream) -> io::Result<(u16, Vec<u8>)> {
     let mut h = [0u8; 8];
@@ -373,11 +323,11 @@ fn read_packet(s: &mut TcpStream) -> io::Result<(u16, Vec<u8>)> {
     Ok((u16::from_le_bytes(h[6..8].try_into().unwrap()), body))
 }
 
-/// Connects through HAProxy and logs `uid` in: the socket (non-blocking)
-/// and its local port. `Err` if any step fails or the reply does not come
+/// Connects from CLIENT_IP to `to` (HAProxy) and logs `uid` in: the
+/// socket (non-blocking) and its local port. `Err` if any step fails or the reply does not come
 /// within `wait`.
-fn login(haproxy: SocketAddrV4, uid: u32, wait: Duration) -> io::Result<(TcpStream, u16)> {
-    let mut s = connect_from(haproxy)?;
+fn login(to: SocketAddr, uid: u32, wait: Duration) -> io::Result<(TcpStream, u16)> {
+    let mut s = connect_from(CLIENT_IP, to)?;
     let port = s.local_addr()?.port();
     s.set_read_timeout(Some(wait))?;
     s.write_all(&packet(ID_LOGIN, &uid.to_le_bytes()))?;
@@ -400,7 +350,7 @@ struct Spec {
     k: u32,
     window: usize,
     relogin: bool,
-    haproxy: SocketAddrV4,
+    haproxy: SocketAddr,
 }
 
 /// What the client threads share with the test's thread.
@@ -562,7 +512,7 @@ impl User {
             }
             Link::Down(retry) if spec.relogin && now >= *retry => {
                 self.attempts += 1;
-                match connect_from(spec.haproxy).and_then(|s| {
+                match connect_from(CLIENT_IP, spec.haproxy).and_then(|s| {
                     s.set_nonblocking(true)?;
                     Ok(s)
                 }) {
@@ -957,36 +907,27 @@ fn cluster_behind_haproxy() {
     let _redis = start_redis(&redis_dir, redis_port);
     let ip_a = Ipv4Addr::new(127, 0, 0, 2);
     let ip_b = Ipv4Addr::new(127, 0, 0, 3);
-    let mut a = start_pushsrv(ip_a, redis_port, &scratch.0);
-    let b = start_pushsrv(ip_b, redis_port, &scratch.0);
-    let hport = free_port();
-    let hdir = scratch.0.join("haproxy");
-    std::fs::create_dir_all(&hdir).unwrap();
-    let mut haproxy = start_haproxy(
-        &hdir,
-        hport,
+    let mut a = start_pushsrv(ip_a, redis_port, &scratch.0, true);
+    let b = start_pushsrv(ip_b, redis_port, &scratch.0, true);
+    let h = HaProxy::start(
         &[
-            ("a", SocketAddrV4::new(ip_a, a.port)),
-            ("b", SocketAddrV4::new(ip_b, b.port)),
+            ("a", SocketAddr::from((ip_a, a.port))),
+            ("b", SocketAddr::from((ip_b, b.port))),
         ],
+        if PROXY_V2 { "send-proxy-v2" } else { "" },
     );
-    let both_up = wait_for(Duration::from_secs(10), || {
-        exited(&mut haproxy)
-            || haproxy_status(&hdir)
-                .is_ok_and(|m| m.get("a").is_some_and(|s| s == "UP") && m.get("b").is_some_and(|s| s == "UP"))
-    });
     assert!(
-        both_up && !exited(&mut haproxy),
-        "haproxy did not see both instances up: {:?}\n{}{}",
-        haproxy_status(&hdir),
-        haproxy.stdout(),
-        haproxy.stderr()
+        h.wait_status(&["a", "b"], Duration::from_secs(10)),
+        "haproxy did not see both instances up: {:?}\n{}",
+        h.status(),
+        h.log()
     );
-    let front = SocketAddrV4::new(Ipv4Addr::LOCALHOST, hport);
+    let front = SocketAddr::from((Ipv4Addr::LOCALHOST, h.port));
     println!(
-        "cluster: redis :{redis_port}, pushsrv {ip_a}:{} and {ip_b}:{}, haproxy :{hport} (PROXY v2 {}), up in {:.2?}",
+        "cluster: redis :{redis_port}, pushsrv {ip_a}:{} and {ip_b}:{}, haproxy :{} (PROXY v2 {}), up in {:.2?}",
         a.port,
         b.port,
+        h.port,
         if PROXY_V2 { "on" } else { "off" },
         t_start.elapsed()
     );
@@ -1157,7 +1098,7 @@ fn cluster_behind_haproxy() {
     let mut want_again = on_a.clone();
     want_again.sort_unstable();
     assert_eq!(again, want_again, "b's new logins are a's users");
-    println!("haproxy: {}", haproxy_summary(&hdir));
+    println!("haproxy: {}", haproxy_summary(&h));
 
     // Round 4: everyone on b, everyone pushes: every message delivered
     // exactly once, in order.
@@ -1173,6 +1114,13 @@ fn cluster_behind_haproxy() {
     // error logged.
     drop(users);
     let s = b.stop_clean();
+    // Every connection HAProxy made carried a good header (health checks
+    // included: LOCAL), from the trusted source.
+    assert!(
+        !s.stdout.contains("PROXY protocol header"),
+        "{}",
+        tail(&s.stdout, 20)
+    );
     let last = s.stdout.lines().find(|l| l.contains("pushsrv stopped:"));
     assert!(last.is_some(), "{}", tail(&s.stdout, 5));
     println!("b: {}", last.unwrap());
@@ -1205,8 +1153,8 @@ fn redis_outage() {
     let scratch = Scratch(scratch_dir("outage"));
     let redis_port = free_port();
     let mut redis = start_redis(&scratch.0, redis_port);
-    let p = start_pushsrv(Ipv4Addr::LOCALHOST, redis_port, &scratch.0);
-    let srv = SocketAddrV4::new(Ipv4Addr::LOCALHOST, p.port);
+    let p = start_pushsrv(Ipv4Addr::LOCALHOST, redis_port, &scratch.0, false);
+    let srv = SocketAddr::from((Ipv4Addr::LOCALHOST, p.port));
     let connect = |uid: u32| {
         let (s, _) = login(srv, uid, Duration::from_secs(5)).expect("login");
         s.set_nonblocking(false).unwrap();
