@@ -3,7 +3,7 @@
  * balancer (HAProxy), joined by Redis pub/sub.
  *
  *     pushsrv [-a ADDR] [-p PORT] [-r HOST:PORT] [-x off|v1|v2|any]
- *             [-s CIDR]... [-w WORKERS] [-t POOL_THREADS]
+ *             [-s CIDR]... [-w WORKERS] [-t POOL_THREADS] [-h]
  *
  *     -a  address to listen on (an IP literal; default 0.0.0.0)
  *     -p  port (default 8090)
@@ -558,12 +558,15 @@ static void *stopper(void *arg) {
 	return NULL;
 }
 
-static void usage(const char *argv0) {
-	fprintf(stderr,
+/* The usage line: on stdout and exit 0 when asked for (-h), else on
+ * stderr and exit 2. */
+static void usage(const char *argv0, int asked) {
+	fprintf(asked ? stdout : stderr,
 			"usage: %s [-a ADDR] [-p PORT] [-r HOST:PORT] [-x off|v1|v2|any] [-s CIDR]... [-w WORKERS] "
-			"[-t POOL_THREADS]\n",
+			"[-t POOL_THREADS]\n"
+			"  (defaults: -a 0.0.0.0 -p 8090 -r 127.0.0.1:6379 -x off -w 2 -t 4; see the top of pushsrv.c)\n",
 			argv0);
-	exit(2);
+	exit(asked ? 0 : 2);
 }
 
 static int parse_int(const char *s, int lo, int hi, int *out) {
@@ -602,18 +605,21 @@ int main(int argc, char *argv[]) {
 	pthread_t stop_thread, sub_thread;
 	void *ret;
 
-	while ((opt = getopt(argc, argv, "a:p:r:x:s:w:t:")) != -1) {
+	while ((opt = getopt(argc, argv, "a:p:r:x:s:w:t:h")) != -1) {
 		switch (opt) {
+		case 'h':
+			usage(argv[0], 1);
+			break;
 		case 'a':
 			listen_addr = optarg;
 			break;
 		case 'p':
 			if (parse_int(optarg, 0, 65535, &listen_port) != 0)
-				usage(argv[0]);
+				usage(argv[0], 0);
 			break;
 		case 'r':
 			if (parse_redis(optarg) != 0)
-				usage(argv[0]);
+				usage(argv[0], 0);
 			break;
 		case 'x':
 			if (strcmp(optarg, "off") == 0)
@@ -625,27 +631,31 @@ int main(int argc, char *argv[]) {
 			else if (strcmp(optarg, "any") == 0)
 				proxy_mode = MARIO_PROXY_ANY;
 			else
-				usage(argv[0]);
+				usage(argv[0], 0);
 			break;
 		case 's':
 			if (n_sources == (int) (sizeof(sources) / sizeof(sources[0])))
-				usage(argv[0]);
+				usage(argv[0], 0);
 			sources[n_sources++] = optarg;
 			break;
 		case 'w':
 			if (parse_int(optarg, 1, 256, &workers) != 0)
-				usage(argv[0]);
+				usage(argv[0], 0);
 			break;
 		case 't':
 			if (parse_int(optarg, 1, 1024, &pool_threads) != 0)
-				usage(argv[0]);
+				usage(argv[0], 0);
 			break;
 		default:
-			usage(argv[0]);
+			usage(argv[0], 0);
 		}
 	}
 	if (optind != argc)
-		usage(argv[0]);
+		usage(argv[0], 0);
+	if (n_sources > 0 && proxy_mode == MARIO_PROXY_OFF) {
+		fprintf(stderr, "[error] -s (a trusted PROXY source) needs -x v1, v2 or any\n");
+		return 2;
+	}
 
 	/* Block the stop signals before any thread exists (every thread
 	 * inherits the mask): only the stopper receives them. A shell starts
