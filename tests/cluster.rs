@@ -1143,6 +1143,109 @@ fn check_peers(users: &[User], lines: &[(u32, String)]) {
     }
 }
 
+/// A blocking client logged in as `uid` straight to an instance (5 s
+/// read timeout).
+fn direct_login(srv: SocketAddr, uid: u32) -> TcpStream {
+    let (s, _) = login(srv, uid, Duration::from_secs(5)).expect("login");
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// PUSH `text` to `to` on a blocking client; the reply: (id, its value).
+fn push(s: &mut TcpStream, to: u32, text: &[u8]) -> (u16, u32) {
+    let mut body = to.to_le_bytes().to_vec();
+    body.extend_from_slice(text);
+    s.write_all(&packet(ID_PUSH, &body)).unwrap();
+    let (id, b) = read_packet(s).expect("PUSH reply");
+    (id, u32::from_le_bytes(b[..4].try_into().unwrap()))
+}
+
+/// What pushsrv.c's top comment promises of one instance: a second login
+/// of a uid replaces the first (whose connection closes), a connection may
+/// log in again as another uid, a message for nobody here is dropped,
+/// the largest payload goes through intact, and malformed or early
+/// packets close the connection.
+#[test]
+fn one_instance_keeps_its_protocol() {
+    require("redis-server", "redis-server");
+    ensure_built();
+    let scratch = Scratch(scratch_dir("pushsrv-proto"));
+    let redis_port = free_port();
+    let _redis = start_redis(&scratch.0, redis_port);
+    let p = start_pushsrv(Ipv4Addr::LOCALHOST, redis_port, &scratch.0, false);
+    let srv = SocketAddr::from((Ipv4Addr::LOCALHOST, p.port));
+    let quiet = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut b = [0u8; 64];
+        let r = s.read(&mut b);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(
+            matches!(&r, Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)),
+            "expected nothing, got {r:?} {:02x?}",
+            &b[..*r.as_ref().unwrap_or(&0)]
+        );
+    };
+
+    // A second login of uid 5 replaces the first, whose connection closes.
+    let mut first = direct_login(srv, 5);
+    let mut second = direct_login(srv, 5);
+    assert!(
+        closed_within(&mut first, Duration::from_secs(2)),
+        "the replaced login's connection stays open"
+    );
+    let mut sender = direct_login(srv, 6);
+    assert_eq!(push(&mut sender, 5, b"to the second"), (ID_PUSH_OK, 1));
+    assert_eq!(
+        read_packet(&mut second).unwrap(),
+        (ID_DELIVER, b"to the second".to_vec())
+    );
+
+    // The second logs in again as 7: nothing more for 5 reaches it.
+    second.write_all(&packet(ID_LOGIN, &7u32.to_le_bytes())).unwrap();
+    assert_eq!(
+        read_packet(&mut second).unwrap(),
+        (ID_LOGIN_OK, 7u32.to_le_bytes().to_vec())
+    );
+    assert_eq!(push(&mut sender, 5, b"nobody"), (ID_PUSH_OK, 1));
+    let big: Vec<u8> = (0..1488u32).map(|i| (i * 7 + 1) as u8).collect();
+    assert_eq!(push(&mut sender, 7, &big), (ID_PUSH_OK, 1));
+    assert_eq!(read_packet(&mut second).unwrap(), (ID_DELIVER, big));
+    quiet(&mut second);
+
+    // An empty payload is a message too.
+    assert_eq!(push(&mut sender, 7, b""), (ID_PUSH_OK, 1));
+    assert_eq!(read_packet(&mut second).unwrap(), (ID_DELIVER, Vec::new()));
+
+    // PUSH before LOGIN, a short LOGIN, a short PUSH: closed, no reply.
+    for bad in [packet(ID_PUSH, &[7, 0, 0, 0, b'x']), packet(ID_LOGIN, &[7, 0])] {
+        let mut c = TcpStream::connect(srv).unwrap();
+        c.write_all(&bad).unwrap();
+        let mut rest = Vec::new();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let r = c.read_to_end(&mut rest);
+        assert!(r.is_ok() && rest.is_empty(), "{bad:02x?}: {r:?} {rest:02x?}");
+    }
+    sender.write_all(&packet(ID_PUSH, &[7, 0])).unwrap();
+    assert!(closed_within(&mut sender, Duration::from_secs(2)), "a short PUSH");
+    quiet(&mut second);
+    drop((second, sender));
+    let s = p.stop();
+    assert!(
+        s.status.success() && !s.stderr.contains("Sanitizer"),
+        "{:?}\n{}",
+        s.status,
+        s.stderr
+    );
+    assert_eq!(s.stderr, "", "nothing on stderr (no error)");
+    assert!(
+        s.stdout
+            .contains("pushsrv stopped: logins=4 pushes=4 push_errors=0 delivered=3"),
+        "{}",
+        tail(&s.stdout, 5)
+    );
+}
+
 /// Redis stops under a running instance: PUSH gets PUSH_ERR, the instance
 /// logs a bounded number of errors and does not crash; once Redis is
 /// back, it subscribes again and delivers.
@@ -1155,21 +1258,8 @@ fn redis_outage() {
     let mut redis = start_redis(&scratch.0, redis_port);
     let p = start_pushsrv(Ipv4Addr::LOCALHOST, redis_port, &scratch.0, false);
     let srv = SocketAddr::from((Ipv4Addr::LOCALHOST, p.port));
-    let connect = |uid: u32| {
-        let (s, _) = login(srv, uid, Duration::from_secs(5)).expect("login");
-        s.set_nonblocking(false).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s
-    };
-    let push = |s: &mut TcpStream, to: u32, text: &[u8]| -> (u16, u32) {
-        let mut body = to.to_le_bytes().to_vec();
-        body.extend_from_slice(text);
-        s.write_all(&packet(ID_PUSH, &body)).unwrap();
-        let (id, b) = read_packet(s).expect("PUSH reply");
-        (id, u32::from_le_bytes(b[..4].try_into().unwrap()))
-    };
-    let mut alice = connect(1);
-    let mut bob = connect(2);
+    let mut alice = direct_login(srv, 1);
+    let mut bob = direct_login(srv, 2);
     assert_eq!(push(&mut alice, 2, b"before"), (ID_PUSH_OK, 1));
     assert_eq!(read_packet(&mut bob).unwrap(), (ID_DELIVER, b"before".to_vec()));
 
