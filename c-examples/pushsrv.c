@@ -29,8 +29,9 @@
  *     LOGIN_OK  0x0102  server -> client  uint32 uid (echoed)
  *     PUSH      0x0201  client -> server  uint32 target uid, payload (0..1488 bytes)
  *     PUSH_OK   0x0202  server -> client  uint32 receivers: the Redis subscribers
- *                                         the message reached (PUBLISH's reply),
- *                                         i.e. the instances up, not the users
+ *                                         the message reached (PUBLISH's reply):
+ *                                         the instances up (and any other
+ *                                         subscriber), not the users
  *     PUSH_ERR  0x0203  server -> client  uint32 target uid: not published
  *                                         (Redis unreachable or failing)
  *     DELIVER   0x0301  server -> client  payload (as pushed)
@@ -39,10 +40,12 @@
  * second login of a uid on the same instance replaces the first, whose
  * connection is closed. PUSH before LOGIN, or a malformed packet, closes
  * the connection. Each PUSH gets exactly one PUSH_OK or PUSH_ERR, in the
- * order pushed. A message is delivered at most once, to the user logged
- * in when an instance reads it from Redis; a user offline then never gets
- * it (pub/sub keeps nothing). Messages of one sender to one user arrive
- * in the order pushed.
+ * order pushed. A message is delivered at most once per instance, to the
+ * user logged in there when the instance reads it from Redis; a user
+ * offline then never gets it (pub/sub keeps nothing). (The replacement of
+ * a login is per instance: a uid logged in on two instances at once gets
+ * the message on both.) Messages of one sender to one user arrive in the
+ * order pushed.
  *
  * How it works:
  *
@@ -69,9 +72,10 @@
  *   thousands of other connections. Each pool thread has its own hiredis
  *   connection (thread-specific, made on first use, dropped on an error
  *   and made again by the next PUSH). A sender's messages stay in order:
- *   the pool runs one packet of a connection at a time, and PUBLISH
- *   returns only when Redis has handed the message to the subscribers,
- *   whose connections deliver in order.
+ *   the pool runs one packet of a connection at a time, PUBLISH returns
+ *   only once Redis has queued the message for every subscriber (so the
+ *   sender's next one is queued after it), and each subscriber reads and
+ *   delivers in that order, from one thread.
  *
  * - If Redis goes away: the subscriber logs an error and tries again every
  *   100 ms (one error line per 5 seconds at most, counting the ones left
