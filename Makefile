@@ -2,6 +2,7 @@
 #
 #   make            libmario.a and libmario.so (target/release/) + c-examples/maritcp
 #                   + c-examples/mario_client + c-examples/mario_chat
+#                   + c-examples/pushsrv (needs hiredis: libhiredis-dev)
 #   make run        build, then run maritcp in the foreground from c-examples/
 #   make test       everything above, then the whole test suite
 #   make venv       target/venv: Python with pytest, the Prometheus client's
@@ -45,7 +46,7 @@ $(LIB): FORCE
 	$(CARGO) build --release --lib
 FORCE:
 
-examples: $(EX)/maritcp $(EX)/mario_client $(EX)/mario_chat
+examples: $(EX)/maritcp $(EX)/mario_client $(EX)/mario_chat $(EX)/pushsrv
 
 $(EX)/maritcp: $(APP_SRC) $(APP_HDR) $(LIB)
 	$(CC) $(CFLAGS) -Werror -Iinclude -o $@ $(APP_SRC) $(LIB) $(LDLIBS)
@@ -56,6 +57,14 @@ $(EX)/mario_client: $(EX)/mario_client.c
 # The line-based chat server (LINE framing; telnet 127.0.0.1 5555).
 $(EX)/mario_chat: $(EX)/chat.c include/mario/mario.h $(LIB)
 	$(CC) $(CFLAGS) -Werror -Iinclude -o $@ $< $(LIB) $(LDLIBS)
+
+# The push server of a cluster behind HAProxy, joined by Redis pub/sub
+# (tests/cluster.rs): hiredis as pkg-config finds it (Debian: libhiredis-dev).
+# Recursive (=): pkg-config runs only when this program is built.
+HIREDIS = $(shell pkg-config --cflags --libs hiredis)
+$(EX)/pushsrv: $(EX)/pushsrv.c include/mario/mario.h $(LIB)
+	@pkg-config --exists hiredis || { echo "pushsrv needs hiredis (apt-get install libhiredis-dev)"; exit 1; }
+	$(CC) $(CFLAGS) -Werror -Iinclude -o $@ $< $(LIB) $(HIREDIS) $(LDLIBS)
 
 # Build, then run the sample server in the foreground (Ctrl-C stops it).
 run: all
@@ -103,7 +112,7 @@ uninstall:
 
 clean:
 	$(CARGO) clean
-	rm -f $(EX)/maritcp $(EX)/mario_client $(EX)/mario_chat $(EX)/*.o
+	rm -f $(EX)/maritcp $(EX)/mario_client $(EX)/mario_chat $(EX)/pushsrv $(EX)/*.o
 
 # The Prometheus client's own text parser, for tests/stats.rs (it parses
 # what /metrics serves): a virtualenv of our own, never the system's Python.
@@ -139,7 +148,7 @@ CTEST_FLAGS := -std=c99 -O1 -g -Wall -Wextra -Werror -DLINUX64 -fsanitize=addres
 	-fno-omit-frame-pointer -fno-sanitize-recover=undefined -Iinclude
 .PHONY: ctests
 CTESTS := $(patsubst tests/c/%.c,$(CTEST_DIR)/%,$(wildcard tests/c/*.c))
-ctests: $(CTESTS) $(CTEST_DIR)/maritcp-asan $(CTEST_DIR)/mario_chat-asan
+ctests: $(CTESTS) $(CTEST_DIR)/maritcp-asan $(CTEST_DIR)/mario_chat-asan $(CTEST_DIR)/pushsrv-asan
 
 $(CTEST_DIR)/%: tests/c/%.c $(wildcard tests/c/*.h) include/mario/mario.h $(LIB)
 	@mkdir -p $(CTEST_DIR)
@@ -152,6 +161,10 @@ $(CTEST_DIR)/maritcp-asan: $(APP_SRC) $(APP_HDR) $(LIB)
 $(CTEST_DIR)/mario_chat-asan: $(EX)/chat.c include/mario/mario.h $(LIB)
 	@mkdir -p $(CTEST_DIR)
 	$(CC) $(CTEST_FLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+$(CTEST_DIR)/pushsrv-asan: $(EX)/pushsrv.c include/mario/mario.h $(LIB)
+	@mkdir -p $(CTEST_DIR)
+	$(CC) $(CTEST_FLAGS) -o $@ $< $(LIB) $(HIREDIS) $(LDLIBS)
 
 # Benchmarks: ours (maritcp + libmario) against the tokio peer, side by
 # side, then the decoders and the cost of a filtered log call; rewrites
