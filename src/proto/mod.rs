@@ -18,8 +18,8 @@ pub use framing::{
     Bad, DEFAULT_LENGTH_MAX, DEFAULT_LINE_MAX, Framing, MAX_DELIMITER, MAX_FRAME_LIMIT, MAX_LINE_LIMIT,
     RESERVE_AHEAD, Scan, carry_in, carry_out,
 };
-pub use proxy::{BadProxy, MAX_PROXY_HEADER, PROXY_ANY, PROXY_V1, PROXY_V2, Proxied, parse as parse_proxy};
 pub use head::{
     AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, BadHead, DEFAULT_STX, Head, MAX_PKG_LEN, SIZE_OF_HEAD,
     check_head, check_head_max,
 };
+pub use proxy::{BadProxy, MAX_PROXY_HEADER, PROXY_ANY, PROXY_V1, PROXY_V2, Proxied, parse as parse_proxy};
