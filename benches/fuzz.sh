@@ -7,7 +7,7 @@
 # target crashed (the input is then under fuzz/artifacts/<target>/).
 #
 #   FUZZ_SECONDS=600        time per target
-#   FUZZ_TARGETS="frames ops"
+#   FUZZ_TARGETS="frames ops proxy"
 #   FUZZ_TOOLCHAIN=nightly
 #   FUZZ_MAX_CORPUS=300     most non-seed files kept per target
 #
@@ -17,7 +17,7 @@ set -u
 cd "$(dirname "$0")/.."
 
 SECS=${FUZZ_SECONDS:-600}
-TARGETS=${FUZZ_TARGETS:-"frames ops"}
+TARGETS=${FUZZ_TARGETS:-"frames ops proxy"}
 TC=${FUZZ_TOOLCHAIN:-nightly}
 MAX_CORPUS=${FUZZ_MAX_CORPUS:-300}
 CAMPAIGN=fuzz/target/campaign
@@ -59,6 +59,9 @@ for t in $TARGETS; do
     case $t in
         # Up to 8 operations need at most a few dozen bytes (raw bytes more).
         ops) extra=(-max_len=256 -len_control=0) ;;
+        # A header is at most 1,024 bytes (MAX_PROXY_HEADER); a little more
+        # leaves room for the selector byte and the client's data after it.
+        proxy) extra=(-max_len=1400) ;;
         *) extra=() ;;
     esac
     cargo "+$TC" fuzz run "$t" "$work" -- \
