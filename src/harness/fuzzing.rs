@@ -1485,8 +1485,10 @@ fn show(b: &[u8]) -> String {
 /// two version bits (`extra`) change nothing; no version bit refuses
 /// everything; each version alone owns the first bytes it can begin with
 /// (`P`, `\r`), and both together answer as the one that owns them. Then
-/// [`check_proxy_stream`] under each version. Returns the results under
-/// `PROXY_V1` and `PROXY_V2`.
+/// [`check_proxy_stream`] under each version, and, once `data` holds a
+/// whole header (or enough to refuse it), agreement with
+/// [`proxy_reference`]. Returns the results under `PROXY_V1` and
+/// `PROXY_V2`.
 fn check_proxy(data: &[u8], extra: u32, ctx: &dyn Fn() -> String) -> (Parsed, Parsed) {
     let [none, one, two, any] = [0, PROXY_V1, PROXY_V2, PROXY_ANY].map(|m| parse_proxy(data, m));
     for (m, r) in [(0, none), (PROXY_V1, one), (PROXY_V2, two), (PROXY_ANY, any)] {
@@ -1514,7 +1516,140 @@ fn check_proxy(data: &[u8], extra: u32, ctx: &dyn Fn() -> String) -> (Parsed, Pa
     );
     check_proxy_stream(data, PROXY_V1, one, ctx);
     check_proxy_stream(data, PROXY_V2, two, ctx);
+    if let Some(want) = proxy_reference(data) {
+        let ok = match want {
+            Ok((what, n)) => any == Ok(Some((what, n))),
+            Err(()) => any.is_err(),
+        };
+        assert!(ok, "PROXY_ANY gives {any:?}, the reference {want:?}; {}", ctx());
+    }
     (one, two)
+}
+
+/// A v1 or v2 header read whole, independently of the parser (with `std`'s
+/// address and number parsers): `None` while `data` is too short to tell
+/// (no CRLF yet in a v1 line shorter than 107 bytes, fewer than the 16 +
+/// length bytes of a v2 header), else the header and its length, or
+/// `Err` if `data` does not begin with a valid one.
+fn proxy_reference(data: &[u8]) -> Option<Result<(Proxied, usize), ()>> {
+    match data.first()? {
+        b'P' => proxy_reference_v1(data),
+        b'\r' => proxy_reference_v2(data),
+        _ => Some(Err(())),
+    }
+}
+
+/// Version 1: the line up to the first CRLF, which must end within 107
+/// bytes: `PROXY`, then `UNKNOWN` alone or with a space and anything, or
+/// exactly five single-space-separated fields of the protocol's format.
+fn proxy_reference_v1(data: &[u8]) -> Option<Result<(Proxied, usize), ()>> {
+    let end = match data.windows(2).position(|w| w == b"\r\n") {
+        Some(i) if i + 2 <= PROXY_V1_MAX => i,
+        None if data.len() < PROXY_V1_MAX => return None,
+        _ => return Some(Err(())),
+    };
+    let n = end + 2;
+    let Some(body) = data[..end].strip_prefix(b"PROXY ") else {
+        return Some(Err(()));
+    };
+    if body == b"UNKNOWN" || body.starts_with(b"UNKNOWN ") {
+        return Some(Ok((Proxied::Local, n)));
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Some(Err(()));
+    };
+    let fields: Vec<&str> = text.split(' ').collect();
+    let &[proto, src, dst, sport, dport] = &fields[..] else {
+        return Some(Err(()));
+    };
+    let port = |p: &str| {
+        let digits = !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        let leading_zero = p.len() > 1 && p.starts_with('0');
+        if digits && !leading_zero {
+            p.parse::<u16>().ok()
+        } else {
+            None
+        }
+    };
+    let ip = |a: &str| match proto {
+        "TCP4" => a.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+        "TCP6" => a.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        _ => None,
+    };
+    Some(match (ip(src), ip(dst), port(sport), port(dport)) {
+        (Some(s), Some(d), Some(sp), Some(dp)) => Ok((
+            Proxied::Addr {
+                src: SocketAddr::new(s, sp),
+                dst: SocketAddr::new(d, dp),
+            },
+            n,
+        )),
+        _ => Err(()),
+    })
+}
+
+/// Version 2: the signature, version 2, a length within
+/// `MAX_PROXY_HEADER`, then `LOCAL` (anything after), or `PROXY` of a
+/// family and transport in the table below, the address block within the
+/// length and, after a block of known size, TLVs that end exactly at the
+/// header's end.
+fn proxy_reference_v2(data: &[u8]) -> Option<Result<(Proxied, usize), ()>> {
+    const SIG: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+    if data.len() < 16 {
+        let k = data.len().min(SIG.len());
+        return (data[..k] != SIG[..k]).then_some(Err(()));
+    }
+    let n = 16 + usize::from(u16::from_be_bytes([data[14], data[15]]));
+    if data[..12] != *SIG || n > MAX_PROXY_HEADER || !matches!(data[12], 0x20 | 0x21) {
+        return Some(Err(()));
+    }
+    let h = data.get(..n)?;
+    if data[12] == 0x20 {
+        return Some(Ok((Proxied::Local, n)));
+    }
+    // (address block, TLVs checked after it)
+    let (block, what) = match data[13] {
+        0x00 | 0x01 | 0x02 | 0x10 | 0x20 | 0x30 => return Some(Ok((Proxied::Local, n))),
+        0x11 => {
+            let a = |i: usize| IpAddr::V4(Ipv4Addr::new(h[i], h[i + 1], h[i + 2], h[i + 3]));
+            let p = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
+            (
+                12,
+                (n >= 28).then(|| Proxied::Addr {
+                    src: SocketAddr::new(a(16), p(24)),
+                    dst: SocketAddr::new(a(20), p(26)),
+                }),
+            )
+        }
+        0x21 => {
+            let a = |i: usize| {
+                IpAddr::V6(Ipv6Addr::from(
+                    <[u8; 16]>::try_from(&h[i..i + 16]).unwrap_or_default(),
+                ))
+            };
+            let p = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
+            (
+                36,
+                (n >= 52).then(|| Proxied::Addr {
+                    src: SocketAddr::new(a(16), p(48)),
+                    dst: SocketAddr::new(a(32), p(50)),
+                }),
+            )
+        }
+        0x31 | 0x32 => (216, (n >= 232).then_some(Proxied::Local)),
+        _ => return Some(Err(())),
+    };
+    let Some(what) = what else {
+        return Some(Err(()));
+    };
+    let mut at = 16 + block;
+    while at < n {
+        if n - at < 3 {
+            return Some(Err(()));
+        }
+        at += 3 + usize::from(u16::from_be_bytes([h[at + 1], h[at + 2]]));
+    }
+    Some(if at == n { Ok((what, n)) } else { Err(()) })
 }
 
 /// The properties of a byte-at-a-time decision, for `got`, the result on
@@ -1813,8 +1948,9 @@ fn proxy_encode(cur: &mut Cursor<'_>) -> (Vec<u8>, u32, ProxyWant) {
 ///   unspecified family or transport (one byte picks which, then up to 255
 ///   bytes of anything), over `AF_UNIX` (216 bytes), over UDP (refused).
 ///   Then the kind's fields, in order, taken from the input (0 past its
-///   end): IPv4 addresses as big-endian u32, ports as big-endian u16; a v1
-///   IPv6 address is a byte of groups to zero (bit i, group i), the other
+///   end): an IPv4 address as a little-endian u32 (its number), ports as
+///   big-endian u16, v2 IPv6 addresses as their 16 bytes; a v1 IPv6
+///   address is a byte of groups to zero (bit i, group i), the other
 ///   groups as little-endian u16, then a byte choosing its text form (see
 ///   `proxy_six_text`); v1 `UNKNOWN`: a byte, bit 7 for a space and
 ///   `b & 0x7f` bytes (LF made `n`). A v2 header's fields are followed by
@@ -1826,10 +1962,12 @@ fn proxy_encode(cur: &mut Cursor<'_>) -> (Vec<u8>, u32, ProxyWant) {
 /// byte-at-a-time decision (see `check_proxy`, `check_proxy_stream`): no
 /// prefix of a header or of the bytes settling an error is decided,
 /// nothing after them matters, a header is at most `MAX_PROXY_HEADER`
-/// bytes (107 for v1). A built header must give exactly the addresses it
-/// was built from and its own length, or `TooLong` if it is longer than
-/// allowed, or `Malformed` for UDP; under the other version alone it is
-/// `Missing`.
+/// bytes (107 for v1); and where the input holds a whole header, the
+/// parser must agree with an independent reading of it
+/// (`proxy_reference`, built on `std`'s parsers). A built header must give
+/// exactly the addresses it was built from and its own length, or
+/// `TooLong` if it is longer than allowed, or `Malformed` for UDP; under
+/// the other version alone it is `Missing`.
 pub fn proxy(data: &[u8]) {
     let mut cur = Cursor::new(data);
     let b0 = cur.u8();
