@@ -7,9 +7,11 @@
 # target crashed (the input is then under fuzz/artifacts/<target>/).
 #
 #   FUZZ_SECONDS=600        time per target
-#   FUZZ_TARGETS="frames ops"
+#   FUZZ_TARGETS="frames ops proxy"
 #   FUZZ_TOOLCHAIN=nightly
-#   FUZZ_MAX_CORPUS=300     most non-seed files kept per target
+#   FUZZ_MAX_CORPUS=300     most non-seed files kept per target (proxy: 1000
+#                           unless set; its minimized set is small and the
+#                           same whatever the timing, so it is kept whole)
 #
 # Logs: fuzz/target/campaign/<target>.log (and .cmin.log).
 
@@ -17,7 +19,7 @@ set -u
 cd "$(dirname "$0")/.."
 
 SECS=${FUZZ_SECONDS:-600}
-TARGETS=${FUZZ_TARGETS:-"frames ops"}
+TARGETS=${FUZZ_TARGETS:-"frames ops proxy"}
 TC=${FUZZ_TOOLCHAIN:-nightly}
 MAX_CORPUS=${FUZZ_MAX_CORPUS:-300}
 CAMPAIGN=fuzz/target/campaign
@@ -56,9 +58,16 @@ for t in $TARGETS; do
 
     echo "== $t: fuzzing for ${SECS}s from $before inputs (log: $log)"
     t0=$(date +%s)
+    cap=$MAX_CORPUS
     case $t in
         # Up to 8 operations need at most a few dozen bytes (raw bytes more).
         ops) extra=(-max_len=256 -len_control=0) ;;
+        # A header is at most 1,024 bytes (MAX_PROXY_HEADER); a little more
+        # leaves room for the selector byte and the client's data after it.
+        proxy)
+            extra=(-max_len=1400)
+            cap=${FUZZ_MAX_CORPUS:-1000}
+            ;;
         *) extra=() ;;
     esac
     cargo "+$TC" fuzz run "$t" "$work" -- \
@@ -99,7 +108,7 @@ for t in $TARGETS; do
     while read -r f; do
         n=$(basename "$f")
         if grep -qx "$n" <<<"$seed_sums"; then continue; fi
-        if [ "$kept" -ge "$MAX_CORPUS" ]; then
+        if [ "$kept" -ge "$cap" ]; then
             dropped=$((dropped + 1))
             continue
         fi

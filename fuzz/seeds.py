@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the hand-made seed inputs (fuzz/corpus/<target>/seed-*).
 
-The encodings are those documented in src/harness/fuzzing.rs (`frames`, `ops`).
+The encodings are those documented in src/harness/fuzzing.rs (`frames`, `ops`,
+`proxy`).
 Run from anywhere: python3 fuzz/seeds.py
 """
 import os
@@ -201,3 +202,122 @@ ops("close-id-partial", [0x04, ECHO, 10, WHOLE], CLOSE_ID(sel=0))
 ops("send-to-frame", f(n=2), SEND_TO(n=5, id_byte=1), f(n=3), SYNC())
 ops("send-to-raw", SEND_TO(n=3, id_byte=0, raw=b"abc"))
 ops("send-to-then-close", SEND_TO(n=5, id_byte=7), f(id_sel=CLOSE, n=1))
+
+
+# --- proxy: byte 0 bit 7 clear: the rest is parsed as it is; set: the rest
+# builds a header (see `proxy_encode`). Bits 0-6: extra mode bits.
+V2SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+HTTP = b"GET / HTTP/1.1\r\nHost: 192.168.0.11\r\n\r\n"
+FULL6 = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+
+
+def raw(name, data, extra=0):
+    write("proxy", name, bytes([extra & 0x7F]) + data)
+
+
+def v2(ver_cmd, fam, rest, length=None):
+    n = len(rest) if length is None else length
+    return V2SIG + bytes([ver_cmd, fam]) + struct.pack(">H", n) + rest
+
+
+def tlv(kind, value):
+    return bytes([kind]) + struct.pack(">H", len(value)) + value
+
+
+def inet(src, dst, sport, dport):
+    return bytes(src) + bytes(dst) + struct.pack(">HH", sport, dport)
+
+
+raw("empty", b"")
+raw("http", HTTP)
+raw("v1-spec", b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n" + HTTP)
+raw("v1-tcp4-max", b"PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n")
+raw("v1-tcp4-zero", b"PROXY TCP4 0.0.0.0 0.0.0.0 0 0\r\nx", extra=0x7F)
+raw("v1-tcp6-full", ("PROXY TCP6 %s %s 65535 65535\r\n" % (FULL6, FULL6)).encode())
+raw("v1-tcp6-mapped", b"PROXY TCP6 ::ffff:192.168.0.1 2001:db8::11 56324 443\r\n" + HTTP)
+raw("v1-tcp6-dotted", b"PROXY TCP6 1:2:3:4:5:6:1.2.3.4 1::255.255.255.255 1 2\r\n")
+raw("v1-tcp6-gaps", b"PROXY TCP6 1:2:3:4:5:6:7:: ::2:3:4:5:6:7:8 1 2\r\n")
+raw("v1-tcp6-long", b"PROXY TCP6 0000:0000:0000:0000:0000:ffff:255.255.255.255 ::1 1 1\r\n")
+raw("v1-tcp6-too-long", b"PROXY TCP6 0000:0000:0000:0000:0000:ffff:255.255.255.255 "
+    b"0000:0000:0000:0000:0000:ffff:255.255.255.255 1 1\r\n")
+raw("v1-unknown", b"PROXY UNKNOWN\r\n")
+raw("v1-unknown-tail", b"PROXY UNKNOWN \r\r\x00\n\r\n" + HTTP)
+raw("v1-unknown-worst", ("PROXY UNKNOWN %s %s 65535 65535\r\n" % (FULL6, FULL6)).encode())
+raw("v1-unknown-too-long", b"PROXY UNKNOWN " + b"x" * 100)
+raw("v1-bad-port", b"PROXY TCP4 1.2.3.4 5.6.7.8 65536 1\r\n")
+raw("v1-leading-zero", b"PROXY TCP4 1.2.3.04 5.6.7.8 1 1\r\n")
+raw("v1-lf-only", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n")
+# Whole lines breaking one rule each (the harness's reference refuses them).
+raw("v1-port-leading-zero", b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n")
+raw("v1-port-plus", b"PROXY TCP4 1.2.3.4 5.6.7.8 +1 2\r\n")
+raw("v1-port-over", b"PROXY TCP6 ::1 ::2 1 65536\r\n")
+raw("v1-double-space", b"PROXY TCP4 1.2.3.4  5.6.7.8 1 2\r\n")
+raw("v1-trailing-space", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 \r\n")
+raw("v1-six-fields", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n")
+raw("v1-nine-groups", b"PROXY TCP6 1:2:3:4:5:6:7:8:9 ::1 1 2\r\n")
+raw("v1-gap-nine-groups", b"PROXY TCP6 1::2:3:4:5:6:7:8 ::1 1 2\r\n")
+raw("v1-five-digits", b"PROXY TCP6 12345:: ::1 1 2\r\n")
+raw("v1-octet-over", b"PROXY TCP4 1.2.3.256 5.6.7.8 1 2\r\n")
+raw("v1-three-octets", b"PROXY TCP4 1.2.3 5.6.7.8 1 2\r\n")
+raw("v1-lowercase", b"PROXY tcp4 1.2.3.4 5.6.7.8 1 2\r\n")
+raw("v1-unknownx", b"PROXY UNKNOWNX\r\n")
+raw("v1-cr-only", b"PROXY UNKNOWN\r\r\n")
+raw("v1-family", b"PROXY TCP4 ::1 ::1 1 2\r\n")
+raw("v1-partial", b"PROXY TCP6 2001:db8::")
+# What HAProxy's send-proxy-v2 sends for a TCP/IPv4 client, and for its
+# health checks (LOCAL).
+raw("v2-haproxy-ipv4", v2(0x21, 0x11, inet([192, 168, 0, 1], [192, 168, 0, 11], 56324, 443)) + HTTP)
+raw("v2-haproxy-local", v2(0x20, 0x00, b""))
+raw("v2-local-crc", v2(0x20, 0x00, tlv(0x03, b"\x01\x02\x03\x04")))
+raw("v2-local-any", v2(0x20, 0x11, b"\xff" * 13), extra=0x7F)
+mapped = bytes(10) + b"\xff\xff" + bytes([192, 168, 0, 1])
+raw("v2-ipv6-mapped", v2(0x21, 0x21, mapped + b"\x20\x01\x0d\xb8" + bytes(11) + b"\x11" + struct.pack(">HH", 56324, 443)))
+ssl = b"\x01\x00\x00\x00\x00" + tlv(0x21, b"TLSv1.3") + tlv(0x23, b"TLS_AES_128_GCM_SHA256")
+tlvs = (tlv(0x01, b"h2") + tlv(0x02, b"example.com") + tlv(0x03, b"\xde\xad\xbe\xef") + tlv(0x04, b"")
+        + tlv(0x20, ssl) + tlv(0xEA, b"\x01vpc-123") + tlv(0xFF, bytes(40)))
+raw("v2-tlvs", v2(0x21, 0x11, inet([10, 0, 0, 1], [10, 0, 0, 2], 12345, 80) + tlvs) + HTTP)
+raw("v2-max", v2(0x21, 0x11, bytes(12) + tlv(0x04, bytes(1024 - 16 - 12 - 3))))
+raw("v2-unix", v2(0x21, 0x31, b"/" * 216 + tlv(0xEE, b"x")))
+raw("v2-unspec", v2(0x21, 0x00, b"\xff" * 7))
+raw("v2-udp", v2(0x21, 0x12, inet([1, 2, 3, 4], [5, 6, 7, 8], 1, 2)))
+raw("v2-too-long", v2(0x21, 0x11, b"", length=0xFFFF))
+raw("v2-short-block", v2(0x21, 0x11, bytes(11)))
+raw("v2-tlv-overrun", v2(0x21, 0x11, bytes(12) + b"\x04\x00\x05ab"))
+raw("v2-tlv-left-1", v2(0x21, 0x21, bytes(36) + b"\x04\x00\x00\x00"))
+raw("v2-bad-version", v2(0x11, 0x11, bytes(12)))
+raw("v2-bad-command", v2(0x22, 0x11, bytes(12)))
+raw("v2-bad-family", v2(0x21, 0x41, bytes(12)))
+raw("v2-partial", v2(0x21, 0x11, inet([1, 2, 3, 4], [5, 6, 7, 8], 1, 2))[:20])
+
+
+def built(name, kind, fields, client=b"", extra=0):
+    write("proxy", "built-" + name, bytes([0x80 | (extra & 0x7F), kind]) + bytes(fields) + client)
+
+
+def six(groups, form, zero=0):
+    """A v1 IPv6 address for `proxy_encode`: the zero mask, the other
+    groups (little-endian u16), the form byte."""
+    out = [zero]
+    for i, g in enumerate(groups):
+        if not zero & (1 << i):
+            out += list(struct.pack("<H", g))
+    return out + [form]
+
+
+PORTS = list(struct.pack(">HH", 56324, 443))
+G = [0x2001, 0x0DB8, 0, 0, 0, 0, 0xABCD, 0x0001]
+built("v1-tcp4", 0, list(struct.pack("<II", 0xC0A80001, 0xC0A8000B)) + PORTS, HTTP)
+for form in (0, 1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 24, 25):
+    built("v1-tcp6-form-%d" % form, 1, six(G, form, zero=0x3C) + six([0xFFFF] * 8, form) + PORTS, HTTP)
+built("v1-tcp6-padded-dotted", 1, six([0] * 5 + [0xFFFF, 0xFFFF, 0xFFFF], 9) * 2 + PORTS)
+built("v1-unknown", 2, [0])
+built("v1-unknown-tail", 2, [0x80 | 40] + list(b"anything\r at all\n") + [0] * 22, HTTP)
+built("v1-unknown-too-long", 2, [0xFF] + [0x41] * 127)
+built("v2-ipv4", 3, list(struct.pack("<II", 0xC0A80001, 0xC0A8000B)) + PORTS + [0], HTTP)
+built("v2-ipv4-tlvs", 3, [1] * 12 + [3, 0x01, 2] + list(b"h2") + [0xEA, 4] + list(b"vpc1") + [0x04, 0])
+built("v2-ipv6", 4, list(range(32)) + PORTS + [1, 0x20, 5] + [1, 0, 0, 0, 0])
+built("v2-ipv6-too-long", 4, [0] * 36 + [2, 0x04, 0xC0, 0x04, 0x80])
+built("v2-local", 5, [0x11, 13] + [0xFF] * 13)
+built("v2-unspec", 6, [3, 5] + [0xAB] * 5)
+built("v2-unix", 7, [1] + [0x2F] * 216 + [1, 0xEE, 1, 0x78])
+built("v2-udp", 8, [1] + [0] * 36)

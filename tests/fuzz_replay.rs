@@ -1,7 +1,7 @@
 //! Replays the committed fuzz corpus (`fuzz/corpus/<target>/*`) through the
 //! same harnesses the nightly `cargo fuzz` targets call
-//! (`mario::harness::fuzzing::{frames, ops}`), on stable. `make fuzz` grows and
-//! minimizes that corpus.
+//! (`mario::harness::fuzzing::{frames, ops, proxy}`), on stable. `make fuzz`
+//! grows and minimizes that corpus.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -42,4 +42,9 @@ fn frames_corpus() {
 #[test]
 fn ops_corpus() {
     replay("ops", mario::harness::fuzzing::ops);
+}
+
+#[test]
+fn proxy_corpus() {
+    replay("proxy", mario::harness::fuzzing::proxy);
 }

@@ -7,8 +7,11 @@
 //!   independent reference decoder.
 //! * [`ops`]: short sequences of client operations against a real server
 //!   running in this process, against a model of what the server must do.
+//! * [`proxy`]: the PROXY protocol header parser (`proto::parse_proxy`) on
+//!   arbitrary bytes, against the properties a byte-at-a-time decision must
+//!   have, and on headers built by an independent encoder.
 //!
-//! Both panic (with a description of the input) on any discrepancy.
+//! All panic (with a description of the input) on any discrepancy.
 //!
 //! Uses: api, server, service, conn, proto, sys.
 
@@ -1447,4 +1450,549 @@ pub fn ops(data: &[u8]) {
     if !v.is_empty() {
         run.fail(format!("server callbacks out of order:\n  {}", v.join("\n  ")));
     }
+}
+
+// ===========================================================================
+// proxy: the PROXY protocol header parser
+// ===========================================================================
+
+// This section's own imports, kept here so that it stays one block.
+use std::net::{IpAddr, Ipv6Addr};
+
+use crate::proto::{BadProxy, MAX_PROXY_HEADER, PROXY_ANY, PROXY_V1, PROXY_V2, Proxied, parse_proxy};
+
+/// What `parse_proxy` returns.
+type Parsed = Result<Option<(Proxied, usize)>, BadProxy>;
+
+/// The longest v1 line (proxy-protocol.txt, 2.1).
+const PROXY_V1_MAX: usize = 107;
+
+/// Bytes appended after a decision, which must not change it.
+const PROXY_TAILS: [&[u8]; 5] = [
+    b"\r\n",
+    b"\0",
+    b"\xff",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+    b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c",
+];
+
+/// Bytes, printable.
+fn show(b: &[u8]) -> String {
+    format!("\"{}\" ({} bytes)", b.escape_ascii(), b.len())
+}
+
+/// Checks `parse_proxy` on `data` under every mode: bits other than the
+/// two version bits (`extra`) change nothing; no version bit refuses
+/// everything; each version alone owns the first bytes it can begin with
+/// (`P`, `\r`), and both together answer as the one that owns them. Then
+/// [`check_proxy_stream`] under each version, and, once `data` holds a
+/// whole header (or enough to refuse it), agreement with
+/// [`proxy_reference`]. Returns the results under `PROXY_V1` and
+/// `PROXY_V2`.
+fn check_proxy(data: &[u8], extra: u32, ctx: &dyn Fn() -> String) -> (Parsed, Parsed) {
+    let [none, one, two, any] = [0, PROXY_V1, PROXY_V2, PROXY_ANY].map(|m| parse_proxy(data, m));
+    for (m, r) in [(0, none), (PROXY_V1, one), (PROXY_V2, two), (PROXY_ANY, any)] {
+        let got = parse_proxy(data, m | extra);
+        assert_eq!(got, r, "mode {m} | {extra:#x} differs from mode {m}; {}", ctx());
+    }
+    assert_eq!(
+        none,
+        Err(BadProxy::Missing),
+        "mode 0 accepted something; {}",
+        ctx()
+    );
+    let missing = Err(BadProxy::Missing);
+    let want = match data.first() {
+        None => [Ok(None); 3],
+        Some(b'P') => [one, missing, one],
+        Some(b'\r') => [missing, two, two],
+        Some(_) => [missing; 3],
+    };
+    assert_eq!(
+        [one, two, any],
+        want,
+        "results under PROXY_V1, PROXY_V2, PROXY_ANY; {}",
+        ctx()
+    );
+    check_proxy_stream(data, PROXY_V1, one, ctx);
+    check_proxy_stream(data, PROXY_V2, two, ctx);
+    if let Some(want) = proxy_reference(data) {
+        let ok = match want {
+            Ok((what, n)) => any == Ok(Some((what, n))),
+            Err(()) => any.is_err(),
+        };
+        assert!(ok, "PROXY_ANY gives {any:?}, the reference {want:?}; {}", ctx());
+    }
+    (one, two)
+}
+
+/// A v1 or v2 header read whole, independently of the parser (with `std`'s
+/// address and number parsers): `None` while `data` is too short to tell
+/// (no CRLF yet in a v1 line shorter than 107 bytes, fewer than the 16 +
+/// length bytes of a v2 header), else the header and its length, or
+/// `Err` if `data` does not begin with a valid one.
+fn proxy_reference(data: &[u8]) -> Option<Result<(Proxied, usize), ()>> {
+    match data.first()? {
+        b'P' => proxy_reference_v1(data),
+        b'\r' => proxy_reference_v2(data),
+        _ => Some(Err(())),
+    }
+}
+
+/// Version 1: the line up to the first CRLF, which must end within 107
+/// bytes: `PROXY`, then `UNKNOWN` alone or with a space and anything, or
+/// exactly five single-space-separated fields of the protocol's format.
+fn proxy_reference_v1(data: &[u8]) -> Option<Result<(Proxied, usize), ()>> {
+    let end = match data.windows(2).position(|w| w == b"\r\n") {
+        Some(i) if i + 2 <= PROXY_V1_MAX => i,
+        None if data.len() < PROXY_V1_MAX => return None,
+        _ => return Some(Err(())),
+    };
+    let n = end + 2;
+    let Some(body) = data[..end].strip_prefix(b"PROXY ") else {
+        return Some(Err(()));
+    };
+    if body == b"UNKNOWN" || body.starts_with(b"UNKNOWN ") {
+        return Some(Ok((Proxied::Local, n)));
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Some(Err(()));
+    };
+    let fields: Vec<&str> = text.split(' ').collect();
+    let &[proto, src, dst, sport, dport] = &fields[..] else {
+        return Some(Err(()));
+    };
+    let port = |p: &str| {
+        let digits = !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        let leading_zero = p.len() > 1 && p.starts_with('0');
+        if digits && !leading_zero {
+            p.parse::<u16>().ok()
+        } else {
+            None
+        }
+    };
+    let ip = |a: &str| match proto {
+        "TCP4" => a.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+        "TCP6" => a.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        _ => None,
+    };
+    Some(match (ip(src), ip(dst), port(sport), port(dport)) {
+        (Some(s), Some(d), Some(sp), Some(dp)) => Ok((
+            Proxied::Addr {
+                src: SocketAddr::new(s, sp),
+                dst: SocketAddr::new(d, dp),
+            },
+            n,
+        )),
+        _ => Err(()),
+    })
+}
+
+/// Version 2: the signature, version 2, a length within
+/// `MAX_PROXY_HEADER`, then `LOCAL` (anything after), or `PROXY` of a
+/// family and transport in the table below, the address block within the
+/// length and, after a block of known size, TLVs that end exactly at the
+/// header's end.
+fn proxy_reference_v2(data: &[u8]) -> Option<Result<(Proxied, usize), ()>> {
+    const SIG: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+    if data.len() < 16 {
+        let k = data.len().min(SIG.len());
+        return (data[..k] != SIG[..k]).then_some(Err(()));
+    }
+    let n = 16 + usize::from(u16::from_be_bytes([data[14], data[15]]));
+    if data[..12] != *SIG || n > MAX_PROXY_HEADER || !matches!(data[12], 0x20 | 0x21) {
+        return Some(Err(()));
+    }
+    let h = data.get(..n)?;
+    if data[12] == 0x20 {
+        return Some(Ok((Proxied::Local, n)));
+    }
+    // (address block, TLVs checked after it)
+    let (block, what) = match data[13] {
+        0x00 | 0x01 | 0x02 | 0x10 | 0x20 | 0x30 => return Some(Ok((Proxied::Local, n))),
+        0x11 => {
+            let a = |i: usize| IpAddr::V4(Ipv4Addr::new(h[i], h[i + 1], h[i + 2], h[i + 3]));
+            let p = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
+            (
+                12,
+                (n >= 28).then(|| Proxied::Addr {
+                    src: SocketAddr::new(a(16), p(24)),
+                    dst: SocketAddr::new(a(20), p(26)),
+                }),
+            )
+        }
+        0x21 => {
+            let a = |i: usize| {
+                IpAddr::V6(Ipv6Addr::from(
+                    <[u8; 16]>::try_from(&h[i..i + 16]).unwrap_or_default(),
+                ))
+            };
+            let p = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
+            (
+                36,
+                (n >= 52).then(|| Proxied::Addr {
+                    src: SocketAddr::new(a(16), p(48)),
+                    dst: SocketAddr::new(a(32), p(50)),
+                }),
+            )
+        }
+        0x31 | 0x32 => (216, (n >= 232).then_some(Proxied::Local)),
+        _ => return Some(Err(())),
+    };
+    let Some(what) = what else {
+        return Some(Err(()));
+    };
+    let mut at = 16 + block;
+    while at < n {
+        if n - at < 3 {
+            return Some(Err(()));
+        }
+        at += 3 + usize::from(u16::from_be_bytes([h[at + 1], h[at + 2]]));
+    }
+    Some(if at == n { Ok((what, n)) } else { Err(()) })
+}
+
+/// The properties of a byte-at-a-time decision, for `got`, the result on
+/// `data` under `mode`: every prefix shorter than the point where it is
+/// decided (the header's end, or the first byte that settles an error) is
+/// pending, the prefix ending there gives `got` already, and bytes
+/// appended there or at the end change nothing; a header fits in
+/// `MAX_PROXY_HEADER` (a v1 line in 107 bytes), as does a pending input,
+/// and an error is settled within as many bytes.
+fn check_proxy_stream(data: &[u8], mode: u32, got: Parsed, ctx: &dyn Fn() -> String) {
+    let max = if data.first() == Some(&b'P') {
+        PROXY_V1_MAX
+    } else {
+        MAX_PROXY_HEADER
+    };
+    // The first prefix that is not pending, and what it gives.
+    let first = (0..=data.len()).find_map(|k| match parse_proxy(&data[..k], mode) {
+        Ok(None) => None,
+        r => Some((k, r)),
+    });
+    let decided = match (got, first) {
+        (Ok(None), None) => {
+            assert!(
+                data.len() < max,
+                "mode {mode}: still pending after {} bytes; {}",
+                data.len(),
+                ctx()
+            );
+            return;
+        }
+        (Ok(Some((what, n))), Some((k, r))) => {
+            assert!(
+                n > 0 && n <= data.len() && n <= max,
+                "mode {mode}: a header of {n} bytes; {}",
+                ctx()
+            );
+            assert_eq!(
+                (k, r),
+                (n, got),
+                "mode {mode}: a header of {n} bytes, but the first decided prefix is {k} bytes; {}",
+                ctx()
+            );
+            if let Proxied::Addr { src, dst } = what {
+                assert_eq!(
+                    src.is_ipv4(),
+                    dst.is_ipv4(),
+                    "mode {mode}: {src} and {dst} are of different families; {}",
+                    ctx()
+                );
+            }
+            n
+        }
+        (Err(e), Some((k, r))) => {
+            assert_eq!(
+                r,
+                got,
+                "mode {mode}: {e:?} on the whole input, but the prefix of {k} bytes gives {r:?}; {}",
+                ctx()
+            );
+            assert!(
+                k > 0 && k <= max,
+                "mode {mode}: {e:?} settled only at byte {k}; {}",
+                ctx()
+            );
+            k
+        }
+        (_, first) => panic!(
+            "mode {mode}: {got:?} on the whole input, but the first decided prefix gives {first:?}; {}",
+            ctx()
+        ),
+    };
+    for at in [decided, data.len()] {
+        for tail in PROXY_TAILS {
+            let mut v = data[..at].to_vec();
+            v.extend_from_slice(tail);
+            let r = parse_proxy(&v, mode);
+            assert_eq!(
+                r,
+                got,
+                "mode {mode}: {} appended after {at} bytes changed the result; {}",
+                show(tail),
+                ctx()
+            );
+        }
+    }
+}
+
+/// What the encoder's header must give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyWant {
+    /// This, and the header is all of the built bytes.
+    Header(Proxied),
+    /// Refused as too long.
+    TooLong,
+    /// Refused as malformed (a v2 UDP header).
+    Malformed,
+}
+
+/// An IPv6 address as text, in one of the forms `form` selects: bit 0,
+/// groups zero-padded to 4 digits; bit 1, uppercase; bits 2-3: 8 groups,
+/// the longest run of zero groups as `::`, the last two groups as a
+/// dotted quad (with the `::` too if bit 4), or `Ipv6Addr`'s `Display`.
+fn proxy_six_text(g: [u16; 8], form: u8) -> String {
+    let (pad, upper, style) = (form & 1 != 0, form & 2 != 0, (form >> 2) & 3);
+    if style == 3 {
+        return Ipv6Addr::from(g).to_string();
+    }
+    let dotted = style == 2;
+    let groups = if dotted { &g[..6] } else { &g[..] };
+    let text = |x: &u16| match (pad, upper) {
+        (true, true) => format!("{x:04X}"),
+        (true, false) => format!("{x:04x}"),
+        (false, true) => format!("{x:X}"),
+        (false, false) => format!("{x:x}"),
+    };
+    let join = |gs: &[u16]| gs.iter().map(text).collect::<Vec<_>>().join(":");
+    // The longest run of zero groups (the first of equals).
+    let mut run: Option<(usize, usize)> = None;
+    let mut i = 0;
+    while i < groups.len() {
+        let len = groups[i..].iter().take_while(|&&x| x == 0).count();
+        if len > 0 && run.is_none_or(|(_, l)| len > l) {
+            run = Some((i, len));
+        }
+        i += len.max(1);
+    }
+    let compress = style == 1 || (dotted && form & 16 != 0);
+    let mut s = match run {
+        Some((at, len)) if compress => format!("{}::{}", join(&groups[..at]), join(&groups[at + len..])),
+        _ => join(groups),
+    };
+    if dotted {
+        if !s.ends_with(':') {
+            s.push(':');
+        }
+        let [a, b] = g[6].to_be_bytes();
+        let [c, d] = g[7].to_be_bytes();
+        s.push_str(&format!("{a}.{b}.{c}.{d}"));
+    }
+    s
+}
+
+/// Builds a header from the input, as a sender would, independently of
+/// the parser: the bytes, the version's mode, and what it must give.
+fn proxy_encode(cur: &mut Cursor<'_>) -> (Vec<u8>, u32, ProxyWant) {
+    let kind = cur.u8() % 9;
+    let port = |cur: &mut Cursor<'_>| u16::from_be_bytes([cur.u8(), cur.u8()]);
+    let bytes = |cur: &mut Cursor<'_>, n: usize| -> Vec<u8> { (0..n).map(|_| cur.u8()).collect() };
+    let (header, want) = match kind {
+        // v1 TCP4, as `Ipv4Addr`'s Display writes the addresses.
+        0 => {
+            let (src, dst) = (Ipv4Addr::from(cur.u32()), Ipv4Addr::from(cur.u32()));
+            let (sport, dport) = (port(cur), port(cur));
+            let line = format!("PROXY TCP4 {src} {dst} {sport} {dport}\r\n");
+            let what = Proxied::Addr {
+                src: SocketAddr::new(IpAddr::V4(src), sport),
+                dst: SocketAddr::new(IpAddr::V4(dst), dport),
+            };
+            (line.into_bytes(), ProxyWant::Header(what))
+        }
+        // v1 TCP6: each address's groups (some zeroed by a mask, for
+        // runs of zeros) in a form of `proxy_six_text`.
+        1 => {
+            let mut six = || {
+                let mut g = [0u16; 8];
+                let zero = cur.u8();
+                for (i, x) in g.iter_mut().enumerate() {
+                    *x = if zero & 1 << i != 0 { 0 } else { cur.u16() };
+                }
+                let form = cur.u8();
+                (g, proxy_six_text(g, form))
+            };
+            let ((src, src_text), (dst, dst_text)) = (six(), six());
+            let (sport, dport) = (port(cur), port(cur));
+            let line = format!("PROXY TCP6 {src_text} {dst_text} {sport} {dport}\r\n");
+            let want = if line.len() > PROXY_V1_MAX {
+                ProxyWant::TooLong
+            } else {
+                ProxyWant::Header(Proxied::Addr {
+                    src: SocketAddr::new(IpAddr::V6(Ipv6Addr::from(src)), sport),
+                    dst: SocketAddr::new(IpAddr::V6(Ipv6Addr::from(dst)), dport),
+                })
+            };
+            (line.into_bytes(), want)
+        }
+        // v1 UNKNOWN, alone or with a space and up to 127 bytes without LF.
+        2 => {
+            let b = cur.u8();
+            let mut line = b"PROXY UNKNOWN".to_vec();
+            if b & 0x80 != 0 {
+                line.push(b' ');
+                line.extend(
+                    bytes(cur, usize::from(b & 0x7f))
+                        .into_iter()
+                        .map(|c| if c == b'\n' { b'n' } else { c }),
+                );
+            }
+            line.extend_from_slice(b"\r\n");
+            let want = if line.len() > PROXY_V1_MAX {
+                ProxyWant::TooLong
+            } else {
+                ProxyWant::Header(Proxied::Local)
+            };
+            (line, want)
+        }
+        // v2.
+        _ => {
+            let (ver_cmd, fam, block, want) = match kind {
+                3 => {
+                    let (src, dst, sport, dport) = (cur.u32(), cur.u32(), port(cur), port(cur));
+                    let mut block = src.to_be_bytes().to_vec();
+                    block.extend_from_slice(&dst.to_be_bytes());
+                    block.extend_from_slice(&sport.to_be_bytes());
+                    block.extend_from_slice(&dport.to_be_bytes());
+                    let what = Proxied::Addr {
+                        src: SocketAddr::new(IpAddr::V4(Ipv4Addr::from(src)), sport),
+                        dst: SocketAddr::new(IpAddr::V4(Ipv4Addr::from(dst)), dport),
+                    };
+                    (0x21, 0x11, block, ProxyWant::Header(what))
+                }
+                4 => {
+                    let mut block = bytes(cur, 32);
+                    let (sport, dport) = (port(cur), port(cur));
+                    let ip =
+                        |b: &[u8]| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap_or_default()));
+                    let what = Proxied::Addr {
+                        src: SocketAddr::new(ip(&block[..16]), sport),
+                        dst: SocketAddr::new(ip(&block[16..]), dport),
+                    };
+                    block.extend_from_slice(&sport.to_be_bytes());
+                    block.extend_from_slice(&dport.to_be_bytes());
+                    (0x21, 0x21, block, ProxyWant::Header(what))
+                }
+                // LOCAL: any family, any bytes (not necessarily TLVs).
+                5 => {
+                    let fam = cur.u8();
+                    let n = usize::from(cur.u8());
+                    (0x20, fam, bytes(cur, n), ProxyWant::Header(Proxied::Local))
+                }
+                // PROXY with the family or the transport unspecified: any bytes.
+                6 => {
+                    let fam = [0x00, 0x01, 0x02, 0x10, 0x20, 0x30][usize::from(cur.u8() % 6)];
+                    let n = usize::from(cur.u8());
+                    (0x21, fam, bytes(cur, n), ProxyWant::Header(Proxied::Local))
+                }
+                // AF_UNIX, stream or datagram.
+                7 => {
+                    let fam = if cur.u8() & 1 == 0 { 0x31 } else { 0x32 };
+                    (0x21, fam, bytes(cur, 216), ProxyWant::Header(Proxied::Local))
+                }
+                // UDP over IPv4 or IPv6.
+                _ => {
+                    let (fam, n) = if cur.u8() & 1 == 0 { (0x12, 12) } else { (0x22, 36) };
+                    (0x21, fam, bytes(cur, n), ProxyWant::Malformed)
+                }
+            };
+            // TLVs: up to 7, each of any type, with a value of 0 to 127
+            // bytes or a multiple of 16 up to 2,032.
+            let mut rest = block;
+            for _ in 0..cur.u8() % 8 {
+                let t = cur.u8();
+                let b = cur.u8();
+                let n = if b & 0x80 != 0 {
+                    usize::from(b & 0x7f) * 16
+                } else {
+                    usize::from(b)
+                };
+                rest.push(t);
+                rest.extend_from_slice(&(n as u16).to_be_bytes());
+                rest.extend(bytes(cur, n));
+            }
+            let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+            h.extend_from_slice(&[ver_cmd, fam]);
+            h.extend_from_slice(&(rest.len() as u16).to_be_bytes());
+            h.extend_from_slice(&rest);
+            let want = if h.len() > MAX_PROXY_HEADER && want != ProxyWant::Malformed {
+                ProxyWant::TooLong
+            } else {
+                want
+            };
+            (h, want)
+        }
+    };
+    let mode = if kind < 3 { PROXY_V1 } else { PROXY_V2 };
+    (header, mode, want)
+}
+
+/// Fuzz target `proxy`: `proto::parse_proxy`. The input is
+///
+/// * byte 0: bit 7 clear: the rest of the input is parsed as it is; bit 7
+///   set: the rest builds a header. Bits 0-6, shifted left by 2, are mode
+///   bits beyond the two versions', which must change nothing.
+/// * Built: one byte, the kind (modulo 9): v1 `TCP4`, v1 `TCP6`, v1
+///   `UNKNOWN`; v2 `PROXY` over TCP/IPv4, over TCP/IPv6, v2 `LOCAL` (any
+///   family byte and up to 255 bytes of anything), v2 `PROXY` of an
+///   unspecified family or transport (one byte picks which, then up to 255
+///   bytes of anything), over `AF_UNIX` (216 bytes), over UDP (refused).
+///   Then the kind's fields, in order, taken from the input (0 past its
+///   end): an IPv4 address as a little-endian u32 (its number), ports as
+///   big-endian u16, v2 IPv6 addresses as their 16 bytes; a v1 IPv6
+///   address is a byte of groups to zero (bit i, group i), the other
+///   groups as little-endian u16, then a byte choosing its text form (see
+///   `proxy_six_text`); v1 `UNKNOWN`: a byte, bit 7 for a space and
+///   `b & 0x7f` bytes (LF made `n`). A v2 header's fields are followed by
+///   a byte giving up to 7 TLVs, each a type byte, a length byte (`b`, or
+///   `(b & 0x7f) * 16` if bit 7 is set) and the value. The input's
+///   remaining bytes follow the header as the client's data.
+///
+/// Every input is checked under each mode against the properties of a
+/// byte-at-a-time decision (see `check_proxy`, `check_proxy_stream`): no
+/// prefix of a header or of the bytes settling an error is decided,
+/// nothing after them matters, a header is at most `MAX_PROXY_HEADER`
+/// bytes (107 for v1); and where the input holds a whole header, the
+/// parser must agree with an independent reading of it
+/// (`proxy_reference`, built on `std`'s parsers). A built header must give
+/// exactly the addresses it was built from and its own length, or
+/// `TooLong` if it is longer than allowed, or `Malformed` for UDP; under
+/// the other version alone it is `Missing`.
+pub fn proxy(data: &[u8]) {
+    let mut cur = Cursor::new(data);
+    let b0 = cur.u8();
+    let extra = u32::from(b0 & 0x7f) << 2;
+    if b0 & 0x80 == 0 {
+        let rest = cur.rest();
+        let _ = check_proxy(rest, extra, &|| format!("input {}", show(rest)));
+        return;
+    }
+    let (header, mode, want) = proxy_encode(&mut cur);
+    let mut stream = header.clone();
+    stream.extend_from_slice(cur.rest());
+    let ctx = || {
+        format!(
+            "built header {} (mode {mode}, want {want:?}), then {}",
+            show(&header),
+            show(&stream[header.len()..])
+        )
+    };
+    let (one, two) = check_proxy(&stream, extra, &ctx);
+    let got = if mode == PROXY_V1 { one } else { two };
+    let ok = match want {
+        ProxyWant::Header(what) => got == Ok(Some((what, header.len()))),
+        ProxyWant::TooLong => got == Err(BadProxy::TooLong),
+        ProxyWant::Malformed => matches!(got, Err(BadProxy::Malformed(_))),
+    };
+    assert!(ok, "got {got:?}; {}", ctx());
 }

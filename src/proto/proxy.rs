@@ -1292,6 +1292,28 @@ mod tests {
             }
             agrees(s.as_bytes());
         }
+        // Around the group counts: h groups, maybe `::`, t groups, maybe a
+        // dotted quad, for every h and t up to 9.
+        for h in 0..=9 {
+            for t in 0..=9 {
+                for (gap, quad) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let mut s = vec!["7"; h].join(":");
+                    if gap {
+                        s.push_str("::");
+                    } else if h > 0 && (t > 0 || quad) {
+                        s.push(':');
+                    }
+                    s.push_str(&vec!["a"; t].join(":"));
+                    if quad {
+                        if t > 0 {
+                            s.push(':');
+                        }
+                        s.push_str("1.2.3.4");
+                    }
+                    agrees(s.as_bytes());
+                }
+            }
+        }
         // Every address's own forms.
         for _ in 0..20_000 {
             let mut g = [0u16; 8];
