@@ -189,7 +189,7 @@ asan_c() {
     local exes
     mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test framing --test closing \
         --test frame_kinds --test chat --test proxy --test health)
-    [ "${#exes[@]}" = 7 ] || { echo "could not build the integration tests"; return 1; }
+    [ "${#exes[@]}" = 8 ] || { echo "could not build the integration tests"; return 1; }
     run_with_ctests "$ROOT/target/asan/ctests" "${exes[@]}"
 }
 
@@ -203,7 +203,7 @@ tsan_c() {
     local exes
     # The drivers themselves need no sanitizer: reuse the asan-c build.
     mapfile -t exes < <(test_exes address target/asan --test lifecycle --test crossthread --test chat --test proxy --test health)
-    [ "${#exes[@]}" = 4 ] || { echo "could not build the integration tests"; return 1; }
+    [ "${#exes[@]}" = 5 ] || { echo "could not build the integration tests"; return 1; }
     run_with_ctests "$ROOT/target/tsan/ctests" "${exes[@]}"
 }
 
