@@ -161,9 +161,13 @@ static void redis_error(LOG_QUEUE *q, const char *what, const char *detail) {
 		errlog_left_out++;
 	}
 	pthread_mutex_unlock(&errlog_lock);
-	if (log_it)
+	/* braces: the slog_* macros end in ';' (as in 0.9.9) */
+	if (log_it && left_out > 0) {
 		slog_err_t(q, "redis %s:%d: %s: %s (%lu similar errors not logged)", redis_host, redis_port, what,
 				detail, left_out);
+	} else if (log_it) {
+		slog_err_t(q, "redis %s:%d: %s: %s", redis_host, redis_port, what, detail);
+	}
 }
 
 /* A blocking connection to Redis, or NULL (the error logged). */

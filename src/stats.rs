@@ -113,10 +113,13 @@ pub struct Counters {
     /// and not yet taken by it; closed connections still delivering their
     /// output are not counted.
     pub connections: u64,
-    /// Connections accepted and opened (their connected callback runs).
+    /// Connections accepted and opened (their connected callback runs; with
+    /// the PROXY protocol, once their header is read, and a connection
+    /// whose header never comes ends in `errors` without it).
     pub accepted: u64,
-    /// Connections refused because every worker was full (`connnum`):
-    /// reset right after `accept`, counted on the worker that accepted.
+    /// Connections refused: reset right after `accept` because every worker
+    /// was full (`connnum`), counted on the worker that accepted, or because
+    /// they came from outside the trusted PROXY protocol sources.
     pub refused: u64,
     /// Connections closed with a reason other than timeout and error: the
     /// peer's end of stream, `close_conn`/`Conn::close` with any id, bad

@@ -36,6 +36,10 @@ pub struct Conn {
     // which operations by id touch, is in the table's `Slot`) ----
     /// The peer's end of stream was read (nothing left to discard).
     pub(crate) peer_eof: bool,
+    /// A PROXY protocol `LOCAL` header (or v1 `UNKNOWN`) opened it: the
+    /// balancer's own connection, a health check, which it ends with a
+    /// reset; that reset counts as `closed`, not as an error.
+    pub(crate) balancer: bool,
     /// Tick of the last byte read.
     pub(crate) last_read: u32,
     /// Tick the first byte of the partial packet in `partial` arrived: a
@@ -68,6 +72,7 @@ impl Conn {
             err_type: 0,
             user: std::ptr::null_mut(),
             peer_eof: false,
+            balancer: false,
             last_read: 0,
             packet_start: 0,
             frame_len: 0,

@@ -258,6 +258,7 @@ impl ConnTable {
         c.out_buf_len = 0;
         c.next = std::ptr::null_mut();
         c.peer_eof = false;
+        c.balancer = false;
         c.last_read = now;
         c.packet_start = now;
         debug_assert!(c.partial.is_empty());

@@ -309,6 +309,10 @@ pub unsafe extern "C" fn mario_init_server_addr(
             let text = unsafe { std::ffi::CStr::from_ptr(addr) }.to_string_lossy();
             match text.trim().parse::<IpAddr>() {
                 Ok(ip) => Some(ip),
+                Err(_) if text.contains('%') => {
+                    eprintln!("mario_init_server_addr: \"{text}\": IPv6 scope ids (%...) are not supported");
+                    return std::ptr::null_mut();
+                }
                 Err(_) => {
                     eprintln!("mario_init_server_addr: \"{text}\" is not an IPv4 or IPv6 address");
                     return std::ptr::null_mut();

@@ -43,7 +43,8 @@ const BEFORE_CLOSES: &[Family] = &[
     Family {
         name: "mario_connections_refused_total",
         kind: "counter",
-        help: "Connections reset right after accept because every worker was full (counted on the accepting worker).",
+        help: "Connections reset right after accept because every worker was full (counted on the accepting \
+               worker), or because they came from outside the trusted PROXY protocol sources.",
         value: |c| c.refused,
     },
 ];

@@ -86,9 +86,11 @@ pub(super) fn read(ctx: &Ctx, p: *mut Conn, hup: bool) -> Header {
         }
     }
     stats::add(&ctx.mailbox.stats.bytes_in, len as u64);
-    if let Proxied::Addr { src, .. } = what {
+    match what {
         // SAFETY: live slab pointer, no other reference held.
-        unsafe { (*p).set_peer(src) };
+        Proxied::Addr { src, .. } => unsafe { (*p).set_peer(src) },
+        // SAFETY: as above.
+        Proxied::Local => unsafe { (*p).balancer = true },
     }
     // The read timeout counts from now.
     let now = ctx.now.get();

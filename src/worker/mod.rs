@@ -531,7 +531,11 @@ impl Worker {
                     } else {
                         log::debug!("recv on connection {slot}: {e}");
                     }
-                    ctx.abort(p, AKG_ERROR);
+                    // A balancer ends its health checks with a reset: that
+                    // is how they close, not an error.
+                    // SAFETY: live slab pointer; read only.
+                    let check = unsafe { (*p).balancer } && e.kind() == std::io::ErrorKind::ConnectionReset;
+                    ctx.abort(p, if check { AKG_CLOSED } else { AKG_ERROR });
                     return;
                 }
                 Input::Read { full } => {
