@@ -520,12 +520,20 @@ fn a_health_check_ended_by_a_reset_is_closed_not_an_error() {
         reset(c);
     }
     let mut c = client(&srv);
-    let mut bytes = v2("203.0.113.1:1000".parse().unwrap(), "10.0.0.1:8082".parse().unwrap(), &[]);
+    let mut bytes = v2(
+        "203.0.113.1:1000".parse().unwrap(),
+        "10.0.0.1:8082".parse().unwrap(),
+        &[],
+    );
     bytes.extend_from_slice(&peer_request());
     c.write_all(&bytes).unwrap();
     read_peer(&mut c);
     reset(c);
-    assert!(wait_for(Duration::from_secs(2), || srv.stdout().matches("EV close").count() == 6));
+    assert!(wait_for(Duration::from_secs(2), || srv
+        .stdout()
+        .matches("EV close")
+        .count()
+        == 6));
     let s = srv.stop_clean();
     let st = stats_line(&s.stdout);
     assert_eq!((stat(&st, "closed"), stat(&st, "errors")), (5, 1), "{st}");

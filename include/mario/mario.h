@@ -245,7 +245,8 @@ typedef struct mario_stats {
     uint64 accepted;        /* connections accepted and opened (connected
                                callback) */
     uint64 refused;         /* connections reset right after accept because
-                               every worker held connnum */
+                               every worker held connnum, or from outside the
+                               trusted PROXY protocol sources */
     uint64 closed;          /* connections closed as g_akg_closed_id (peer
                                closed, bad input, stop) or an application id */
     uint64 timeouts;        /* connections closed as g_akg_timeout_id */
@@ -572,7 +573,8 @@ void mario_set_reuseport(SERVER *s, int on);
  header is read before any framing and gives `c->cip`, `c->cport` and
  `mario_conn_peer` the real client's address; the connected callback
  runs after it. A `LOCAL` header (the balancer's health check) keeps the
- balancer's address. A connection whose header is missing, malformed,
+ balancer's address, and a reset ending such a connection counts as
+ closed, not as an error. A connection whose header is missing, malformed,
  longer than 1024 bytes, or not complete within the read timeout (3 s at
  most) is closed and counted as an error with one warning; no callback
  runs for it. Takes effect at `start_server`. Returns 0, or -1 with a

@@ -787,7 +787,8 @@ pub unsafe extern "C" fn mario_set_reuseport(s: *mut SERVER, on: c_int) {
 /// header is read before any framing and gives `c->cip`, `c->cport` and
 /// `mario_conn_peer` the real client's address; the connected callback
 /// runs after it. A `LOCAL` header (the balancer's health check) keeps the
-/// balancer's address. A connection whose header is missing, malformed,
+/// balancer's address, and a reset ending such a connection counts as
+/// closed, not as an error. A connection whose header is missing, malformed,
 /// longer than 1024 bytes, or not complete within the read timeout (3 s at
 /// most) is closed and counted as an error with one warning; no callback
 /// runs for it. Takes effect at `start_server`. Returns 0, or -1 with a
