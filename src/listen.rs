@@ -122,13 +122,20 @@ pub(crate) fn inherited(port: u16) -> io::Result<Option<Listening>> {
     };
     let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
     let mut candidates = Vec::new();
+    let mut taken = 0;
     for fd in LISTEN_FDS_START..LISTEN_FDS_START.saturating_add(count) {
         if claimed.contains(&fd) {
+            taken += 1;
             continue;
         }
         if let Some(local) = listening_stream(fd) {
             candidates.push((fd, local));
         }
+    }
+    if candidates.is_empty() && taken > 0 {
+        // Every socket systemd passed was served (and closed) by an
+        // earlier server of this process: this one binds its own.
+        return Ok(None);
     }
     let chosen = match candidates.iter().find(|(_, a)| a.port() == port || port == 0) {
         Some(&c) => c,

@@ -39,6 +39,21 @@ fn dial(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// testsrv with `env` on a free port, tried again on another when the
+/// port was taken before the server bound it (another test's client may
+/// get it from the kernel meanwhile): the server and its port.
+fn testsrv_on_a_free_port(env: &[(&str, &str)]) -> (Proc, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        match Proc::ctest_with("testsrv", port, env, |c| c) {
+            Ok(p) => return (p, port),
+            Err(e) if e.stderr.contains("Address already in use") => continue,
+            Err(e) => panic!("testsrv {env:?} did not start:\n{}\n{}", e.stdout, e.stderr),
+        }
+    }
+    panic!("testsrv {env:?}: no free port in 5 tries");
+}
+
 fn has_ipv6() -> bool {
     TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
 }
@@ -68,8 +83,7 @@ fn ipv6_clients_have_no_cip_and_their_whole_address_from_mario_conn_peer() {
     if !has_ipv6() {
         panic!("this test needs IPv6 on loopback (::1)");
     }
-    let port = free_port();
-    let srv = Proc::ctest_with("testsrv", port, &[("TS_BIND", "::1")], |c| c).expect("testsrv on ::1");
+    let (srv, port) = testsrv_on_a_free_port(&[("TS_BIND", "::1")]);
     let mut c = dial(SocketAddr::from((Ipv6Addr::LOCALHOST, port)));
     let local = c.local_addr().unwrap();
     let (cip, peer, _) = peer(&mut c);
@@ -86,9 +100,7 @@ fn ipv6_clients_have_no_cip_and_their_whole_address_from_mario_conn_peer() {
 
 #[test]
 fn every_address_is_one_dual_stack_socket_with_ipv4_clients_as_ipv4() {
-    let port = free_port();
-    let srv =
-        Proc::ctest_with("testsrv", port, &[("TS_BIND", "any")], |c| c).expect("testsrv on every address");
+    let (srv, port) = testsrv_on_a_free_port(&[("TS_BIND", "any")]);
     let mut c4 = dial(SocketAddr::from(([127, 0, 0, 1], port)));
     let local4 = c4.local_addr().unwrap();
     let (cip, peer4, _) = peer(&mut c4);
@@ -127,8 +139,7 @@ fn a_bad_address_or_backlog_is_refused_with_a_message() {
 /// backlog as its Send-Q.
 #[test]
 fn the_backlog_is_the_listening_sockets() {
-    let port = free_port();
-    let srv = Proc::ctest_with("testsrv", port, &[("TS_BACKLOG", "77")], |c| c).expect("testsrv");
+    let (srv, port) = testsrv_on_a_free_port(&[("TS_BACKLOG", "77")]);
     let out = std::process::Command::new("ss")
         .args(["-ltnH", &format!("sport = :{port}")])
         .output()
@@ -143,9 +154,8 @@ fn the_backlog_is_the_listening_sockets() {
 /// the clients over both; without it the second cannot start.
 #[test]
 fn reuseport_lets_two_processes_share_the_port() {
-    let port = free_port();
     let env = [("TS_REUSEPORT", "1"), ("TS_BIND", "127.0.0.1")];
-    let a = Proc::ctest_with("testsrv", port, &env, |c| c).expect("first testsrv");
+    let (a, port) = testsrv_on_a_free_port(&env);
     let b = Proc::ctest_with("testsrv", port, &env, |c| c).expect("second testsrv on the same port");
     let mut by_pid: HashMap<u32, usize> = HashMap::new();
     for _ in 0..200 {
@@ -255,4 +265,33 @@ fn listen_pid_of_another_process_is_ignored() {
     assert!(!srv.stdout().contains("systemd passed"), "{}", srv.stdout());
     drop(c);
     srv.stop_clean();
+}
+
+/// A second server of the process started with socket activation (a
+/// restart, or another server) finds the passed socket served and closed
+/// by the first: it binds its own instead of failing.
+#[test]
+fn a_server_after_the_first_binds_its_own_under_socket_activation() {
+    ensure_built();
+    let out = std::process::Command::new(root().join("target/ctests/sdrestart"))
+        .env("ASAN_OPTIONS", ASAN_OPTIONS)
+        .env("UBSAN_OPTIONS", UBSAN_OPTIONS)
+        .output()
+        .expect("run sdrestart");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ROUND 0 served=1 ret=(nil)"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("ROUND 1 served=1 ret=(nil)"),
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(
+        stdout.matches("the socket systemd passed (fd 3)").count(),
+        1,
+        "{stdout}"
+    );
 }

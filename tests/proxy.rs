@@ -538,3 +538,29 @@ fn a_health_check_ended_by_a_reset_is_closed_not_an_error() {
     let st = stats_line(&s.stdout);
     assert_eq!((stat(&st, "closed"), stat(&st, "errors")), (5, 1), "{st}");
 }
+
+/// A balancer with an IPv6 side writes an IPv4 client as `::ffff:a.b.c.d`:
+/// it is IPv4 everywhere (`cip` set), as a client of a dual-stack socket
+/// is; and a trusted network written in that form matches IPv4 balancers.
+#[test]
+fn ipv4_mapped_addresses_are_ipv4() {
+    let srv = server(
+        "any",
+        &[("TS_BIND", "any"), ("TS_PROXY_SOURCE", "::ffff:127.0.0.0/104")],
+    );
+    let mapped: SocketAddr = "[::ffff:1.2.3.4]:1111".parse().unwrap();
+    let dst: SocketAddr = "[2001:db8::1]:8082".parse().unwrap();
+    for header in [v2(mapped, dst, &[]), v1(mapped, dst)] {
+        // Over IPv4 to the dual-stack socket: trusted through the mapped
+        // network.
+        let mut c = client(&srv);
+        let mut bytes = header;
+        bytes.extend_from_slice(&peer_request());
+        c.write_all(&bytes).unwrap();
+        assert_eq!(
+            read_peer(&mut c),
+            ("1.2.3.4:1111".to_string(), "1.2.3.4:1111".to_string())
+        );
+    }
+    srv.stop_clean();
+}

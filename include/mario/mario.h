@@ -576,7 +576,7 @@ void mario_set_reuseport(SERVER *s, int on);
  balancer's address, and a reset ending such a connection counts as
  closed, not as an error. A connection whose header is missing, malformed,
  longer than 1024 bytes, or not complete within the read timeout (3 s at
- most) is closed and counted as an error with one warning; no callback
+ most, in whole seconds: refused 3 to 4 s after the connection) is closed and counted as an error with one warning; no callback
  runs for it. Takes effect at `start_server`. Returns 0, or -1 with a
  message on stderr for a bad mode.
 
@@ -584,7 +584,8 @@ void mario_set_reuseport(SERVER *s, int on);
 
  `s` is NULL or a `SERVER *` returned by `init_server`.
  */
-sint32 mario_set_proxy_protocol(SERVER *s, uint32 mode);
+sint32 mario_set_proxy_protocol(SERVER *s,
+                                uint32 mode);
 
 /*
  Adds a network PROXY protocol headers are trusted from, in CIDR form

@@ -790,7 +790,7 @@ pub unsafe extern "C" fn mario_set_reuseport(s: *mut SERVER, on: c_int) {
 /// balancer's address, and a reset ending such a connection counts as
 /// closed, not as an error. A connection whose header is missing, malformed,
 /// longer than 1024 bytes, or not complete within the read timeout (3 s at
-/// most) is closed and counted as an error with one warning; no callback
+/// most, in whole seconds: refused 3 to 4 s after the connection) is closed and counted as an error with one warning; no callback
 /// runs for it. Takes effect at `start_server`. Returns 0, or -1 with a
 /// message on stderr for a bad mode.
 ///
@@ -859,9 +859,21 @@ pub unsafe extern "C" fn mario_add_proxy_source(s: *mut SERVER, cidr: *const c_c
 /// A network in CIDR form, or one address (a network of one).
 pub(crate) fn parse_net(text: &str) -> Option<ipnet::IpNet> {
     let text = text.trim();
-    text.parse::<ipnet::IpNet>()
+    let net = text
+        .parse::<ipnet::IpNet>()
         .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+        .or_else(|| text.parse::<IpAddr>().ok().map(ipnet::IpNet::from))?;
+    // Clients of a dual-stack socket come as IPv4: so must an IPv4-mapped
+    // network (`::ffff:10.0.0.0/104`), or it would never match.
+    match net {
+        ipnet::IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, n.prefix_len() - 96)
+                .ok()
+                .map(ipnet::IpNet::V4),
+            None => Some(net),
+        },
+        _ => Some(net),
+    }
 }
 
 /// Writes the address of `c`'s client into `out` (a `struct sockaddr_in`

@@ -13,6 +13,8 @@
 //!
 //! Uses: `super::ctx`, conn, proto, sys, stats.
 
+use std::net::SocketAddr;
+
 use super::ctx::Ctx;
 use crate::conn::record::Conn;
 use crate::proto::{AKG_ERROR, BadProxy, MAX_PROXY_HEADER, Proxied, parse_proxy};
@@ -88,7 +90,11 @@ pub(super) fn read(ctx: &Ctx, p: *mut Conn, hup: bool) -> Header {
     stats::add(&ctx.mailbox.stats.bytes_in, len as u64);
     match what {
         // SAFETY: live slab pointer, no other reference held.
-        Proxied::Addr { src, .. } => unsafe { (*p).set_peer(src) },
+        // An IPv4 client comes as IPv4, as from a dual-stack socket (a
+        // balancer sends `::ffff:a.b.c.d` when one side is IPv6).
+        Proxied::Addr { src, .. } => unsafe {
+            (*p).set_peer(SocketAddr::new(src.ip().to_canonical(), src.port()))
+        },
         // SAFETY: as above.
         Proxied::Local => unsafe { (*p).balancer = true },
     }
