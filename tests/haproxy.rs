@@ -73,8 +73,9 @@ fn placed(a: &Proc, b: &Proc, ports: &[u16]) -> (usize, usize) {
     (on_a, on_b)
 }
 
-#[test]
-fn behind_haproxy_with_proxy_v2_both_instances_serve_real_addresses() {
+/// Two instances (PROXY v2) on 127.0.0.2 and 127.0.0.3 behind one HAProxy
+/// (`send-proxy-v2`), both up: the instances, HAProxy and its frontend.
+fn two_behind_haproxy() -> (Proc, Proc, HaProxy, SocketAddr) {
     let a = instance("127.0.0.2", "v2");
     let b = instance("127.0.0.3", "v2");
     let h = HaProxy::start(
@@ -87,6 +88,12 @@ fn behind_haproxy_with_proxy_v2_both_instances_serve_real_addresses() {
         h.status()
     );
     let front = SocketAddr::from((Ipv4Addr::LOCALHOST, h.port));
+    (a, b, h, front)
+}
+
+#[test]
+fn behind_haproxy_with_proxy_v2_both_instances_serve_real_addresses() {
+    let (a, b, h, front) = two_behind_haproxy();
 
     let mut ports = Vec::new();
     for uid in 0..100u16 {
@@ -121,18 +128,7 @@ fn behind_haproxy_with_proxy_v2_both_instances_serve_real_addresses() {
 
 #[test]
 fn a_killed_instance_loses_its_clients_at_once_and_new_ones_reach_the_other() {
-    let mut a = instance("127.0.0.2", "v2");
-    let b = instance("127.0.0.3", "v2");
-    let h = HaProxy::start(
-        &[("a", addr("127.0.0.2", &a)), ("b", addr("127.0.0.3", &b))],
-        "send-proxy-v2",
-    );
-    assert!(
-        h.wait_status(&["a", "b"], Duration::from_secs(5)),
-        "servers not up: {:?}",
-        h.status()
-    );
-    let front = SocketAddr::from((Ipv4Addr::LOCALHOST, h.port));
+    let (mut a, b, h, front) = two_behind_haproxy();
 
     // 40 logged-in clients, held open.
     let mut held: Vec<(TcpStream, u16)> = (0..40).map(|uid| login_through(front, uid)).collect();

@@ -20,6 +20,14 @@ fn peer_request() -> Vec<u8> {
     frame(mario::DEFAULT_STX, ID_PEER, &[])
 }
 
+/// Writes `header` and a PEER request in one write, as a balancer forwards
+/// a header with the client's first bytes.
+fn send_with_peer_request(c: &mut TcpStream, header: &[u8]) {
+    let mut bytes = header.to_vec();
+    bytes.extend_from_slice(&peer_request());
+    c.write_all(&bytes).unwrap();
+}
+
 /// The PEER reply: (cip, peer).
 fn read_peer(s: &mut TcpStream) -> (String, String) {
     let (h, b) = read_frame(s).expect("PEER reply");
@@ -166,9 +174,7 @@ fn v1_and_v2_headers_give_the_real_client_address() {
     for (header, cip, peer) in &cases {
         let mut c = client(&srv);
         // Header and first packet in one write, as a balancer forwards them.
-        let mut bytes = header.clone();
-        bytes.extend_from_slice(&peer_request());
-        c.write_all(&bytes).unwrap();
+        send_with_peer_request(&mut c, header);
         assert_eq!(
             read_peer(&mut c),
             (cip.to_string(), peer.to_string()),
@@ -181,9 +187,7 @@ fn v1_and_v2_headers_give_the_real_client_address() {
     }
     // A LOCAL header (a health check) keeps the balancer's own address.
     let mut c = client(&srv);
-    let mut bytes = v2_local();
-    bytes.extend_from_slice(&peer_request());
-    c.write_all(&bytes).unwrap();
+    send_with_peer_request(&mut c, &v2_local());
     let me = c.local_addr().unwrap().to_string();
     assert_eq!(read_peer(&mut c), (me.clone(), me));
     let s = srv.stop_clean();
@@ -323,9 +327,7 @@ fn bad_missing_partial_and_oversized_headers_close_with_one_warning() {
     ) == 1));
     // The server still serves.
     let mut c = client(&srv);
-    let mut bytes = v2(src, dst, &[]);
-    bytes.extend_from_slice(&peer_request());
-    c.write_all(&bytes).unwrap();
+    send_with_peer_request(&mut c, &v2(src, dst, &[]));
     assert_eq!(read_peer(&mut c).1, src.to_string());
     drop(c);
     let s = srv.stop_clean();
@@ -401,9 +403,7 @@ fn only_trusted_sources_may_connect() {
         .unwrap();
     let mut c: TcpStream = sock.into();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut bytes = v2(src, dst, &[]);
-    bytes.extend_from_slice(&peer_request());
-    c.write_all(&bytes).unwrap();
+    send_with_peer_request(&mut c, &v2(src, dst, &[]));
     assert_eq!(read_peer(&mut c).1, src.to_string());
     drop(c);
     let s = srv.stop_clean();
@@ -461,9 +461,7 @@ fn silent_clients_do_not_hold_slots() {
     }
     let mut good: Vec<TcpStream> = (0..100).map(|_| client(&srv)).collect();
     for c in &mut good {
-        let mut bytes = v2(src, dst, &[]);
-        bytes.extend_from_slice(&peer_request());
-        c.write_all(&bytes).unwrap();
+        send_with_peer_request(c, &v2(src, dst, &[]));
         assert_eq!(read_peer(c).1, src.to_string());
     }
     drop(good);
@@ -513,20 +511,17 @@ fn a_health_check_ended_by_a_reset_is_closed_not_an_error() {
     let srv = server("v2", &[]);
     for _ in 0..5 {
         let mut c = client(&srv);
-        let mut bytes = v2_local();
-        bytes.extend_from_slice(&peer_request());
-        c.write_all(&bytes).unwrap();
+        send_with_peer_request(&mut c, &v2_local());
         read_peer(&mut c);
         reset(c);
     }
     let mut c = client(&srv);
-    let mut bytes = v2(
+    let real = v2(
         "203.0.113.1:1000".parse().unwrap(),
         "10.0.0.1:8082".parse().unwrap(),
         &[],
     );
-    bytes.extend_from_slice(&peer_request());
-    c.write_all(&bytes).unwrap();
+    send_with_peer_request(&mut c, &real);
     read_peer(&mut c);
     reset(c);
     assert!(wait_for(Duration::from_secs(2), || srv
@@ -554,9 +549,7 @@ fn ipv4_mapped_addresses_are_ipv4() {
         // Over IPv4 to the dual-stack socket: trusted through the mapped
         // network.
         let mut c = client(&srv);
-        let mut bytes = header;
-        bytes.extend_from_slice(&peer_request());
-        c.write_all(&bytes).unwrap();
+        send_with_peer_request(&mut c, &header);
         assert_eq!(
             read_peer(&mut c),
             ("1.2.3.4:1111".to_string(), "1.2.3.4:1111".to_string())

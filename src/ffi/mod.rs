@@ -250,6 +250,21 @@ unsafe fn shared(s: *const SERVER) -> Option<Arc<ServerShared>> {
     }
 }
 
+/// The server behind `s`, or `None` after saying on stderr that `who` got
+/// something that is not a server.
+///
+/// # Safety
+///
+/// As [`shared`].
+unsafe fn shared_or_say(s: *const SERVER, who: &str) -> Option<Arc<ServerShared>> {
+    // SAFETY: the caller's contract.
+    let srv = unsafe { shared(s) };
+    if srv.is_none() {
+        eprintln!("{who}: not a server from init_server");
+    }
+    srv
+}
+
 /// Creates a server for `port` (0..=65535) with `workernum` worker threads
 /// (1..=256) of at most `connnum` connections each (1..=1048576),
 /// closing connections idle for `read_timeout` seconds (gracefully) or
@@ -389,8 +404,7 @@ pub unsafe extern "C" fn start_server(arg: *mut c_void) -> *mut c_void {
     guard("start_server", || {
         let s = arg.cast::<SERVER>();
         // SAFETY: the caller's contract.
-        let Some(srv) = (unsafe { shared(s) }) else {
-            eprintln!("start_server: not a server from init_server");
+        let Some(srv) = (unsafe { shared_or_say(s, "start_server") }) else {
             return -1isize as *mut c_void;
         };
         let stx = stx_cell().load(Ordering::Acquire);
@@ -635,8 +649,7 @@ unsafe fn framing_of(f: &mario_framing) -> Result<Framing, String> {
 pub unsafe extern "C" fn mario_set_framing(s: *mut SERVER, f: *const mario_framing) -> sint32 {
     guard("mario_set_framing", || {
         // SAFETY: the caller's contract.
-        let Some(srv) = (unsafe { shared(s) }) else {
-            eprintln!("mario_set_framing: not a server from init_server");
+        let Some(srv) = (unsafe { shared_or_say(s, "mario_set_framing") }) else {
             return -1;
         };
         if f.is_null() {
@@ -745,8 +758,7 @@ pub unsafe extern "C" fn mario_set_stall_threshold(s: *mut SERVER, ms: uint32) {
 pub unsafe extern "C" fn mario_set_backlog(s: *mut SERVER, backlog: c_int) -> sint32 {
     guard("mario_set_backlog", || {
         // SAFETY: the caller's contract.
-        let Some(srv) = (unsafe { shared(s) }) else {
-            eprintln!("mario_set_backlog: not a server from init_server");
+        let Some(srv) = (unsafe { shared_or_say(s, "mario_set_backlog") }) else {
             return -1;
         };
         if !(1..=65_535).contains(&backlog) {
@@ -801,8 +813,7 @@ pub unsafe extern "C" fn mario_set_reuseport(s: *mut SERVER, on: c_int) {
 pub unsafe extern "C" fn mario_set_proxy_protocol(s: *mut SERVER, mode: uint32) -> sint32 {
     guard("mario_set_proxy_protocol", || {
         // SAFETY: the caller's contract.
-        let Some(srv) = (unsafe { shared(s) }) else {
-            eprintln!("mario_set_proxy_protocol: not a server from init_server");
+        let Some(srv) = (unsafe { shared_or_say(s, "mario_set_proxy_protocol") }) else {
             return -1;
         };
         if mode & !PROXY_ANY != 0 {
@@ -831,8 +842,7 @@ pub unsafe extern "C" fn mario_set_proxy_protocol(s: *mut SERVER, mode: uint32) 
 pub unsafe extern "C" fn mario_add_proxy_source(s: *mut SERVER, cidr: *const c_char) -> sint32 {
     guard("mario_add_proxy_source", || {
         // SAFETY: the caller's contract.
-        let Some(srv) = (unsafe { shared(s) }) else {
-            eprintln!("mario_add_proxy_source: not a server from init_server");
+        let Some(srv) = (unsafe { shared_or_say(s, "mario_add_proxy_source") }) else {
             return -1;
         };
         if cidr.is_null() {

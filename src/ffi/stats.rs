@@ -8,7 +8,7 @@
 
 use std::ffi::{CStr, c_char};
 
-use super::{SERVER, guard, shared, sint32, uint32};
+use super::{SERVER, guard, shared, shared_or_say, sint32, uint32};
 use crate::metrics;
 use crate::stats::Counters;
 
@@ -147,8 +147,7 @@ pub unsafe extern "C" fn mario_format_prometheus(s: *mut SERVER, buf: *mut c_cha
 pub unsafe extern "C" fn mario_serve_metrics(s: *mut SERVER, addr: *const c_char) -> sint32 {
     guard("mario_serve_metrics", || {
         // SAFETY: the caller's contract.
-        let Some(srv) = (unsafe { shared(s) }) else {
-            eprintln!("mario_serve_metrics: not a server from init_server");
+        let Some(srv) = (unsafe { shared_or_say(s, "mario_serve_metrics") }) else {
             return -1;
         };
         if addr.is_null() {

@@ -260,6 +260,16 @@ impl Ctx {
         if self.table.state(slot) != State::Open {
             return;
         }
+        self.count_end(reason);
+        c.err_type = reason;
+        self.table.set_state(slot, State::Closed);
+        sys::close_reset(std::mem::replace(&mut c.fd, -1));
+        self.to_free.borrow_mut().push(slot);
+    }
+
+    /// Counts a connection's end in the worker's statistics: as a timeout,
+    /// an error, or closed (any other reason).
+    fn count_end(&self, reason: u16) {
         let st = &self.mailbox.stats;
         stats::add(
             match reason {
@@ -269,10 +279,6 @@ impl Ctx {
             },
             1,
         );
-        c.err_type = reason;
-        self.table.set_state(slot, State::Closed);
-        sys::close_reset(std::mem::replace(&mut c.fd, -1));
-        self.to_free.borrow_mut().push(slot);
     }
 
     /// Drops the output the connection in `slot` has not sent (an abort).
@@ -709,15 +715,7 @@ impl Ctx {
             c.in_buf_len = 0;
             c.ind
         };
-        let st = &self.mailbox.stats;
-        stats::add(
-            match reason {
-                AKG_TIMEOUT => &st.timeouts,
-                AKG_ERROR => &st.errors,
-                _ => &st.closed,
-            },
-            1,
-        );
+        self.count_end(reason);
         if how == Ending::Abort {
             self.drop_output(slot);
         }
@@ -745,7 +743,7 @@ impl Ctx {
         let (out, pos) = self.table.take_output(slot);
         match how {
             Ending::Abort => {
-                stats::sub(&st.out_queued, (out.len() - pos) as u64);
+                stats::sub(&self.mailbox.stats.out_queued, (out.len() - pos) as u64);
                 sys::close_reset(fd);
                 self.table.recycle(out);
             }
