@@ -170,10 +170,18 @@ $(CTEST_DIR)/pushsrv-asan: $(EX)/pushsrv.c include/mario/mario.h $(LIB)
 # side, then the decoders and the cost of a filtered log call; rewrites
 # BENCHMARKS.md. BENCH_ARGS=--quick for a short run.
 .PHONY: bench
-bench: all venv target/bench/logcost
+bench: all venv target/bench/logcost $(BENCH_VENV)/.ready
 	$(CARGO) build --release -p mario-bench -p tokio-peer
 	$(CARGO) bench --no-run --bench decoders
 	python3 benches/run.py $(BENCH_ARGS)
+
+# The bench's own virtual environment: matplotlib for the pictures of
+# BENCHMARKS.md (benches/plots.py), a well-kept plotting library, pinned.
+BENCH_VENV := target/bench-venv
+$(BENCH_VENV)/.ready: Makefile
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib==3.9.4
+	touch $@
 
 # The cost of a filtered log call (run by benches/run.py).
 target/bench/logcost: benches/logcost.c include/mario/mario.h $(LIB)

