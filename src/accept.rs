@@ -30,7 +30,7 @@
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use mio::Token;
@@ -61,7 +61,9 @@ pub(crate) struct Listener {
     /// `conn_count`).
     accepted: Box<dyn Fn() + Send + Sync>,
     closing: AtomicBool,
-    spare: Mutex<SpareFd>,
+    /// Held shared by every accept, exclusively while refusing with the
+    /// spare descriptor (see `accept_all`).
+    spare: RwLock<SpareFd>,
     fd_log: Mutex<Option<Instant>>,
     busy_log: Mutex<(Option<Instant>, u64)>,
 }
@@ -92,7 +94,7 @@ impl Listener {
             placement: Placement::new(workers, cap),
             accepted,
             closing: AtomicBool::new(false),
-            spare: Mutex::new(SpareFd::new()),
+            spare: RwLock::new(SpareFd::new()),
             fd_log: Mutex::new(None),
             busy_log: Mutex::new((None, 0)),
         }
@@ -128,12 +130,14 @@ impl Listener {
             if self.closing.load(Ordering::SeqCst) {
                 return Drained::Empty;
             }
-            // Accepts are serialised by the spare's lock, so no other worker
-            // can take the descriptor the spare frees for refusing.
-            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-            let e = match sys::accept(self.fd) {
+            // Accepts hold the spare's lock shared (no contention, no
+            // system call between workers); refusing holds it exclusively,
+            // so no other worker can take the descriptor the spare frees.
+            let shared = self.spare.read().unwrap_or_else(|e| e.into_inner());
+            let got = sys::accept(self.fd);
+            drop(shared);
+            let e = match got {
                 Ok(a) => {
-                    drop(spare);
                     if let Some(a) = self.place(me, a) {
                         open(a);
                     }
@@ -144,6 +148,7 @@ impl Listener {
             match e.raw_os_error() {
                 Some(libc::EAGAIN) => return Drained::Empty,
                 Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                    let mut spare = self.spare.write().unwrap_or_else(|e| e.into_inner());
                     let refused = spare.refuse_pending(self.fd);
                     drop(spare);
                     let mut last = self.fd_log.lock().unwrap_or_else(|e| e.into_inner());

@@ -72,6 +72,12 @@ pub(crate) fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// Whether `e` says the peer reset the connection (`ECONNRESET`, or
+/// `EPIPE` for a send after the reset): the socket is dead.
+pub(crate) fn is_reset(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE))
+}
+
 /// Closes with a reset (`SO_LINGER` 0): used when a connection is refused
 /// for lack of capacity so no `TIME_WAIT` state piles up on our side.
 pub(crate) fn close_reset(fd: RawFd) {

@@ -40,6 +40,10 @@ pub struct Conn {
     /// balancer's own connection, a health check, which it ends with a
     /// reset; that reset counts as `closed`, not as an error.
     pub(crate) balancer: bool,
+    /// The peer reset the connection (a read or send failed with
+    /// `ECONNRESET` or `EPIPE`): the socket is dead, and an abort closes it
+    /// without setting `SO_LINGER` first (one system call fewer).
+    pub(crate) peer_reset: bool,
     /// Tick of the last byte read.
     pub(crate) last_read: u32,
     /// Tick the first byte of the partial packet in `partial` arrived: a
@@ -73,6 +77,7 @@ impl Conn {
             user: std::ptr::null_mut(),
             peer_eof: false,
             balancer: false,
+            peer_reset: false,
             last_read: 0,
             packet_start: 0,
             frame_len: 0,

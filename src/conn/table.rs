@@ -259,6 +259,7 @@ impl ConnTable {
         c.next = std::ptr::null_mut();
         c.peer_eof = false;
         c.balancer = false;
+        c.peer_reset = false;
         c.last_read = now;
         c.packet_start = now;
         debug_assert!(c.partial.is_empty());

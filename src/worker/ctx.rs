@@ -625,6 +625,8 @@ impl Ctx {
         });
         if let Some(e) = failed {
             log::debug!("send on connection {slot}: {e}");
+            // SAFETY: live slab pointer, no other reference held.
+            unsafe { (*p).peer_reset = sys::is_reset(&e) };
             self.end(p, AKG_ERROR, Ending::Abort);
         } else if !self.table.with_slot(slot, |s| s.pending() > 0) {
             let (out, _) = self.table.take_output(slot);
@@ -744,7 +746,13 @@ impl Ctx {
         match how {
             Ending::Abort => {
                 stats::sub(&self.mailbox.stats.out_queued, (out.len() - pos) as u64);
-                sys::close_reset(fd);
+                if c.peer_reset {
+                    // Already reset by the peer: nothing to send, no
+                    // TIME_WAIT to avoid.
+                    sys::close(fd);
+                } else {
+                    sys::close_reset(fd);
+                }
                 self.table.recycle(out);
             }
             Ending::Graceful => self.finish(fd, out, pos, c.peer_eof),

@@ -535,6 +535,8 @@ impl Worker {
                     // is how they close, not an error.
                     // SAFETY: live slab pointer; read only.
                     let check = unsafe { (*p).balancer } && e.kind() == std::io::ErrorKind::ConnectionReset;
+                    // SAFETY: live slab pointer, no other reference held.
+                    unsafe { (*p).peer_reset = sys::is_reset(&e) };
                     ctx.abort(p, if check { AKG_CLOSED } else { AKG_ERROR });
                     return;
                 }
