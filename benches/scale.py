@@ -138,6 +138,38 @@ def read_sockstat():
     return {}
 
 
+# TCP counters (/proc/net/netstat TcpExt, /proc/net/snmp Tcp) whose growth
+# during a run says where connections were lost: accept queues full, SYNs
+# retransmitted, memory pressure, ...
+NET_KEYS = ("ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "TCPReqQFullDoCookies", "SyncookiesSent",
+            "TCPSynRetrans", "TCPTimeouts", "TCPBacklogDrop", "TCPMemoryPressures", "TCPAbortOnMemory",
+            "TCPRcvQDrop", "PruneCalled", "AttemptFails", "EstabResets", "RetransSegs", "InErrs")
+
+
+def read_net_counters():
+    out = {}
+    for path in ("/proc/net/netstat", "/proc/net/snmp"):
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for head, vals in zip(lines[::2], lines[1::2]):
+            keys, nums = head.split()[1:], vals.split()[1:]
+            if head.split()[0] in ("TcpExt:", "Tcp:"):
+                out.update({k: int(v) for k, v in zip(keys, nums) if k in NET_KEYS})
+    # Packets dropped because a CPU's input backlog (net.core.netdev_max_backlog)
+    # was full: on loopback every packet goes through it.
+    try:
+        with open("/proc/net/softnet_stat") as f:
+            rows = [l.split() for l in f]
+        out["softnet_dropped"] = sum(int(r[1], 16) for r in rows)
+        out["softnet_squeezed"] = sum(int(r[2], 16) for r in rows)
+    except (OSError, IndexError, ValueError):
+        pass
+    return out
+
+
 def sysctl(path):
     """A /proc/sys value as text (None when absent), e.g. sysctl('fs/file-max')."""
     try:
@@ -257,6 +289,20 @@ def tail(path, n=2000):
         return ""
 
 
+def server_messages(servers):
+    """The servers' warnings and errors (maritcp logs them on stderr), each
+    kind once with how many servers logged it how often; times and counts
+    inside the line are dropped so that equal kinds group."""
+    kinds = {}
+    for x in servers:
+        text = tail(os.path.join(x.dir, "stderr.txt"), 200000) + tail(x.out, 200000)
+        for line in text.splitlines():
+            if "[ERROR]" in line or "[WARN" in line:
+                k = re.sub(r"\d+", "N", re.sub(r"^\[[^]]*\]\s*", "", line))[:160]
+                kinds[k] = kinds.get(k, 0) + 1
+    return kinds
+
+
 class Stopped(Exception):
     """The run cannot go on (deadline, a child died, memory): the reason."""
 
@@ -286,6 +332,7 @@ class Client:
         self.proc = None
         self.t_start = None
         self.progress = None  # (phase, elapsed, held, target, failures)
+        self.exited = None  # why it ended before the hold did
 
     def start(self):
         self.t_start = time.time()
@@ -327,6 +374,7 @@ class Run:
         self.deadline = time.time() + a.deadline
         self.samples = []
         self.slab_during = None
+        self.net0 = None
 
     def check_time(self, what):
         if time.time() > self.deadline:
@@ -337,8 +385,11 @@ class Run:
             if s.proc.poll() is not None:
                 raise Stopped(f"server {s.dir} exited ({s.proc.returncode}): {tail(s.out, 400)!r}")
         for c in self.clients:
-            if c.proc is not None and c.proc.poll() is not None:
-                raise Stopped(f"client {c.i} exited early ({c.proc.returncode}): {tail(c.err, 400)!r}")
+            if c.proc is not None and c.proc.poll() is not None and c.exited is None:
+                # Not the end of the run: its connections count as failed,
+                # the others go on and report theirs.
+                c.exited = f"exit {c.proc.returncode}: {tail(c.err, 200).strip().splitlines()[-1]}"
+                log(f"client {c.i} exited early ({c.exited}); its {c.conns:,} connections count as failed")
 
     # -- sysctls
     def tune(self):
@@ -364,6 +415,25 @@ class Run:
                 log(f"could not restore {path}: {e}")
         self.changed = {}
 
+    def diagnose(self):
+        """What the machine looked like when the run stopped: listeners'
+        accept queues, socket states, the servers' warnings, counters."""
+        try:
+            lines = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, timeout=30).stdout.splitlines()
+            ports = {str(x.port) for x in self.servers}
+            queues = sorted(int(l.split()[1]) for l in lines if l.split()[3].rsplit(":", 1)[-1] in ports)
+            if queues:
+                log(f"listeners' accept queues (Recv-Q): max {queues[-1]}, median {queues[len(queues) // 2]}, "
+                    f"{sum(1 for q in queues if q > 0)} of {len(queues)} non-empty")
+            summ = subprocess.run(["ss", "-s"], capture_output=True, text=True, timeout=30).stdout
+            log("ss -s: " + " | ".join(l.strip() for l in summ.splitlines()[:3]))
+        except (OSError, subprocess.SubprocessError, IndexError, ValueError) as e:
+            log(f"ss: {e}")
+        log(f"servers' messages: {server_messages(self.servers) or 'none'}")
+        if self.samples:
+            self.sample("stop")
+            self.show(self.samples[-1])
+
     def cleanup(self):
         """Whatever happened: children stopped, sysctls restored, files gone."""
         stop([c.proc for c in self.clients if c.proc], signal.SIGKILL, 10)
@@ -384,6 +454,10 @@ class Run:
              "server_rss_kib": sum(rss_kib(x.proc.pid) for x in self.servers),
              "client_rss_kib": sum(rss_kib(c.proc.pid) for c in self.clients if c.proc),
              "sockstat": read_sockstat(), "conntrack": conntrack_count(), "file_nr": file_nr()[0]}
+        net = read_net_counters()
+        if self.net0 is None:
+            self.net0 = net
+        s["net"] = {k: net[k] - self.net0.get(k, 0) for k in net if net[k] != self.net0.get(k, 0)}
         self.samples.append(s)
         return s
 
@@ -391,7 +465,7 @@ class Run:
         log(f"{s['phase']:5} t {s['t']:6.1f}s held {s['held']:>9,} failures {s['failures']} "
             f"MemAvailable {s['MemAvailable'] / 1048576:5.2f} GiB Slab {s['Slab'] / 1048576:5.2f} GiB "
             f"server RSS {s['server_rss_kib'] / 1024:7.1f} MiB client RSS {s['client_rss_kib'] / 1024:7.1f} MiB "
-            f"TCP inuse {s['sockstat'].get('inuse', '?')}")
+            f"TCP inuse {s['sockstat'].get('inuse', '?')}" + (f" {s['net']}" if s["net"] else ""))
 
     def room_for(self, conns):
         """None if the machine has room for `conns` more pairs, else why not."""
@@ -405,8 +479,23 @@ class Run:
             return f"fs.file-max: {used:,} files open of {fmax:,}, {2 * conns:,} more needed"
         return None
 
+    def settle(self):
+        """Waits (up to 120 s) while the kernel is still freeing sockets, of
+        an earlier run say: the idle figures are the baseline of every
+        per-connection figure."""
+        t, last = time.time(), read_sockstat().get("alloc", 0)
+        while last > 20000 and time.time() - t < 120:
+            time.sleep(3)
+            now = read_sockstat().get("alloc", 0)
+            if now >= last:  # not falling: someone else's, wait no longer
+                break
+            last = now
+        if last > 20000:
+            log(f"{last:,} TCP sockets allocated before the start (not ours): the idle baseline includes them")
+
     def go(self):
         a = self.a
+        self.settle()
         n = math.ceil(a.conns / a.per_process)
         per = split(a.conns, n)
         churn, sends = split(a.churn, n), split(a.sends, n)
@@ -450,12 +539,12 @@ class Run:
         self.stopped_by = None
         pending = list(self.clients)
         last_show = 0
-        while pending or any(c.proc and not c.measuring() for c in self.clients):
+        while pending or any(c.proc and not c.exited and not c.measuring() for c in self.clients):
             self.check_time("the ramp")
             self.check_alive()
             if time.time() - self.t0 > a.ramp_timeout:
                 raise Stopped(f"time: the ramp took over --ramp-timeout {a.ramp_timeout} s")
-            setting_up = [c for c in self.clients if c.proc and not c.measuring()]
+            setting_up = [c for c in self.clients if c.proc and not c.exited and not c.measuring()]
             if pending and len(setting_up) < a.ramp_parallel and not self.stopped_by:
                 why = self.room_for(pending[0].conns)
                 if why:
@@ -476,7 +565,8 @@ class Run:
         started = [c for c in self.clients if c.proc]
         self.clients = started
         target = sum(c.conns for c in started)
-        log(f"all {len(started)} clients set up: {sum(c.progress[2] for c in started):,} of {target:,} held")
+        log(f"all {len(started)} clients set up: {sum((c.progress or (0, 0, 0))[2] for c in started):,} "
+            f"of {target:,} held")
 
         # The hold: every client churning and sending; sampled every 5 s.
         t_hold = time.time()
@@ -517,12 +607,16 @@ class Run:
         med = lambda k: statistics.median(x[k] for x in hold)
         missing = [c.i for c, r in zip(self.clients, self.results) if r is None]
         res = [r for r in self.results if r]
+        exits = {c.i: c.exited for c in self.clients if c.exited}
         held_end = sum(r["held"] for r in res)
         held = statistics.median(x["held"] for x in hold)
         fails = {}
         for r in res:
             for k, v in r["failures"].items():
                 fails[k] = fails.get(k, 0) + v
+        lost = sum(c.conns for c, r in zip(self.clients, self.results) if r is None)
+        if lost:
+            fails["client without JSON"] = lost
         # Time to establish: first client's start to the end of the last set-up.
         t_first = min(c.t_start for c in self.clients)
         ends = [c.t_start + r["setup_s"] for c, r in zip(self.clients, self.results) if r]
@@ -556,6 +650,10 @@ class Run:
             "establish_rate": round(target / establish) if establish else None,
             "failures_total": sum(fails.values()), "failures": fails,
             "setup_failures": sum(r["setup_failures"] for r in res), "clients_without_json": missing,
+            "client_exits": exits,
+            "failures_by_client": {c.i: r["failures_total"] for c, r in zip(self.clients, self.results)
+                                   if r and r["failures_total"]},
+            "server_messages": server_messages(self.servers),
             "requests": sum(r["requests"] for r in res), "reconnects": sum(r["reconnects"] for r in res),
             "send_rate": round(sum(r["rate"] for r in res)), "churn_rate": round(sum(r["churn_rate"] for r in res)),
             "skipped": sum(r["skipped_sends"] + r["skipped_churn"] for r in res),
@@ -576,6 +674,7 @@ class Run:
             "tcp_inuse_hold": statistics.median(x["sockstat"].get("inuse", 0) for x in hold),
             "tcp_mem_pages_hold_max": max(x["sockstat"].get("mem", 0) for x in hold),
             "conntrack_max_seen": max((x["conntrack"] or 0) for x in self.samples),
+            "tcp_counters": self.samples[-1]["net"],
             "server_conns_min": min(self.balance), "server_conns_max": max(self.balance),
             "stopped_by": self.stopped_by, "limits": self.limits,
             "sysctls_changed": {k.replace("/", "."): [v, str(TUNE[k])] for k, v in self.changed.items()},
@@ -637,6 +736,9 @@ def summary(r):
         f"per server (end of hold) {r['server_conns_min']:,} .. {r['server_conns_max']:,} connections",
         f"TCP inuse {f(r['tcp_inuse_hold'])}, TCP buffer pages max {r['tcp_mem_pages_hold_max']}, "
         f"conntrack entries max {r['conntrack_max_seen']}",
+        f"TCP counters grown      {r['tcp_counters'] or 'none'}",
+        f"failures by client      {r['failures_by_client'] or 'none'}; early exits {r['client_exits'] or 'none'}",
+        f"servers' messages       {r['server_messages'] or 'none'}",
         f"stopped by              {r['stopped_by'] or 'nothing: every planned connection was held'}",
         f"sysctls changed         {r['sysctls_changed'] or 'none'}",
     ]
@@ -647,75 +749,85 @@ def markdown(runs):
     """A BENCHMARKS.md section from every size recorded (smallest first),
     with what 1 M and 10 M need, from the largest clean run's figures."""
     runs = sorted(runs, key=lambda r: r["conns_target"])
-    rows = ["| connections | processes (servers + clients) | time to establish | server RSS per conn. "
-            "| kernel (Slab) per pair | MemAvailable drop per pair | churn / sends per s, hold | failures |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| connections held | servers + clients | time to establish | server RSS per conn. "
+            "| kernel (Slab) per pair | of it, /proc fd entries | the connections' own, per pair "
+            "| churn / sends per s, hold | failures |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         rows.append(f"| {r['held_median_during_hold']:,.0f} of {r['conns_target']:,} | {r['servers']} + {r['clients']} "
                     f"| {r['establish_s']:.1f} s ({r['establish_rate']:,}/s) | {r['server_rss_per_conn_b']:,.0f} B "
-                    f"| {r['slab_per_pair_b']:,.0f} B | {r['memavailable_drop_per_pair_b']:,.0f} B "
+                    f"| {r['slab_per_pair_b']:,.0f} B | {r['procfs_per_pair_b']:,.0f} B "
+                    f"| {r['kernel_own_per_pair_b']:,.0f} B "
                     f"| {r['churn_rate']:,} / {r['send_rate']:,}, {r['hold_s']:.0f} s | {r['failures_total']} |")
     clean = [r for r in runs if r["failures_total"] == 0] or runs
     big = clean[-1]
-    kernel_end = big["slab_per_pair_b"] / 2
+    # A server holds one end of each connection: half the pair's objects
+    # (the client's end also has a bind bucket, a few dozen bytes).
+    end = big["kernel_own_per_pair_b"] / 2
     rss = big["server_rss_per_conn_b"]
-    caches = ", ".join(f"{k} {v:,.0f} B" for k, v in list(big["slab_caches_per_pair_b"].items())[:8])
+    shown = {k: v for k, v in big["slab_caches_per_pair_b"].items() if v >= 30}
+    caches = ", ".join(f"{k} {v:,.0f} B" for k, v in shown.items())
     lim = big["limits"]
-    plan = ["| | 1 M connections | 10 M connections |", "|---|---|---|"]
-
-    def gib(b):
-        return f"{b / 2**30:,.1f} GiB"
-    plan.append(f"| kernel, idle connections ({kernel_end:,.0f} B each) | {gib(1e6 * kernel_end)} "
-                f"| {gib(1e7 * kernel_end)} |")
-    plan.append(f"| our RSS ({rss:,.0f} B each) | {gib(1e6 * rss)} | {gib(1e7 * rss)} |")
-    plan.append("| socket buffers, 1 in 100 connections with 16 KiB queued | 0.2 GiB | 1.5 GiB |")
-    plan.append("| descriptors (`ulimit -n`, `fs.nr_open`, `fs.file-max`) | 1,000,000 + slack: one process fits "
-                "under the default `fs.nr_open` 1,048,576 | above `fs.nr_open`: raise it (sysctl) or run 10+ "
-                "processes with `REUSEPORT 1` |")
-    plan.append("| ephemeral ports, one client address to one server ip:port | 36 addresses (28,232 ports each) "
-                "| 355 addresses |")
+    gib = lambda b: f"{b / 2**30:,.1f} GiB"
+    buf = 0.01 * 16384  # planning assumption: 1 in 100 connections with 16 KiB queued
+    plan = ["| | 1 M connections | 10 M connections |", "|---|---|---|",
+            f"| kernel, idle connections ({end:,.0f} B each: half a measured pair) | {gib(1e6 * end)} "
+            f"| {gib(1e7 * end)} |",
+            f"| libmario RSS ({rss:,.0f} B each, measured) | {gib(1e6 * rss)} | {gib(1e7 * rss)} |",
+            f"| socket buffers if 1 in 100 has 16 KiB queued (assumed) | {gib(1e6 * buf)} | {gib(1e7 * buf)} |",
+            f"| /proc fd entries, if an agent lists descriptors ({big['procfs_per_pair_b'] / 2:,.0f} B each) "
+            f"| {gib(5e5 * big['procfs_per_pair_b'])} | {gib(5e6 * big['procfs_per_pair_b'])} |",
+            "| descriptors | `ulimit -n` (systemd `LimitNOFILE`) of 1,000,000 + slack: one process fits under "
+            "the default `fs.nr_open` 1,048,576 | raise `fs.nr_open` and `ulimit -n` past 10,000,000, or run 10+ "
+            "processes with `REUSEPORT 1`; `fs.file-max` above the total either way |",
+            "| TCP established hash (`tcp_ehash_entries`, `thash_entries=` at boot) | 1 M buckets | 8-16 M buckets |",
+            "| a balancer in front, per backend ip:port (default port range: 28,232 ports per source address) "
+            "| 36 source addresses | 355 source addresses |"]
+    stopped = (f"What stopped it: {big['stopped_by']}." if big["stopped_by"]
+               else "Nothing stopped it short of the planned count.")
     return f"""## Holding a million connections (`make scale`)
 
-`make scale` (`python3 benches/scale.py`) holds the connections with client and server ends both on this
-machine (2 cores, {lim['MemTotal_kib'] / 1048576:.0f} GiB, loopback). One process may open only
-{lim['ulimit_n_hard']:,} files here, so the connections are spread over several `maritcp` processes sharing one
-port with `REUSEPORT 1` (the kernel hashes each connection to one of them) and as many `mario-bench hold`
-processes (one LOGIN per connection, bound to 62,500 loopback source addresses). The clients start a few at a
-time; when all are set up, every one churns (closes and reopens with a LOGIN) and sends its share of the
-totals below for the hold, then all end together. "Time to establish" runs from the first client's start to
-the end of the last one's set-up. Server RSS per connection is the servers' summed VmRSS during the hold
-less their idle RSS, over the connections held; the kernel's is the growth of `Slab` in /proc/meminfo over the
-same idle point, for a **pair** (client and server end: two sockets, two files); the MemAvailable drop adds
-both processes' memory. The other load on this shared machine (other benchmarks) is not excluded.
+`make scale` (`python3 benches/scale.py`, {big['date']}) holds the connections with client and server ends both
+on this machine (2 cores, {lim['MemTotal_kib'] / 1048576:.0f} GiB, loopback). One process may open only
+{lim['ulimit_n_hard']:,} files here, so the connections are spread over several `maritcp` processes ({big['workers']}
+worker each) sharing one port with `REUSEPORT 1` (the kernel hashes each connection to one of them) and as many
+`mario-bench hold` processes (one LOGIN per connection, bound to 62,500 loopback source addresses). The clients
+start {3} at a time; when all are set up, all of them churn (close with a RST and reopen with a LOGIN) and send
+their shares of the totals below for the hold, then SIGUSR1 ends them together and each reports its failures.
+"Time to establish" runs from the first client's start to the end of the last one's set-up. Server RSS per
+connection is the servers' summed VmRSS during the hold (median of 5 s samples) less their idle RSS, over the
+connections held. The kernel's is the growth of `Slab` (/proc/meminfo) over the same idle point, for a **pair**
+(client and server end: two sockets, two files, two epoll items). Part of it is not the connections': something
+on this machine lists every process's `/proc/PID/fd` every few seconds, which leaves a proc inode and a dentry
+cached per descriptor (`proc_inode_cache`); that part is shown apart. Other benchmarks may share the machine.
 
 {chr(10).join(rows)}
 
 Largest clean run ({big['held_median_during_hold']:,.0f} connections): slab caches that grew, per pair
-(`/proc/slabinfo`, SLUB may merge small caches into kmalloc-*): {caches}. The servers' connection counts
-at the end of the hold ranged {big['server_conns_min']:,} to {big['server_conns_max']:,} (SO_REUSEPORT hashing);
-`net.core.somaxconn` and `net.ipv4.tcp_max_syn_backlog` were raised to 65,535 for the run and restored.
-{('What stopped it: ' + big['stopped_by'] + '.') if big['stopped_by'] else 'Nothing stopped it short of the planned count.'}
+(`/proc/slabinfo`; SLUB may merge small caches into kmalloc-*): {caches}. The servers held
+{big['server_conns_min']:,} to {big['server_conns_max']:,} connections each at the end of the hold (SO_REUSEPORT
+hashing). `net.core.somaxconn` and `net.ipv4.tcp_max_syn_backlog` were raised to 65,535 for the run and restored;
+socket buffer memory (`/proc/net/sockstat` `mem`) peaked at {big['tcp_mem_pages_hold_max']:,} pages, and
+conntrack held {big['conntrack_max_seen']} entries (no firewall rules on loopback). {stopped}
 
 **What 1 M and 10 M connections need on a real server.** A server holds one end of each connection, so its
-kernel cost is about half a pair: {kernel_end:,.0f} B for an idle connection (TCP socket, socket inode, file,
-dentry, epoll item), plus socket buffers only while data waits (at most `tcp_rmem`/`tcp_wmem` per socket, all
-sockets together capped by `net.ipv4.tcp_mem`, here {lim['net.ipv4.tcp_mem']} pages). libmario adds
-{rss:,.0f} B of RSS per connection.
+kernel cost is about half a pair: {end:,.0f} B for an idle connection (TCP socket, socket inode, file, dentry,
+epoll item), plus socket buffers only while data waits (at most `tcp_rmem`/`tcp_wmem` per socket, all sockets
+together capped by `net.ipv4.tcp_mem`, here {lim['net.ipv4.tcp_mem']} pages). libmario adds {rss:,.0f} B of RSS
+per connection; the application's own per-user state comes on top.
 
 {chr(10).join(plan)}
 
-So idle connections need {gib(1e6 * (kernel_end + rss))} per million on the server (kernel and RSS), and
-what is queued in their buffers on top: size RAM for 1 M at that plus the buffers' share plus the
-application's own data per user, and 10 M at ten times it. Besides memory: `fs.file-max` above the
-total, `ulimit -n` (systemd `LimitNOFILE`) above each process's share; the TCP established hash
-(`net.ipv4.tcp_ehash_entries`, {lim['net.ipv4.tcp_ehash_entries']} here, sized at boot from RAM; the
-`thash_entries=` boot parameter) should be of the order of the connections; if a firewall tracks
-connections, `net.netfilter.nf_conntrack_max` above the count (here {lim['net.netfilter.nf_conntrack_max']},
-not tracking: loopback had no rules); and a balancer in front opening the connections to the server needs
-enough source addresses or server ports, 28,232 connections each with the default port range
-(`ip_local_port_range` 32768-60999, about 64,500 with 1024-65535). Clients connecting directly are each their
-own address and need nothing. Reconnect storms: at the rate measured here,
-{(1e6 / big['establish_rate']) if big['establish_rate'] else 0:,.0f} s for 1 M with client and server sharing 2 cores.
+So idle connections cost {gib(1e6 * (end + rss))} per million on the server, kernel and RSS together: 1 M fit
+in a few GiB next to the application, 10 M in about {gib(1e7 * (end + rss + buf))} with the buffer allowance, so a
+32-64 GiB machine once the application's data is counted. If a firewall tracks connections,
+`net.netfilter.nf_conntrack_max` must exceed the count (here {lim['net.netfilter.nf_conntrack_max']}, which would
+have stopped this run at a quarter of a million had loopback been tracked). Clients connecting directly each
+bring their own address and need no port planning; a balancer or proxy opening the connections to the server
+needs one source address (or backend port) per 28,232 connections with the default `ip_local_port_range`
+(32768-60999; about 64,500 with 1024-65535). A reconnect storm after a restart: at the rate measured here,
+with client and server sharing 2 cores, {(1e6 / big['establish_rate']) if big['establish_rate'] else 0:,.0f} s
+per million.
 """
 
 
@@ -767,6 +879,7 @@ def main():
         r = run.go()
     except Stopped as e:
         log(f"STOPPED: {e}")
+        run.diagnose()
         return 1
     finally:
         signal.alarm(0)
