@@ -77,12 +77,6 @@ FD_SLACK = 64
 # kernel objects for the pair plus user space, rounded up generously.
 EST_BYTES_PER_PAIR = 12 * 1024
 SAMPLE_EVERY = 5.0
-# Slab caches shown one by one (when /proc/slabinfo is readable); the rest
-# are summed in "other". SLUB merges caches of equal size, so a small one
-# (tcp_bind_bucket, ...) may show up inside a kmalloc-* cache instead.
-SLAB_CACHES = ("TCP", "request_sock_TCP", "tcp_bind_bucket", "tcp_bind2_bucket", "sock_inode_cache",
-               "dentry", "filp", "eventpoll_epi", "ep_head", "nf_conntrack", "skbuff_head_cache",
-               "kmalloc-64", "kmalloc-128", "kmalloc-192", "kmalloc-256", "kmalloc-512", "kmalloc-1k")
 # Sysctls raised for the ramp (when writable and lower), restored at the end:
 # a deep accept queue per listener, so a burst of SYNs is not dropped.
 TUNE = {"net/core/somaxconn": 65535, "net/ipv4/tcp_max_syn_backlog": 65535}
@@ -230,6 +224,7 @@ def machine_limits():
         "MemTotal_kib": mem["MemTotal"], "MemAvailable_kib": mem["MemAvailable"],
         "cpus": os.cpu_count(), "loadavg": open("/proc/loadavg").read().split()[:3],
         "slabinfo_readable": read_slabinfo() is not None,
+        "nf_conntrack_objsize": (read_slabinfo() or {}).get("@objsize", {}).get("nf_conntrack"),
     }
 
 
@@ -644,7 +639,7 @@ class Run:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "conns_target": a.conns, "conns_started": target, "held_median_during_hold": held,
             "held_at_end": held_end, "servers": len(self.servers), "clients": len(self.clients),
-            "per_process": a.per_process, "workers": a.workers, "ports": a.ports,
+            "per_process": a.per_process, "workers": a.workers, "ports": a.ports, "ramp_parallel": a.ramp_parallel,
             "churn_per_s": a.churn, "sends_per_s": a.sends, "hold_s": round(self.hold_s, 1),
             "establish_s": round(establish, 2) if establish else None,
             "establish_rate": round(target / establish) if establish else None,
@@ -770,6 +765,12 @@ def markdown(runs):
     lim = big["limits"]
     gib = lambda b: f"{b / 2**30:,.1f} GiB"
     buf = 0.01 * 16384  # planning assumption: 1 in 100 connections with 16 KiB queued
+    ct = (big["limits"].get("nf_conntrack_objsize") or 256)
+    tcp_mem = " ".join(f"{int(x):,}" for x in lim["net.ipv4.tcp_mem"].split())
+    per_m = end + rss
+    ten = 1e7 * (end + rss + buf)
+    fit = lambda n: 2 ** math.ceil(math.log2(n * (end + rss + buf) * 1.25 / 2**30))  # GiB, a quarter to spare
+    machine, one = fit(1e7), fit(1e6)
     plan = ["| | 1 M connections | 10 M connections |", "|---|---|---|",
             f"| kernel, idle connections ({end:,.0f} B each: half a measured pair) | {gib(1e6 * end)} "
             f"| {gib(1e7 * end)} |",
@@ -780,6 +781,8 @@ def markdown(runs):
             "| descriptors | `ulimit -n` (systemd `LimitNOFILE`) of 1,000,000 + slack: one process fits under "
             "the default `fs.nr_open` 1,048,576 | raise `fs.nr_open` and `ulimit -n` past 10,000,000, or run 10+ "
             "processes with `REUSEPORT 1`; `fs.file-max` above the total either way |",
+            f"| conntrack entries, only if a firewall tracks the connections ({ct} B objects here) "
+            f"| {gib(1e6 * ct)} | {gib(1e7 * ct)} |",
             "| TCP established hash (`tcp_ehash_entries`, `thash_entries=` at boot) | 1 M buckets | 8-16 M buckets |",
             "| a balancer in front, per backend ip:port (default port range: 28,232 ports per source address) "
             "| 36 source addresses | 355 source addresses |"]
@@ -792,7 +795,7 @@ on this machine (2 cores, {lim['MemTotal_kib'] / 1048576:.0f} GiB, loopback). On
 {lim['ulimit_n_hard']:,} files here, so the connections are spread over several `maritcp` processes ({big['workers']}
 worker each) sharing one port with `REUSEPORT 1` (the kernel hashes each connection to one of them) and as many
 `mario-bench hold` processes (one LOGIN per connection, bound to 62,500 loopback source addresses). The clients
-start {3} at a time; when all are set up, all of them churn (close with a RST and reopen with a LOGIN) and send
+start {big.get('ramp_parallel', 3)} at a time; when all are set up, all of them churn (close with a RST and reopen with a LOGIN) and send
 their shares of the totals below for the hold, then SIGUSR1 ends them together and each reports its failures.
 "Time to establish" runs from the first client's start to the end of the last one's set-up. Server RSS per
 connection is the servers' summed VmRSS during the hold (median of 5 s samples) less their idle RSS, over the
@@ -813,15 +816,16 @@ conntrack held {big['conntrack_max_seen']} entries (no firewall rules on loopbac
 **What 1 M and 10 M connections need on a real server.** A server holds one end of each connection, so its
 kernel cost is about half a pair: {end:,.0f} B for an idle connection (TCP socket, socket inode, file, dentry,
 epoll item), plus socket buffers only while data waits (at most `tcp_rmem`/`tcp_wmem` per socket, all sockets
-together capped by `net.ipv4.tcp_mem`, here {lim['net.ipv4.tcp_mem']} pages). libmario adds {rss:,.0f} B of RSS
+together capped by `net.ipv4.tcp_mem`, here {tcp_mem} pages). libmario adds {rss:,.0f} B of RSS
 per connection; the application's own per-user state comes on top.
 
 {chr(10).join(plan)}
 
-So idle connections cost {gib(1e6 * (end + rss))} per million on the server, kernel and RSS together: 1 M fit
-in a few GiB next to the application, 10 M in about {gib(1e7 * (end + rss + buf))} with the buffer allowance, so a
-32-64 GiB machine once the application's data is counted. If a firewall tracks connections,
-`net.netfilter.nf_conntrack_max` must exceed the count (here {lim['net.netfilter.nf_conntrack_max']}, which would
+So idle connections cost {gib(1e6 * per_m)} per million on the server, kernel and RSS together: 1 M fit in
+a {one} GiB server next to a modest application, 10 M need about {gib(ten)} with the buffer allowance, a
+{machine} GiB machine before the application's own data. Here 2,000,000 sockets shared
+{int(lim['net.ipv4.tcp_ehash_entries']):,} established-hash buckets (chains of about 8) without trouble. If a firewall tracks connections,
+`net.netfilter.nf_conntrack_max` must exceed the count (here {int(lim['net.netfilter.nf_conntrack_max']):,}, which would
 have stopped this run at a quarter of a million had loopback been tracked). Clients connecting directly each
 bring their own address and need no port planning; a balancer or proxy opening the connections to the server
 needs one source address (or backend port) per 28,232 connections with the default `ip_local_port_range`
