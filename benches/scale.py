@@ -73,8 +73,9 @@ RESULTS = os.path.join(ROOT, "target/scale-results.json")
 # eventfds, log files, stdio; mario-bench asks for conns + 64).
 FD_SLACK = 64
 # What one held connection costs the machine, client and server ends
-# together, for the "is there room for the next client" check: ~7.4 KB of
-# kernel objects for the pair plus user space, rounded up generously.
+# together, for the "is there room for the next client" check: make scale
+# measured ~10 KB of Slab per pair (proc fd entries included) and ~0.5 KB
+# of RSS for both processes; rounded up.
 EST_BYTES_PER_PAIR = 12 * 1024
 SAMPLE_EVERY = 5.0
 # Sysctls raised for the ramp (when writable and lower), restored at the end:
