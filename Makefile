@@ -5,6 +5,10 @@
 #                   + c-examples/pushsrv (needs hiredis: libhiredis-dev)
 #   make run        build, then run maritcp in the foreground from c-examples/
 #   make test       everything above, then the whole test suite
+#   make scale      hold 1,000,000 connections on this machine: several
+#                   maritcp (REUSEPORT) and mario-bench hold processes, churn
+#                   and sends for 2 minutes; memory per connection
+#                   (benches/scale.py; SCALE_ARGS="--conns 200000"). Not in CI
 #   make venv       target/venv: Python with pytest, the Prometheus client's
 #                   text parser (the statistics tests parse /metrics with it)
 #                   and the Python package of python/, installed from there
@@ -193,6 +197,15 @@ target/bench/logcost: benches/logcost.c include/mario/mario.h $(LIB)
 soak: all
 	$(CARGO) build --release -p mario-bench
 	python3 benches/soak.py
+
+# A million connections held on this machine (not in CI; about 6 minutes,
+# some GiB of kernel memory while it runs): benches/scale.py starts the
+# servers and clients, reports, then stops them all and restores the
+# sysctls it raised. SCALE_ARGS="--conns 200000 --hold-seconds 20" for less.
+.PHONY: scale
+scale: all
+	$(CARGO) build --release -p mario-bench
+	python3 benches/scale.py $(SCALE_ARGS)
 
 # Each fuzz target for FUZZ_SECONDS (600) on nightly; minimizes the corpus.
 fuzz:

@@ -17,6 +17,7 @@ COMMON: [--pid PID] [--stx HEX=8eb69af7] [--id HEX=6101] [--body BYTES=2] [--rst
   --rst      close with SO_LINGER {1,0} (RST, no TIME_WAIT)
   --json-only  print only the JSON summary line on stdout
   --quiet    no per-second progress on stderr
+SIGUSR1 ends the measured window at once (the run drains and reports).
 exit status: 0 run completed (errors are counted and reported), 2 bad
 arguments or no connection could be made at all";
 

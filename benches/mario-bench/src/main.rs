@@ -15,7 +15,7 @@ mod worker;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    end_on_sigusr1();
     let limit = raise_nofile();
     let need = cfg.conns as u64 + 64;
     if limit < need {
@@ -53,6 +54,30 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     ExitCode::from(run(&cfg))
+}
+
+/// Set by SIGUSR1: end the measured window now (see `end_on_sigusr1`).
+static END_NOW: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    END_NOW.store(true, Ordering::Relaxed);
+}
+
+/// SIGUSR1 ends the measured window at once, as if --duration had passed:
+/// the run drains and reports as usual. A driver running several
+/// processes (benches/scale.py) ends them all together this way, whenever
+/// each one finished its set-up. Before the window starts, the signal is
+/// remembered and the window ends as soon as it starts.
+fn end_on_sigusr1() {
+    // SAFETY: a zeroed sigaction is valid; the handler only stores to an
+    // atomic, which is async-signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
 }
 
 /// Raises the soft open-files limit to the hard one; returns the soft limit.
@@ -171,7 +196,9 @@ fn run(cfg: &Config) -> u8 {
                 win.before_s = el.as_secs_f64();
                 shared.phase.store(MEASURE, Ordering::Release);
             }
-            if phase == MEASURE && (now - t0).as_secs_f64() >= cfg.duration {
+            if phase == MEASURE
+                && ((now - t0).as_secs_f64() >= cfg.duration || END_NOW.load(Ordering::Relaxed))
+            {
                 let cpu1 = pid.as_deref().and_then(procfs::cpu_seconds);
                 let self1 = procfs::cpu_seconds("self");
                 win.duration_s = (now - t0).as_secs_f64();

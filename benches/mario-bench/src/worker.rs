@@ -29,7 +29,8 @@ const SCAN_EVERY_NS: u64 = 250_000_000;
 const DRAIN_MAX_NS: u64 = 7_000_000_000;
 /// Scratch read buffer: always holds a whole maximum-size frame.
 const READ_BUF: usize = 256 * 1024;
-/// Connections being established at once (whole process) in rps and hold.
+/// Connections being established at once (whole process) in rps and hold;
+/// in hold, a connection is being established until its LOGIN is answered.
 const MAX_CONNECTING: usize = 1000;
 /// Random picks tried before a churn or send is given up as "skipped".
 const PICK_TRIES: usize = 32;
@@ -562,7 +563,20 @@ impl<'a> Worker<'a> {
     }
 
     fn open_queued(&mut self, now: u64) {
-        while self.connecting < self.max_connecting {
+        // hold counts the LOGIN in flight too (`inflight`). On loopback the
+        // handshake is over inside connect() and the LOGIN is written at
+        // once, so `connecting` alone never reaches the cap: the set-up would
+        // open every connection in one pass, reading no reply meanwhile, and
+        // on a loaded machine (a million sockets, a hundred processes on two
+        // cores: make scale) that pass outlasted the 5 s reply timeout.
+        let busy = |w: &Self| {
+            if w.cfg.mode == Mode::Hold {
+                w.inflight
+            } else {
+                w.connecting
+            }
+        };
+        while busy(self) < self.max_connecting {
             let Some(i) = self.queue.pop_front() else { break };
             self.slots[i as usize].queued = false;
             self.open(i as usize, now);
