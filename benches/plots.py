@@ -12,8 +12,8 @@ edited by hand):
 - latency.svg: p99 latency of the request/response scenarios, same layout;
 - cpu.svg: server CPU per request / connection / GB, relative to the floor;
 - memory.svg: server RSS per held connection against connections held
-  (make bench's 1k to 15k, and make scale's figures when
-  target/scale-results.json is there), ours against tokio.
+  (make bench's 1k to 15k, and make scale's 50k to 1M when
+  benches/scale-results.json is there), ours against tokio.
 
 Uses matplotlib (installed by `make bench` into target/bench-venv), with the
 SVG output made reproducible (fixed hash salt, no date).
@@ -116,11 +116,11 @@ def main():
     for kind, name, colour in SERVERS:
         pts = sorted((int(k.split("|")[1]), v["per_conn"]) for k, v in mem.items() if k.split("|")[0] == kind)
         if kind == "mario":
-            scale = raw.replace("bench-results.json", "scale-results.json")
+            scale = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scale-results.json")
             if os.path.exists(scale):
                 for run in json.load(open(scale)).get("runs", []):
-                    if run.get("held") and run.get("server_rss_per_conn") is not None:
-                        pts.append((run["held"], run["server_rss_per_conn"]))
+                    if run.get("held_at_end") and run.get("server_rss_per_conn_b") is not None:
+                        pts.append((run["held_at_end"], run["server_rss_per_conn_b"]))
                 pts.sort()
         if pts:
             drawn = True

@@ -347,6 +347,21 @@ def main():
     plots(a.raw)
 
 
+def scale_section():
+    """make scale's section (benches/scale.py --report-only --markdown) from
+    its saved results (benches/scale-results.json), or "" when it never ran
+    here."""
+    if not os.path.exists(os.path.join(ROOT, "benches/scale-results.json")):
+        return ""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benches/scale.py"), "--report-only", "--markdown"],
+                         capture_output=True, text=True)
+    text = out.stdout
+    if out.returncode != 0 or "## Holding" not in text:
+        print(f"make scale's section not included: {out.stderr}", file=sys.stderr)
+        return ""
+    return text[text.index("## Holding"):].rstrip() + "\n\n"
+
+
 def plots(raw):
     """Draws benches/img/*.svg from the raw results (benches/plots.py, with
     matplotlib from the bench's own virtual environment)."""
@@ -513,7 +528,7 @@ on {today}.
         f.write(head + "\n".join(table) + "\n\n" + PICTURES
                 + "Memory per held connection (`mario-bench hold --churn 0 --sends 0`, a fresh server for each\n"
                 + "size; server RSS growth over its RSS before the run, divided by the connections held):\n\n"
-                + memory_table(mem) + "\n\n" + python_table(results) + haproxy_table(results) + micro_table(micro) + notes + "\n" + hist_start + "\n" + entry + "\n" + old.lstrip("\n"))
+                + memory_table(mem) + "\n\n" + python_table(results) + haproxy_table(results) + micro_table(micro) + scale_section() + notes + "\n" + hist_start + "\n" + entry + "\n" + old.lstrip("\n"))
     print("\n".join(table))
     print(f"wrote {a.out}", file=sys.stderr)
 

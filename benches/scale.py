@@ -40,7 +40,7 @@ the last one's set-up (each client's `setup_s`).
         [--churn 5000] [--sends 5000] [--hold-seconds 120] [--workers 1]
         [--ports shared|distinct] [--markdown] [--report-only]
 
-Writes target/scale-results.json (one entry per size run, newest kept);
+Writes benches/scale-results.json (one entry per size run, newest kept);
 --markdown prints a BENCHMARKS.md-ready section from every size recorded
 there. Bounded: a hard deadline (--deadline) kills everything; every child
 dies with this script (PR_SET_PDEATHSIG), and on any exit the children are
@@ -67,7 +67,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target/release/mario-bench")
 MARITCP = os.path.join(ROOT, "c-examples/maritcp")
-RESULTS = os.path.join(ROOT, "target/scale-results.json")
+# Committed: BENCHMARKS.md (make bench) includes the latest run's section.
+RESULTS = os.path.join(ROOT, "benches/scale-results.json")
 
 # Descriptors a process needs besides its connections (listener, epoll,
 # eventfds, log files, stdio; mario-bench asks for conns + 64).
@@ -823,7 +824,7 @@ per connection; the application's own per-user state comes on top.
 {chr(10).join(plan)}
 
 So idle connections cost {gib(1e6 * per_m)} per million on the server, kernel and RSS together: 1 M fit in
-a {one} GiB server next to a modest application, 10 M need about {gib(ten)} with the buffer allowance, a
+a server of {one} GiB next to a modest application, 10 M need about {gib(ten)} with the buffer allowance, a
 {machine} GiB machine before the application's own data. Here 2,000,000 sockets shared
 {int(lim['net.ipv4.tcp_ehash_entries']):,} established-hash buckets (chains of about 8) without trouble. If a firewall tracks connections,
 `net.netfilter.nf_conntrack_max` must exceed the count (here {int(lim['net.netfilter.nf_conntrack_max']):,}, which would
