@@ -170,11 +170,12 @@ $(CTEST_DIR)/pushsrv-asan: $(EX)/pushsrv.c include/mario/mario.h $(LIB)
 	@mkdir -p $(CTEST_DIR)
 	$(CC) $(CTEST_FLAGS) -o $@ $< $(LIB) $(HIREDIS) $(LDLIBS)
 
-# Benchmarks: ours (maritcp + libmario) against the tokio peer, side by
-# side, then the decoders and the cost of a filtered log call; rewrites
-# BENCHMARKS.md. BENCH_ARGS=--quick for a short run.
+# Benchmarks: ours (maritcp + libmario) against the tokio peer and the
+# floor (a bare epoll loop), side by side, then the decoders and the cost
+# of a filtered log call; rewrites BENCHMARKS.md. BENCH_ARGS=--quick for a
+# short run.
 .PHONY: bench
-bench: all venv target/bench/logcost $(BENCH_VENV)/.ready
+bench: all venv target/bench/logcost target/bench/floor $(BENCH_VENV)/.ready
 	$(CARGO) build --release -p mario-bench -p tokio-peer
 	$(CARGO) bench --no-run --bench decoders
 	python3 benches/run.py $(BENCH_ARGS)
@@ -191,6 +192,12 @@ $(BENCH_VENV)/.ready: Makefile
 target/bench/logcost: benches/logcost.c include/mario/mario.h $(LIB)
 	@mkdir -p target/bench
 	$(CC) $(CFLAGS) -Werror -Iinclude -o $@ $< $(LIB) $(LDLIBS)
+
+# The floor of the benchmarks (benches/floor/floor.c): the same protocol
+# served by a bare epoll loop, no framework (run by benches/run.py).
+target/bench/floor: benches/floor/floor.c
+	@mkdir -p target/bench
+	$(CC) $(CFLAGS) -Werror -o $@ $< -lpthread
 
 # 10-minute soak against maritcp (not in CI): SOAK_SECONDS=600 by default.
 .PHONY: soak fuzz sanitize loom

@@ -42,6 +42,15 @@ sint32 login(CONN *c) {
 	return 0;
 }
 
+sint32 echo(CONN *c) {
+	const HEAD *h = (const HEAD *) c->in_buf;
+
+	/* the framework checked stx and 8 <= pkglen <= MAX_PKG_LEN, and
+	 * in_buf holds the whole packet */
+	bufferevent_write(c->bufev, c->in_buf, h->pkglen);
+	return 0;
+}
+
 sint32 log_connection(CONN *c) {
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);

@@ -12,6 +12,9 @@
 /* LOGIN (CMD_FUNCTION_LOGIN): count the user online, reply with a HEAD */
 sint32 login(CONN *c);
 
+/* ECHO (CMD_FUNCTION_ECHO): reply with the packet unchanged */
+sint32 echo(CONN *c);
+
 /* disconnected (timeout, closed, error): uncount a logged-in user */
 sint32 logout(CONN *c);
 

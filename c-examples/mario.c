@@ -2,7 +2,7 @@
  * mario.c
  *
  * maritcp: the MarioTCP sample server. Reads ./init.conf, answers LOGIN
- * packets (0x6101), counts the users online and logs their number every
+ * packets (0x6101) and ECHO packets (0x6102, sent back unchanged), counts the users online and logs their number every
  * 60 seconds (with the server's statistics), and serves those statistics
  * for Prometheus on the address METRICS names, if set.
  *
@@ -106,6 +106,7 @@ int main(int argc, char *argv[]) {
 	}
 
 	regist_akg_func(CMD_FUNCTION_LOGIN, login);
+	regist_akg_func(CMD_FUNCTION_ECHO, echo);
 	regist_disconnected_func(logout);
 	if (conf.log_connections)
 		regist_connected_func(log_connection);

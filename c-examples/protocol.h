@@ -15,6 +15,10 @@
 
 /* packet ids (HEAD.akg_id) */
 #define CMD_FUNCTION_LOGIN		0x6101
+/* ECHO: any body (pkglen 8..MAX_PKG_LEN, so up to 1,492 bytes of body); the
+ * reply is the whole packet unchanged, HEAD included. The bandwidth
+ * benchmark (mario-bench bw) sends these. */
+#define CMD_FUNCTION_ECHO		0x6102
 
 #pragma pack(1)
 

@@ -8,7 +8,7 @@ mod protocol;
 use common::*;
 use protocol::*;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -86,6 +86,47 @@ fn wrong_login_length_closes_and_logs_an_error() {
     );
     // The server is unharmed.
     check_login_exact(p.port);
+    p.stop_clean();
+}
+
+/// ECHO (0x6102): the whole packet comes back unchanged at every size up
+/// to `MAX_PKG_LEN`, pipelined, in pieces and between LOGINs; a packet over
+/// `MAX_PKG_LEN` closes the connection as any other bad frame.
+#[test]
+fn echo_returns_the_packet_unchanged() {
+    const ECHO: u16 = 0x6102;
+    let p = Proc::maritcp(CONF, true);
+    let echo = |len: usize, seed: u8| {
+        let body: Vec<u8> = (0..len - 8).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect();
+        frame(STX, ECHO, &body)
+    };
+    let mut s = connect(p.port);
+    for len in [8, 9, 10, 100, 1400, 1500] {
+        let pkt = echo(len, len as u8);
+        s.write_all(&pkt).unwrap();
+        let mut got = vec![0u8; len];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, pkt, "ECHO of {len} bytes");
+    }
+    // Pipelined with LOGINs, written in 7-byte pieces.
+    let mut batch = Vec::new();
+    let mut expect = Vec::new();
+    for i in 0..40u8 {
+        batch.extend(login(u16::from(i)));
+        expect.extend(reply());
+        batch.extend(echo(1400, i));
+        expect.extend(echo(1400, i));
+    }
+    for chunk in batch.chunks(7) {
+        s.write_all(chunk).unwrap();
+    }
+    let mut got = vec![0u8; expect.len()];
+    s.read_exact(&mut got).unwrap();
+    assert!(got == expect, "pipelined ECHO and LOGIN replies differ");
+    expect_quiet(&mut s, Duration::from_millis(200));
+    let mut big = connect(p.port);
+    big.write_all(&frame(STX, ECHO, &[0u8; 1493])).unwrap();
+    expect_closed_silently(&mut big, Duration::from_secs(1), "ECHO of 1,501 bytes");
     p.stop_clean();
 }
 

@@ -7,12 +7,15 @@ usage:
   mario-bench rps  --addr HOST:PORT [--conns N=100] [--depth D=1] [--duration SECS=10] [--warmup SECS=2] [--threads K=1] [COMMON]
   mario-bench cps  --addr HOST:PORT [--concurrency C=200] [--duration SECS=10] [--warmup SECS=2] [--threads K=1] [COMMON]
   mario-bench hold --addr HOST:PORT [--conns N=15000] [--churn R=1000] [--sends K=1000] [--duration SECS=30] [--threads K=1] [COMMON]
-COMMON: [--pid PID] [--stx HEX=8eb69af7] [--id HEX=6101] [--body BYTES=2] [--rst] [--json-only] [--quiet]
+  mario-bench bw   --addr HOST:PORT [--conns N=50] [--depth D=8] [--size BYTES=1400] [--duration SECS=10] [--warmup SECS=2] [--threads K=1] [COMMON]
+COMMON: [--pid PID] [--stx HEX=8eb69af7] [--id HEX=6101, bw: 6102] [--body BYTES=2, not bw] [--rst] [--json-only] [--quiet]
 
   rps   N connections, D requests in flight on each; requests/s and latency
   cps   C slots looping connect, one request, reply, close; connections/s
   hold  open and hold N connections (one LOGIN each); every second close and
         reopen R random ones and send K requests on random held ones
+  bw    N connections, D ECHO packets of SIZE bytes (head included, 16..65535)
+        in flight on each, every echo checked byte for byte; packets/s, Gbit/s
   --pid      server process: report its CPU time (/proc/PID/stat) and RSS
   --rst      close with SO_LINGER {1,0} (RST, no TIME_WAIT)
   --json-only  print only the JSON summary line on stdout
@@ -26,6 +29,7 @@ pub enum Mode {
     Rps,
     Cps,
     Hold,
+    Bw,
 }
 
 impl Mode {
@@ -34,6 +38,7 @@ impl Mode {
             Mode::Rps => "rps",
             Mode::Cps => "cps",
             Mode::Hold => "hold",
+            Mode::Bw => "bw",
         }
     }
 }
@@ -42,9 +47,9 @@ impl Mode {
 pub struct Config {
     pub mode: Mode,
     pub addr: SocketAddr,
-    /// rps: connections; cps: concurrency; hold: connections held.
+    /// rps, bw: connections; cps: concurrency; hold: connections held.
     pub conns: usize,
-    /// Requests in flight per connection (rps; 1 otherwise).
+    /// Requests in flight per connection (rps, bw; 1 otherwise).
     pub depth: usize,
     pub duration: f64,
     /// Warm-up seconds (rps, cps; hold has a set-up phase instead).
@@ -57,6 +62,7 @@ pub struct Config {
     pub pid: Option<u32>,
     pub stx: u32,
     pub id: u16,
+    /// Body bytes of a request (bw: `--size` minus the head).
     pub body: usize,
     pub rst: bool,
     pub json_only: bool,
@@ -108,18 +114,24 @@ fn resolve(v: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("--addr: no address for '{v}'"))
 }
 
+/// The smallest bw packet: the head, then the connection's tag and the
+/// packet's sequence number (u32 each).
+pub const BW_MIN_SIZE: usize = 16;
+
 /// Parses the arguments (without the program name). `Ok(None)` means help was asked for.
 pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
     let Some(first) = args.first() else {
-        return Err("missing mode (rps, cps or hold)".into());
+        return Err("missing mode (rps, cps, hold or bw)".into());
     };
     let mode = match first.as_str() {
         "rps" => Mode::Rps,
         "cps" => Mode::Cps,
         "hold" => Mode::Hold,
+        "bw" => Mode::Bw,
         "-h" | "--help" | "help" => return Ok(None),
-        m => return Err(format!("unknown mode '{m}' (rps, cps or hold)")),
+        m => return Err(format!("unknown mode '{m}' (rps, cps, hold or bw)")),
     };
+    let bw = mode == Mode::Bw;
     let mut cfg = Config {
         mode,
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -127,8 +139,9 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
             Mode::Rps => 100,
             Mode::Cps => 200,
             Mode::Hold => 15000,
+            Mode::Bw => 50,
         },
-        depth: 1,
+        depth: if bw { 8 } else { 1 },
         duration: if mode == Mode::Hold { 30.0 } else { 10.0 },
         warmup: if mode == Mode::Hold { 0.0 } else { 2.0 },
         threads: 1,
@@ -136,8 +149,8 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
         sends: 1000,
         pid: None,
         stx: 0x8eb6_9af7,
-        id: 0x6101,
-        body: 2,
+        id: if bw { 0x6102 } else { 0x6101 },
+        body: if bw { 1400 - 8 } else { 2 },
         rst: false,
         json_only: false,
         quiet: false,
@@ -180,7 +193,7 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
                 have_addr = true;
             }
             "--conns" => {
-                only(&[Mode::Rps, Mode::Hold])?;
+                only(&[Mode::Rps, Mode::Hold, Mode::Bw])?;
                 cfg.conns = parse_num(opt, v)?;
             }
             "--concurrency" => {
@@ -188,12 +201,12 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
                 cfg.conns = parse_num(opt, v)?;
             }
             "--depth" => {
-                only(&[Mode::Rps])?;
+                only(&[Mode::Rps, Mode::Bw])?;
                 cfg.depth = parse_num(opt, v)?;
             }
             "--duration" => cfg.duration = parse_secs(opt, v)?,
             "--warmup" => {
-                only(&[Mode::Rps, Mode::Cps])?;
+                only(&[Mode::Rps, Mode::Cps, Mode::Bw])?;
                 cfg.warmup = parse_secs(opt, v)?;
             }
             "--threads" => cfg.threads = parse_num(opt, v)?,
@@ -210,7 +223,18 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
                 cfg.stx = u32::try_from(parse_hex(opt, v)?).map_err(|_| format!("{opt}: too large"))?
             }
             "--id" => cfg.id = u16::try_from(parse_hex(opt, v)?).map_err(|_| format!("{opt}: too large"))?,
-            "--body" => cfg.body = parse_num(opt, v)?,
+            "--body" => {
+                only(&[Mode::Rps, Mode::Cps, Mode::Hold])?;
+                cfg.body = parse_num(opt, v)?;
+            }
+            "--size" => {
+                only(&[Mode::Bw])?;
+                let size: usize = parse_num(opt, v)?;
+                if !(BW_MIN_SIZE..=u16::MAX as usize).contains(&size) {
+                    return Err(format!("--size must be {BW_MIN_SIZE}..{}", u16::MAX));
+                }
+                cfg.body = size - 8;
+            }
             "--rst" => cfg.rst = true,
             "--json-only" => cfg.json_only = true,
             "--quiet" => cfg.quiet = true,
@@ -268,6 +292,9 @@ mod tests {
         assert_eq!((c.conns, c.churn, c.sends, c.duration), (15000, 1000, 1000, 30.0));
         let c = p("cps --addr 127.0.0.1:9").unwrap().unwrap();
         assert_eq!(c.conns, 200);
+        let c = p("bw --addr 127.0.0.1:9").unwrap().unwrap();
+        assert_eq!((c.mode, c.conns, c.depth, c.req_len()), (Mode::Bw, 50, 8, 1400));
+        assert_eq!((c.id, c.duration, c.warmup), (0x6102, 10.0, 2.0));
     }
 
     #[test]
@@ -285,6 +312,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((c.conns, c.threads), (3, 3));
+        let c = p("bw --addr 127.0.0.1:9 --conns 4 --depth 2 --size 16 --warmup 0 --threads 2 --id 7")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.conns, c.depth, c.req_len(), c.warmup, c.threads, c.id),
+            (4, 2, 16, 0.0, 2, 7)
+        );
     }
 
     #[test]
@@ -301,6 +335,11 @@ mod tests {
         assert!(p("rps --addr 127.0.0.1:9 --id 10000").is_err());
         assert!(p("rps --addr 127.0.0.1:9 --body 70000").is_err());
         assert!(p("rps --addr 127.0.0.1:9 --rst=1").is_err());
+        assert!(p("rps --addr 127.0.0.1:9 --size 100").is_err());
+        assert!(p("bw --addr 127.0.0.1:9 --body 100").is_err());
+        assert!(p("bw --addr 127.0.0.1:9 --size 15").is_err());
+        assert!(p("bw --addr 127.0.0.1:9 --size 65536").is_err());
+        assert!(p("bw --addr 127.0.0.1:9 --churn 5").is_err());
         assert!(p("rps --help").unwrap().is_none());
     }
 }

@@ -2,9 +2,11 @@
 //! (8-byte head {u32 stx, u16 pkglen, u16 akg_id} in host byte order + body).
 //!
 //! Modes: `rps` (requests/s and latency over N connections with D requests in
-//! flight each), `cps` (connect + one request + close cycles per second) and
+//! flight each), `cps` (connect + one request + close cycles per second),
 //! `hold` (hold N connections with churn and random sends, counting every
-//! failure). Run `mario-bench --help` for the options.
+//! failure) and `bw` (bandwidth: N connections with D ECHO packets of SIZE
+//! bytes in flight each, every echo checked byte for byte). Run
+//! `mario-bench --help` for the options.
 //!
 //! Output: progress on stderr once a second (unless --quiet), a table on
 //! stdout (unless --json-only) and one JSON line on stdout.
@@ -276,6 +278,12 @@ fn progress(cfg: &Config, sh: &Shared, phase: u8, el: f64, d_ops: u64, d_reconn:
             group(d_reconn),
             sh.sum(C_SKIPPED_SENDS) + sh.sum(C_SKIPPED_CHURN),
         ),
+        Mode::Bw => format!(
+            "bw   {ph:<7} {el:6.1}s  rate {:>9}/s  {:.2} Gbit/s each way  total {:>12}  errors {errs}",
+            group(d_ops),
+            gbit(d_ops * cfg.req_len() as u64, 1.0),
+            group(sh.sum(C_OPS_TOTAL)),
+        ),
     };
     eprintln!("{line}");
 }
@@ -325,6 +333,7 @@ fn lat(h: &Histogram<u64>) -> Lat {
 fn ops_word(cfg: &Config) -> &'static str {
     match cfg.mode {
         Mode::Cps => "connection",
+        Mode::Bw => "packet",
         _ => "request",
     }
 }
@@ -345,6 +354,20 @@ fn per_op_us(cfg: &Config, cnt: &[u64; NC], win: &Window) -> Option<f64> {
 
 fn rate(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+/// `bytes` over `secs` in Gbit/s (10^9 bits per second).
+fn gbit(bytes: u64, secs: f64) -> f64 {
+    rate(bytes, secs) * 8.0 / 1e9
+}
+
+/// bw: server CPU seconds per GB (10^9 bytes) moved, both directions
+/// counted: the bytes the clients wrote plus the bytes they read back.
+fn cpu_s_per_gb(cnt: &[u64; NC], win: &Window) -> Option<f64> {
+    let bytes = cnt[C_BYTES_OUT] + cnt[C_BYTES_IN];
+    win.server_cpu_s
+        .filter(|_| bytes > 0)
+        .map(|c| c / (bytes as f64 / 1e9))
 }
 
 fn opt(v: Option<f64>, decimals: usize) -> String {
@@ -393,6 +416,16 @@ fn table(
             cfg.sends,
             cfg.threads,
             if cfg.rst { ", RST close" } else { "" }
+        ),
+        Mode::Bw => writeln!(
+            t,
+            "mario-bench bw {}: {} connections x depth {} x {} B echoed (id {:#06x}), {} thread(s)",
+            cfg.addr,
+            cfg.conns,
+            cfg.depth,
+            cfg.req_len(),
+            cfg.id,
+            cfg.threads
         ),
     };
     let before = if cfg.mode == Mode::Hold {
@@ -459,6 +492,29 @@ fn table(
                 "skipped (none idle)", cnt[C_SKIPPED_SENDS], cnt[C_SKIPPED_CHURN]
             );
         }
+        Mode::Bw => {
+            let _ = writeln!(t, "  {:<22}{}", "packets echoed", group(ops));
+            let _ = writeln!(
+                t,
+                "  {:<22}{} packets/s",
+                "rate",
+                group(rate(ops, win.duration_s) as u64)
+            );
+            let _ = writeln!(
+                t,
+                "  {:<22}{:.3} Gbit/s out (to the server), {:.3} Gbit/s in",
+                "bandwidth",
+                gbit(cnt[C_BYTES_OUT], win.duration_s),
+                gbit(cnt[C_BYTES_IN], win.duration_s)
+            );
+            let _ = writeln!(
+                t,
+                "  {:<22}{} received, {} sent (incl. warm-up and drain)",
+                "packets total",
+                group(cnt[C_REPLIES_TOTAL]),
+                group(cnt[C_SENT_TOTAL])
+            );
+        }
     }
     let _ = writeln!(
         t,
@@ -499,6 +555,14 @@ fn table(
             opt(per_op_us(cfg, cnt, win), 2),
             ops_word(cfg)
         );
+        if cfg.mode == Mode::Bw {
+            let _ = writeln!(
+                t,
+                "  {:<22}{} s per GB moved (both directions)",
+                "",
+                opt(cpu_s_per_gb(cnt, win), 3)
+            );
+        }
         let _ = writeln!(
             t,
             "  {:<22}{} KiB before, {} KiB max",
@@ -641,6 +705,22 @@ fn json(
             j.int("skipped_sends", cnt[C_SKIPPED_SENDS]);
             j.int("skipped_churn", cnt[C_SKIPPED_CHURN]);
         }
+        Mode::Bw => {
+            j.int("conns", cfg.conns as u64);
+            j.int("depth", cfg.depth as u64);
+            j.int("size", cfg.req_len() as u64);
+            j.num("warmup_s", Some(win.before_s), 3);
+            j.num("duration_s", Some(win.duration_s), 6);
+            j.int("packets", ops);
+            j.num("rate", Some(rate(ops, win.duration_s)), 1);
+            j.num("gbit_out", Some(gbit(cnt[C_BYTES_OUT], win.duration_s)), 4);
+            j.num("gbit_in", Some(gbit(cnt[C_BYTES_IN], win.duration_s)), 4);
+            j.int("bytes_out", cnt[C_BYTES_OUT]);
+            j.int("bytes_in", cnt[C_BYTES_IN]);
+            j.int("packets_total", cnt[C_REPLIES_TOTAL]);
+            j.int("sent_total", cnt[C_SENT_TOTAL]);
+            j.int("connections_total", cnt[C_CONNECTS]);
+        }
     }
     let l = lat(hist);
     j.num("p50_us", l.p50, 1);
@@ -661,8 +741,16 @@ fn json(
         j.int("failures_total", errs);
         j.int("setup_failures", cnt[C_SETUP_FAILURES]);
     }
+    if cfg.mode == Mode::Bw {
+        j.kinds("failures", cnt);
+        j.int("failures_total", errs);
+        j.int("mismatches", cnt[C_ERR + Kind::Mismatch as usize]);
+    }
     j.num("server_cpu_s", win.server_cpu_s, 3);
     j.num("server_cpu_us_per_op", per_op_us(cfg, cnt, win), 3);
+    if cfg.mode == Mode::Bw {
+        j.num("server_cpu_s_per_gb", cpu_s_per_gb(cnt, win), 4);
+    }
     j.opt_int("rss_before_kib", win.rss_before);
     j.opt_int("rss_max_kib", win.rss_max);
     j.num("client_cpu_s", win.client_cpu_s, 3);

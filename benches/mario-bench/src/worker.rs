@@ -1,9 +1,13 @@
 //! One load-generating thread: its own mio `Poll` (edge-triggered) over a
 //! share of the connections ("slots").
 //!
-//! All requests are the same frame, so a connection's unsent output is always
-//! a suffix of `depth` back-to-back copies of it (`tmpl`): we keep only a byte
-//! count, and never allocate per request. Replies are read into one scratch
+//! In rps, cps and hold all requests are the same frame, so a connection's
+//! unsent output is always a suffix of `depth` back-to-back copies of it
+//! (`tmpl`): we keep only a byte count, and never allocate per request. In bw
+//! every packet carries its connection's tag and its own sequence number, so
+//! that an echo can be checked byte for byte against the packet it answers:
+//! the packets are built into the connection's own output buffer (at most
+//! `depth` packets, its capacity kept). Replies are read into one scratch
 //! buffer per thread and parsed by their `pkglen`; only a partial frame left at
 //! the end of a read is copied into the connection's own (normally empty)
 //! buffer.
@@ -50,8 +54,10 @@ pub enum Kind {
     Timeout = 3,
     Protocol = 4,
     Io = 5,
+    /// bw: an echo that is not, byte for byte, the packet it answers.
+    Mismatch = 6,
 }
-pub const KINDS: [&str; 6] = ["connect", "eof", "reset", "timeout", "protocol", "io"];
+pub const KINDS: [&str; 7] = ["connect", "eof", "reset", "timeout", "protocol", "io", "mismatch"];
 
 /// Counter indices (per thread, published to `Shared`).
 /// Main operations: rps replies, cps completed cycles, hold answered sends (not LOGINs).
@@ -73,7 +79,11 @@ pub const C_SKIPPED_CHURN: usize = 8;
 pub const C_SETUP_DONE: usize = 9;
 /// hold: failures during set-up.
 pub const C_SETUP_FAILURES: usize = 10;
-pub const C_ERR: usize = 11; // .. C_ERR + 6
+/// Bytes written (client to server) and read (server to client) in the
+/// measured window.
+pub const C_BYTES_OUT: usize = 11;
+pub const C_BYTES_IN: usize = 12;
+pub const C_ERR: usize = 13; // .. C_ERR + KINDS.len()
 pub const NC: usize = C_ERR + KINDS.len();
 
 #[repr(align(128))]
@@ -139,8 +149,13 @@ struct Slot {
     outstanding: u32,
     /// Ring head in `times`.
     head: u32,
-    /// Bytes not yet written: a suffix of `tmpl`.
+    /// Bytes not yet written: a suffix of `tmpl` (bw: of `out`).
     pending: u32,
+    /// bw: packets queued for this connection, the last `pending` bytes unsent.
+    out: Vec<u8>,
+    /// bw: sequence numbers of the next packet to send and to be echoed.
+    seq_sent: u32,
+    seq_echoed: u32,
     /// When the connect started (ns).
     started: u64,
     /// Last progress (ns), for timeouts.
@@ -162,6 +177,9 @@ impl Slot {
             outstanding: 0,
             head: 0,
             pending: 0,
+            out: Vec::new(),
+            seq_sent: 0,
+            seq_echoed: 0,
             started: 0,
             last: 0,
             partial: Vec::new(),
@@ -188,6 +206,50 @@ pub fn parse_frames(buf: &[u8], stx: u32) -> Result<(u32, usize), ()> {
         n += 1;
     }
     Ok((n, pos))
+}
+
+/// Offsets in a bw packet of the connection's tag and of the sequence number.
+const BW_TAG: usize = HEAD_LEN;
+const BW_SEQ: usize = HEAD_LEN + 4;
+
+/// The bw packet template: head (host byte order), room for the tag and the
+/// sequence number (zeros), then a fixed byte pattern up to `size`.
+pub fn echo_frame(stx: u32, id: u16, size: usize) -> Vec<u8> {
+    let mut f = request_frame(stx, id, size - HEAD_LEN, 0);
+    for (j, b) in f.iter_mut().enumerate().skip(BW_SEQ + 4) {
+        *b = (j as u8).wrapping_mul(31).wrapping_add(7);
+    }
+    f
+}
+
+/// A connection's tag in its bw packets: worker thread and slot.
+fn bw_tag(tid: usize, slot: usize) -> u32 {
+    ((tid as u32) << 20) ^ slot as u32
+}
+
+/// Checks that the whole frames `buf` holds (as `parse_frames` cut them)
+/// are, byte for byte, the bw packets `tmpl` with `tag` and the sequence
+/// numbers from `seq` on: the number of frames, or Err at the first that
+/// differs.
+pub fn verify_echoes(buf: &[u8], tmpl: &[u8], tag: u32, seq: u32) -> Result<u32, ()> {
+    let n = tmpl.len();
+    let mut k = 0u32;
+    let mut pos = 0;
+    while pos < buf.len() {
+        let f = &buf[pos..buf.len().min(pos + n)];
+        let ok = f.len() == n
+            && u16::from_ne_bytes([f[4], f[5]]) as usize == n
+            && f[..BW_TAG] == tmpl[..BW_TAG]
+            && f[BW_TAG..BW_SEQ] == tag.to_ne_bytes()
+            && f[BW_SEQ..BW_SEQ + 4] == seq.wrapping_add(k).to_ne_bytes()
+            && f[BW_SEQ + 4..] == tmpl[BW_SEQ + 4..];
+        if !ok {
+            return Err(());
+        }
+        pos += n;
+        k += 1;
+    }
+    Ok(k)
 }
 
 /// One request frame: head (host byte order) + body (u16 uid, then zeros).
@@ -367,7 +429,9 @@ pub struct Worker<'a> {
     /// Send times ring, `depth` per slot.
     times: Vec<u64>,
     depth: usize,
+    /// `depth` copies of the request (bw: one packet, its tag and sequence zero).
     tmpl: Vec<u8>,
+    bw: bool,
     req_len: usize,
     buf: Vec<u8>,
     base: Instant,
@@ -403,9 +467,18 @@ impl<'a> Worker<'a> {
         nthreads: usize,
         nslots: usize,
     ) -> Worker<'a> {
-        let depth = if cfg.mode == Mode::Rps { cfg.depth } else { 1 };
-        let frame = request_frame(cfg.stx, cfg.id, cfg.body, 1);
-        let tmpl = frame.repeat(depth);
+        let bw = cfg.mode == Mode::Bw;
+        let depth = if matches!(cfg.mode, Mode::Rps | Mode::Bw) {
+            cfg.depth
+        } else {
+            1
+        };
+        let frame = if bw {
+            echo_frame(cfg.stx, cfg.id, cfg.req_len())
+        } else {
+            request_frame(cfg.stx, cfg.id, cfg.body, 1)
+        };
+        let tmpl = if bw { frame.clone() } else { frame.repeat(depth) };
         let share = nslots as f64 / cfg.conns as f64;
         Worker {
             cfg,
@@ -417,6 +490,7 @@ impl<'a> Worker<'a> {
             times: vec![0; nslots * depth],
             depth,
             tmpl,
+            bw,
             req_len: frame.len(),
             buf: vec![0; READ_BUF],
             base: Instant::now(),
@@ -592,7 +666,8 @@ impl<'a> Worker<'a> {
         } else {
             None
         };
-        let mut stream = match start_connect(&self.cfg.addr, src, self.cfg.rst, self.cfg.mode == Mode::Rps) {
+        let pipelined = matches!(self.cfg.mode, Mode::Rps | Mode::Bw);
+        let mut stream = match start_connect(&self.cfg.addr, src, self.cfg.rst, pipelined) {
             Ok(s) => s,
             Err(e) => {
                 self.count_failure(if e.raw_os_error() == Some(libc::EMFILE) {
@@ -626,11 +701,7 @@ impl<'a> Worker<'a> {
         // Queue the first requests and try to write them at once: on loopback the
         // handshake is usually over when connect() returns (saving a wake-up and a
         // getsockopt), and a write while still in SYN_SENT just says EAGAIN.
-        let n = if self.cfg.mode == Mode::Rps {
-            self.depth as u32
-        } else {
-            1
-        };
+        let n = if pipelined { self.depth as u32 } else { 1 };
         self.send(i, n, now);
     }
 
@@ -665,6 +736,9 @@ impl<'a> Worker<'a> {
         s.outstanding = 0;
         s.head = 0;
         s.pending = 0;
+        s.out.clear();
+        s.seq_sent = 0;
+        s.seq_echoed = 0;
         s.partial.clear();
     }
 
@@ -726,7 +800,7 @@ impl<'a> Worker<'a> {
         let s = &mut self.slots[i];
         s.st = St::Open;
         s.last = now;
-        if self.cfg.mode == Mode::Rps {
+        if matches!(self.cfg.mode, Mode::Rps | Mode::Bw) {
             s.inflight = false;
             self.inflight -= 1;
         }
@@ -744,6 +818,19 @@ impl<'a> Worker<'a> {
         for k in 0..n {
             self.times[base + ((s.head + s.outstanding + k) % d) as usize] = now;
         }
+        if self.bw {
+            // Drop the packets written already, then append the new ones.
+            let written = s.out.len() - s.pending as usize;
+            s.out.drain(..written);
+            let tag = bw_tag(self.tid, i);
+            for _ in 0..n {
+                let at = s.out.len();
+                s.out.extend_from_slice(&self.tmpl);
+                s.out[at + BW_TAG..at + BW_SEQ].copy_from_slice(&tag.to_ne_bytes());
+                s.out[at + BW_SEQ..at + BW_SEQ + 4].copy_from_slice(&s.seq_sent.to_ne_bytes());
+                s.seq_sent = s.seq_sent.wrapping_add(1);
+            }
+        }
         s.outstanding += n;
         s.pending += n * self.req_len as u32;
         self.outstanding += n as u64;
@@ -754,14 +841,15 @@ impl<'a> Worker<'a> {
     /// Writes what is pending on slot `i`. A slot still connecting becomes
     /// established by its first successful write.
     fn flush(&mut self, i: usize, now: u64) {
-        let total = self.tmpl.len();
+        let measuring = self.measuring();
         let s = &mut self.slots[i];
         let Some(stream) = s.stream.as_ref() else { return };
+        let src = if self.bw { &s.out[..] } else { &self.tmpl[..] };
         let mut w: &TcpStream = stream;
         let mut wrote = false;
         let mut err = None;
         while s.pending > 0 {
-            match w.write(&self.tmpl[total - s.pending as usize..]) {
+            match w.write(&src[src.len() - s.pending as usize..]) {
                 Ok(0) => {
                     err = Some(Kind::Io);
                     break;
@@ -769,6 +857,9 @@ impl<'a> Worker<'a> {
                 Ok(n) => {
                     s.pending -= n as u32;
                     wrote = true;
+                    if measuring {
+                        self.cnt[C_BYTES_OUT] += n as u64;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -790,6 +881,8 @@ impl<'a> Worker<'a> {
     /// Reads everything available on open slot `i` and handles the replies.
     fn readable(&mut self, i: usize, closed: bool) {
         let stx = self.cfg.stx;
+        let measuring = self.measuring();
+        let tag = bw_tag(self.tid, i);
         let s = &mut self.slots[i];
         let generation = s.generation;
         let Some(stream) = s.stream.as_ref() else { return };
@@ -811,8 +904,21 @@ impl<'a> Worker<'a> {
                 }
                 Ok(n) => {
                     have += n;
+                    if measuring {
+                        self.cnt[C_BYTES_IN] += n as u64;
+                    }
                     match parse_frames(&buf[..have], stx) {
                         Ok((f, used)) => {
+                            if self.bw {
+                                let first = s.seq_echoed;
+                                // Echoes of packets not sent yet are caught in `replies`.
+                                if verify_echoes(&buf[..used], &self.tmpl, tag, first).is_err() {
+                                    bad = Some(Kind::Mismatch);
+                                    have = 0;
+                                    break;
+                                }
+                                s.seq_echoed = first.wrapping_add(f);
+                            }
                             replies += f;
                             buf.copy_within(used..have, 0);
                             have -= used;
@@ -842,8 +948,9 @@ impl<'a> Worker<'a> {
             s.partial.extend_from_slice(&buf[..have]);
         }
         let now = self.now();
-        if bad == Some(Kind::Protocol) {
-            self.fail(i, Kind::Protocol, now);
+        if let Some(k @ (Kind::Protocol | Kind::Mismatch)) = bad {
+            // Nothing of this read is counted: the stream cannot be trusted.
+            self.fail(i, k, now);
             return;
         }
         if replies > 0 {
@@ -877,7 +984,7 @@ impl<'a> Worker<'a> {
         self.slots[i].last = now;
         let measuring = self.measuring();
         match self.cfg.mode {
-            Mode::Rps => {
+            Mode::Rps | Mode::Bw => {
                 for _ in 0..n {
                     let t = self.pop_time(i);
                     if measuring {
@@ -1025,6 +1132,40 @@ mod tests {
         let big = request_frame(stx, 1, 1000, 0);
         assert_eq!(parse_frames(&big[..500], stx), Ok((0, 0)));
         assert_eq!(parse_frames(&big, stx), Ok((1, 1008)));
+    }
+
+    #[test]
+    fn echoes_checked_byte_for_byte() {
+        let stx = 0x8eb6_9af7;
+        let t = echo_frame(stx, 0x6102, 40);
+        assert_eq!(t.len(), 40);
+        assert_eq!(u16::from_ne_bytes([t[4], t[5]]), 40);
+        assert_eq!(u16::from_ne_bytes([t[6], t[7]]), 0x6102);
+        assert_eq!(&t[8..16], &[0; 8]);
+        let pkt = |tag: u32, seq: u32| {
+            let mut p = t.clone();
+            p[8..12].copy_from_slice(&tag.to_ne_bytes());
+            p[12..16].copy_from_slice(&seq.to_ne_bytes());
+            p
+        };
+        let two = [pkt(5, 7), pkt(5, 8)].concat();
+        assert_eq!(verify_echoes(&two, &t, 5, 7), Ok(2));
+        assert_eq!(verify_echoes(&[], &t, 5, 7), Ok(0));
+        assert_eq!(verify_echoes(&two, &t, 5, 8), Err(()), "sequence");
+        assert_eq!(verify_echoes(&two, &t, 6, 7), Err(()), "another connection's");
+        let swapped = [pkt(5, 8), pkt(5, 7)].concat();
+        assert_eq!(verify_echoes(&swapped, &t, 5, 7), Err(()), "order");
+        for at in [0, 5, 7, 20, 39, 79] {
+            let mut b = two.clone();
+            b[at] ^= 1;
+            assert_eq!(verify_echoes(&b, &t, 5, 7), Err(()), "byte {at}");
+        }
+        assert_eq!(verify_echoes(&two[..79], &t, 5, 7), Err(()), "cut short");
+        assert_eq!(
+            verify_echoes(&request_frame(stx, 0x6102, 0, 0), &t, 0, 0),
+            Err(()),
+            "a bare head"
+        );
     }
 
     #[test]

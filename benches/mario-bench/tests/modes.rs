@@ -1,5 +1,5 @@
-//! Runs mario-bench (as a subprocess, --json-only) in every mode against a small
-//! in-test server and checks its counts against what the server saw.
+//! Runs mario-bench (as a subprocess, --json-only) in every mode against small
+//! in-test servers and checks its counts against what the server saw.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -79,6 +79,56 @@ fn serve(mut c: TcpStream, st: &Stats) {
         if !out.is_empty() && c.write_all(&out).is_err() {
             return;
         }
+    }
+}
+
+/// A thread-per-connection server echoing every frame unchanged (bw). With
+/// `corrupt_every = n`, every n-th echo (over all connections) has its last
+/// byte flipped.
+fn echo_server(corrupt_every: Option<u64>) -> (u16, Arc<Stats>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let stats = Arc::new(Stats::default());
+    let st = stats.clone();
+    thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { continue };
+            st.accepted.fetch_add(1, Ordering::SeqCst);
+            let st = st.clone();
+            thread::spawn(move || echo(c, &st, corrupt_every));
+        }
+    });
+    (port, stats)
+}
+
+fn echo(mut c: TcpStream, st: &Stats, corrupt_every: Option<u64>) {
+    let _ = c.set_nodelay(true);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut have = 0;
+    loop {
+        let n = match c.read(&mut buf[have..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        have += n;
+        let mut pos = 0;
+        while have - pos >= 8 {
+            let len = u16::from_ne_bytes([buf[pos + 4], buf[pos + 5]]) as usize;
+            assert!(len >= 8);
+            if have - pos < len {
+                break;
+            }
+            let k = st.answered.fetch_add(1, Ordering::SeqCst) + 1;
+            if corrupt_every.is_some_and(|e| k.is_multiple_of(e)) {
+                buf[pos + len - 1] ^= 0x40;
+            }
+            pos += len;
+        }
+        if pos > 0 && c.write_all(&buf[..pos]).is_err() {
+            return;
+        }
+        buf.copy_within(pos..have, 0);
+        have -= pos;
     }
 }
 
@@ -222,7 +272,7 @@ fn obj<'a>(m: &'a BTreeMap<String, Json>, k: &str) -> &'a BTreeMap<String, Json>
     }
 }
 
-const KINDS: [&str; 6] = ["connect", "eof", "reset", "timeout", "protocol", "io"];
+const KINDS: [&str; 7] = ["connect", "eof", "reset", "timeout", "protocol", "io", "mismatch"];
 
 /// Common checks: stable keys present, no server fields without --pid, error kinds add up.
 fn common(m: &BTreeMap<String, Json>, mode: &str) {
@@ -451,6 +501,101 @@ fn hold_counts_dropped_connections() {
 }
 
 #[test]
+fn bw_counts_every_packet_and_byte() {
+    let (port, st) = echo_server(None);
+    let addr = format!("127.0.0.1:{port}");
+    let m = run_json(&[
+        "bw",
+        "--addr",
+        &addr,
+        "--conns",
+        "6",
+        "--depth",
+        "4",
+        "--size",
+        "600",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.3",
+        "--threads",
+        "2",
+        "--json-only",
+        "--quiet",
+    ]);
+    common(&m, "bw");
+    assert_eq!(
+        (
+            int(&m, "conns"),
+            int(&m, "depth"),
+            int(&m, "size"),
+            int(&m, "threads")
+        ),
+        (6, 4, 600, 2)
+    );
+    assert_eq!(int(&m, "errors"), 0);
+    assert_eq!(int(&m, "failures_total"), 0);
+    assert_eq!(int(&m, "mismatches"), 0);
+    assert_eq!(obj(&m, "failures"), obj(&m, "errors_by_kind"));
+    let total = int(&m, "packets_total");
+    assert_eq!(total, st.answered.load(Ordering::SeqCst), "every echo is counted");
+    assert_eq!(int(&m, "sent_total"), total, "every packet sent was echoed");
+    assert_eq!(int(&m, "connections_total"), 6);
+    let (pk, dur) = (int(&m, "packets"), num(&m, "duration_s"));
+    assert!(pk > 0 && pk < total, "measured {pk} of {total}");
+    assert!((num(&m, "rate") * dur - pk as f64).abs() <= 1.0 + pk as f64 * 1e-4);
+    // Bytes in the window: whole packets, give or take the packets in flight
+    // when it opened and closed (6 x 4 each way).
+    let (out, inn) = (int(&m, "bytes_out"), int(&m, "bytes_in"));
+    for (what, b) in [("bytes_out", out), ("bytes_in", inn)] {
+        assert!(
+            b.abs_diff(pk * 600) <= 2 * 24 * 600,
+            "{what} {b} for {pk} packets"
+        );
+    }
+    let g = |b: u64| b as f64 * 8.0 / dur / 1e9;
+    assert!((num(&m, "gbit_out") - g(out)).abs() < 1e-3);
+    assert!((num(&m, "gbit_in") - g(inn)).abs() < 1e-3);
+    assert_eq!(m.get("server_cpu_s_per_gb"), Some(&Json::Null), "without --pid");
+}
+
+#[test]
+fn bw_counts_mismatched_echoes() {
+    // One echo in 200 has a byte flipped: each is a failure, its connection is
+    // closed and opened again.
+    let (port, st) = echo_server(Some(200));
+    let addr = format!("127.0.0.1:{port}");
+    let m = run_json(&[
+        "bw",
+        "--addr",
+        &addr,
+        "--conns",
+        "4",
+        "--size",
+        "100",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--json-only",
+        "--quiet",
+    ]);
+    common(&m, "bw");
+    let bad = int(&m, "mismatches");
+    assert!(bad > 0, "no mismatch counted");
+    assert_eq!(int(obj(&m, "failures"), "mismatch"), bad);
+    assert_eq!(int(&m, "failures_total"), int(&m, "errors"));
+    let corrupted = st.answered.load(Ordering::SeqCst) / 200;
+    assert!(
+        bad <= corrupted,
+        "{bad} mismatches for {corrupted} corrupted echoes"
+    );
+    assert!(int(&m, "connections_total") > 4, "closed and opened again");
+    assert_eq!(int(&m, "connections_total"), st.accepted.load(Ordering::SeqCst));
+    assert!(int(&m, "packets") > 0);
+}
+
+#[test]
 fn human_table_then_json() {
     let (port, _st) = server(None);
     let addr = format!("127.0.0.1:{port}");
@@ -484,6 +629,8 @@ fn bad_arguments_exit_2() {
         &["rps", "--addr", "127.0.0.1:1", "--depth", "0"][..],
         &["cps", "--addr", "127.0.0.1:1", "--conns", "5"][..],
         &["hold", "--addr", "127.0.0.1:1", "--bogus"][..],
+        &["bw", "--addr", "127.0.0.1:1", "--size", "8"][..],
+        &["bw", "--addr", "127.0.0.1:1", "--body", "8"][..],
     ] {
         let out = bench(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -500,7 +647,7 @@ fn no_server_exit_2() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    for mode in ["rps", "cps", "hold"] {
+    for mode in ["rps", "cps", "hold", "bw"] {
         let out = bench(&[mode, "--addr", &addr, "--duration", "1", "--json-only", "--quiet"]);
         assert_eq!(out.status.code(), Some(2), "{mode}");
         assert!(out.stdout.is_empty());

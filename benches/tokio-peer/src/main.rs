@@ -1,4 +1,4 @@
-//! The maritcp LOGIN server (see `c-examples/README.md`)
+//! The maritcp LOGIN and ECHO server (see `c-examples/README.md`)
 //! written the way a Rust user would write it with tokio: the peer libmario
 //! is benchmarked against.
 //!
@@ -9,9 +9,10 @@
 //! One task per connection reads into a buffer, cuts it into packets
 //! (8-byte little-endian `HEAD { u32 stx, u16 pkglen, u16 akg_id }`, `pkglen`
 //! counting the header), answers every LOGIN (`akg_id` 0x6101, `pkglen` 10)
-//! with a bare `HEAD { stx, 8, 0x6101 }` and writes the replies to all the
-//! complete packets of one read with a single `write_all`. Anything else
-//! closes the connection, as in maritcp. A connection with no input for
+//! with a bare `HEAD { stx, 8, 0x6101 }`, every ECHO (`akg_id` 0x6102, any
+//! `pkglen` up to 1500) with the packet unchanged, and writes the replies to
+//! all the complete packets of one read with a single `write_all`. Anything
+//! else closes the connection, as in maritcp. A connection with no input for
 //! `--timeout` seconds (or whose replies cannot be written in that time) is
 //! closed; 0 disables the timeout. Every 60 seconds the number of users
 //! logged in is logged. SIGTERM or SIGINT stops the server (exit status 0).
@@ -35,6 +36,8 @@ const LOGIN: u16 = 0x6101;
 const LOGIN_REQ_LEN: usize = 10;
 /// The reply is a bare `HEAD`.
 const LOGIN_RSP_LEN: u16 = 8;
+/// The ECHO packet id: the reply is the packet itself.
+const ECHO: u16 = 0x6102;
 /// Per-connection input buffer: always room for a whole packet after the
 /// unfinished tail of the previous read.
 const READ_BUF_LEN: usize = 4096;
@@ -254,6 +257,11 @@ fn handle(
         }
         if input.len() - pos < plen {
             break; // wait for the rest of the packet
+        }
+        if akg_id == ECHO {
+            out.extend_from_slice(&input[pos..pos + plen]);
+            pos += plen;
+            continue;
         }
         if akg_id != LOGIN {
             eprintln!("[warn] no handler for akg_id {akg_id:#06x} from {peer}");

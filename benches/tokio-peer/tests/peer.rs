@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 const STX: u32 = 0x8eb6_9af7;
 const LOGIN: u16 = 0x6101;
+const ECHO: u16 = 0x6102;
 
 fn head(stx: u32, pkglen: u16, akg_id: u16) -> Vec<u8> {
     let mut v = Vec::with_capacity(8);
@@ -28,6 +29,13 @@ fn login(uid: u16) -> Vec<u8> {
 
 fn login_reply() -> Vec<u8> {
     head(STX, 8, LOGIN)
+}
+
+/// An ECHO packet of `len` bytes in all, its body a pattern seeded by `seed`.
+fn echo(len: u16, seed: u8) -> Vec<u8> {
+    let mut v = head(STX, len, ECHO);
+    v.extend((0..len - 8).map(|i| (i as u8).wrapping_mul(7) ^ seed));
+    v
 }
 
 /// A running tokio-peer; killed on drop if still running.
@@ -201,6 +209,33 @@ fn pipelined_logins_answered_in_order() {
 }
 
 #[test]
+fn echo_returns_the_packet_unchanged() {
+    let peer = Peer::start(&[]);
+    let mut s = peer.connect();
+    for len in [8, 9, 10, 100, 1400, 1500] {
+        let pkt = echo(len, len as u8);
+        s.write_all(&pkt).unwrap();
+        let mut got = vec![0u8; pkt.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, pkt, "ECHO of {len} bytes");
+    }
+    // Pipelined with LOGINs, in 7-byte pieces.
+    let batch: Vec<u8> = (0..40u8)
+        .flat_map(|i| [login(i.into()), echo(1400, i)].concat())
+        .collect();
+    let expect: Vec<u8> = (0..40u8)
+        .flat_map(|i| [login_reply(), echo(1400, i)].concat())
+        .collect();
+    for chunk in batch.chunks(7) {
+        s.write_all(chunk).unwrap();
+    }
+    let mut got = vec![0u8; expect.len()];
+    s.read_exact(&mut got).unwrap();
+    assert!(got == expect, "pipelined ECHO and LOGIN replies differ");
+    assert_quiet(&mut s);
+}
+
+#[test]
 fn login_with_wrong_length_is_closed() {
     let peer = Peer::start(&[]);
     let mut s = peer.connect();
@@ -235,9 +270,14 @@ fn bad_pkglen_and_unknown_id_are_closed() {
     assert_closed(&mut s);
 
     let mut s = peer.connect();
-    s.write_all(&head(STX, 8, 0x6102)).unwrap();
+    s.write_all(&head(STX, 8, 0x6103)).unwrap();
     assert_closed(&mut s);
-    assert!(peer.stderr_contains("[warn] no handler for akg_id 0x6102"));
+    assert!(peer.stderr_contains("[warn] no handler for akg_id 0x6103"));
+
+    // ECHO over MAX_PKG_LEN
+    let mut s = peer.connect();
+    s.write_all(&echo(1501, 0)).unwrap();
+    assert_closed(&mut s);
 }
 
 #[test]
