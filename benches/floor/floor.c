@@ -38,7 +38,9 @@
  * small per-connection state; replies the socket does not take wait there
  * (input is not read meanwhile) and go out on EPOLLOUT; a socket that still
  * has input after MAX_READS full reads is re-armed (epoll_ctl MOD) so that
- * it comes back in the next epoll_wait.
+ * it comes back in the next epoll_wait; out of descriptors (the soft limit
+ * is raised to the hard one at start), a connection is accepted on a spare
+ * descriptor and closed at once.
  *
  * Prints "--------------start server ok--------------" once every listener
  * is bound and listening. SIGTERM or SIGINT stops it: exit status 0.
@@ -49,6 +51,7 @@
 #define _GNU_SOURCE
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -60,6 +63,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -105,6 +109,7 @@ struct worker {
 	int ep;
 	int lfd;
 	int yield;	/* --yield: sched_yield and look again before blocking */
+	int spare;	/* a descriptor kept for refusing connections at the limit */
 	/* per-descriptor state, indexed by fd, NULL when none; this thread's own */
 	struct conn **tab;
 	size_t tab_len;
@@ -350,8 +355,19 @@ static void on_accept(struct worker *w) {
 	struct epoll_event ev;
 	int fd = accept4(w->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
-	if (fd < 0)
-		return;	/* EAGAIN (another event raced), or out of descriptors */
+	if (fd < 0) {
+		if ((errno == EMFILE || errno == ENFILE) && w->spare >= 0) {
+			/* out of descriptors: take the connection with the spare
+			 * one and close it, or the level-triggered listener would
+			 * report it again at once, for as long as the limit lasts */
+			close(w->spare);
+			fd = accept4(w->lfd, NULL, NULL, SOCK_CLOEXEC);
+			if (fd >= 0)
+				close(fd);
+			w->spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		}
+		return;
+	}
 	ev.events = IN_EVENTS;
 	ev.data.u64 = TAG_CONN << 32 | (uint32_t) fd;
 	if (epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev) != 0)
@@ -453,6 +469,7 @@ int main(int argc, char *argv[]) {
 	sigset_t stop;
 	int stopfd, sig = 0, i, err;
 	uint64_t one = 1;
+	struct rlimit nofile;
 
 	for (i = 1; i < argc; i++) {
 		long *dst, lo, hi;
@@ -499,6 +516,12 @@ int main(int argc, char *argv[]) {
 		return 1;
 	}
 
+	/* as many connections as the hard limit allows */
+	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+		nofile.rlim_cur = nofile.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &nofile);
+	}
+
 	stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (stopfd < 0) {
 		perror("floor: eventfd");
@@ -508,6 +531,7 @@ int main(int argc, char *argv[]) {
 		struct worker *w = &workers[i];
 
 		w->yield = yield;
+		w->spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
 		w->lfd = listener((int) port);
 		if (w->lfd < 0) {
 			fprintf(stderr, "floor: port %ld: %s\n", port, strerror(errno));
@@ -543,6 +567,8 @@ int main(int argc, char *argv[]) {
 		pthread_join(workers[i].thread, NULL);
 		close(workers[i].ep);
 		close(workers[i].lfd);
+		if (workers[i].spare >= 0)
+			close(workers[i].spare);
 	}
 	close(stopfd);
 	return 0;
