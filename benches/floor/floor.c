@@ -19,12 +19,14 @@
  * nothing it could ask can be answered any more.
  *
  * A worker blocks in epoll_wait whenever it looks for events. With
- * --yield it does what libmario's workers do instead (src/worker/mod.rs,
- * `wait`): after a turn that had events it calls sched_yield and looks
- * again without blocking, and blocks only if that finds nothing. On a
- * machine with fewer cores than busy threads (the benchmark's: 2 cores,
- * 2 workers and the load generator) that saves most sleeps and wake-ups;
- * the plain loop is the default, the bare minimum of system calls.
+ * --yield it waits as libmario's workers do (src/worker/mod.rs, `wait`,
+ * since 6003e21): after a turn that had events it calls sched_yield and
+ * looks again without blocking, and blocks only if that finds nothing; a
+ * yield that found nothing makes the next YIELD_SKIP busy turns block
+ * directly. On a machine with fewer cores than busy threads (the
+ * benchmark's: 2 cores, 2 workers and the load generator) that saves most
+ * sleeps and wake-ups; the plain loop is the default, the bare minimum of
+ * system calls.
  *
  * Protocol (c-examples/README.md): HEAD {u32 stx, u16 pkglen, u16 akg_id},
  * little-endian, pkglen counting the head, 8..1500; stx 0x8eb69af7.
@@ -83,6 +85,8 @@
 #define READ_BUF (64 * 1024)
 /* full reads of one socket per event before it is re-armed */
 #define MAX_READS 16
+/* --yield: busy turns without a yield after one that found nothing */
+#define YIELD_SKIP 8
 
 /* epoll data: the descriptor, and what it is in the high half */
 #define TAG_CONN 0ull
@@ -378,15 +382,19 @@ static void *worker_main(void *arg) {
 	struct worker *w = arg;
 	struct epoll_event evs[MAX_EVENTS];
 	unsigned char buf[READ_BUF];
-	int running = 1, busy = 0;
+	int running = 1, busy = 0, skip = 0;
 	size_t i;
 
 	while (running) {
 		int n = 0, k;
 
-		if (busy) {
+		if (busy && skip > 0) {
+			skip--;
+		} else if (busy) {
 			sched_yield();
 			n = epoll_wait(w->ep, evs, MAX_EVENTS, 0);
+			if (n <= 0)
+				skip = YIELD_SKIP;	/* the yield bought nothing */
 		}
 		if (n <= 0)
 			n = epoll_wait(w->ep, evs, MAX_EVENTS, -1);
