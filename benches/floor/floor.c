@@ -4,7 +4,7 @@
  * kernel per request and per connection; benches/run.py runs it next to
  * maritcp (libmario) and the tokio peer.
  *
- *     floor [--port P=8082] [--workers N=2]
+ *     floor [--port P=8082] [--workers N=2] [--yield]
  *
  * Every worker thread has its own listening socket on the same port
  * (SO_REUSEPORT: the kernel spreads the connections) in its own epoll. The
@@ -14,7 +14,19 @@
  * epoll_ctl(ADD), edge-triggered for input. An input event is one read into
  * the thread's stack buffer, the packets parsed and answered in place, and
  * one write of all the replies. No logging, no timeouts; a connection ends
- * with a bare close (which also takes it out of the epoll).
+ * with a bare close (which also takes it out of the epoll). An event with
+ * EPOLLERR (the peer reset the connection) closes at once, without a read:
+ * nothing it could ask can be answered any more.
+ *
+ * A worker blocks in epoll_wait whenever it looks for events. With
+ * --yield it waits as libmario's workers do (src/worker/mod.rs, `wait`,
+ * since 6003e21): after a turn that had events it calls sched_yield and
+ * looks again without blocking, and blocks only if that finds nothing; a
+ * yield that found nothing makes the next YIELD_SKIP busy turns block
+ * directly. On a machine with fewer cores than busy threads (the
+ * benchmark's: 2 cores, 2 workers and the load generator) that saves most
+ * sleeps and wake-ups; the plain loop is the default, the bare minimum of
+ * system calls.
  *
  * Protocol (c-examples/README.md): HEAD {u32 stx, u16 pkglen, u16 akg_id},
  * little-endian, pkglen counting the head, 8..1500; stx 0x8eb69af7.
@@ -28,18 +40,24 @@
  * small per-connection state; replies the socket does not take wait there
  * (input is not read meanwhile) and go out on EPOLLOUT; a socket that still
  * has input after MAX_READS full reads is re-armed (epoll_ctl MOD) so that
- * it comes back in the next epoll_wait.
+ * it comes back in the next epoll_wait; out of descriptors (the soft limit
+ * is raised to the hard one at start), a connection is accepted on a spare
+ * descriptor and closed at once.
  *
  * Prints "--------------start server ok--------------" once every listener
  * is bound and listening. SIGTERM or SIGINT stops it: exit status 0.
- * Bad arguments: status 2; a port that cannot be bound: status 1.
+ * Bad arguments: status 2; a port that cannot be bound: status 1 (a port
+ * held by another SO_REUSEPORT listener of the same user is shared, not
+ * refused: the kernel's rule).
  */
 #define _GNU_SOURCE
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -47,6 +65,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -66,6 +85,8 @@
 #define READ_BUF (64 * 1024)
 /* full reads of one socket per event before it is re-armed */
 #define MAX_READS 16
+/* --yield: busy turns without a yield after one that found nothing */
+#define YIELD_SKIP 8
 
 /* epoll data: the descriptor, and what it is in the high half */
 #define TAG_CONN 0ull
@@ -74,7 +95,7 @@
 
 #define IN_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLET)
 
-static const char USAGE[] = "usage: floor [--port P=8082] [--workers N=2]\n";
+static const char USAGE[] = "usage: floor [--port P=8082] [--workers N=2] [--yield]\n";
 
 /* What a connection keeps between events: nothing, usually (no state at
  * all); a packet cut by the end of a read, or replies the socket did not
@@ -91,6 +112,8 @@ struct worker {
 	pthread_t thread;
 	int ep;
 	int lfd;
+	int yield;	/* --yield: sched_yield and look again before blocking */
+	int spare;	/* a descriptor kept for refusing connections at the limit */
 	/* per-descriptor state, indexed by fd, NULL when none; this thread's own */
 	struct conn **tab;
 	size_t tab_len;
@@ -242,13 +265,17 @@ static long answer(unsigned char *buf, size_t have, size_t *used) {
 
 static void on_conn(struct worker *w, int fd, uint32_t events, unsigned char *buf) {
 	struct conn *c = state_of(w, fd);
-	/* the peer is gone or going: read on to its end of stream */
-	int ending = (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+	/* the peer is going: read on to its end of stream */
+	int ending = (events & (EPOLLRDHUP | EPOLLHUP)) != 0;
 	int r;
 
+	if (events & EPOLLERR) {
+		drop(w, fd);
+		return;
+	}
 	if (c != NULL && c->out_len > 0) {
 		/* replies wait: no input is taken until they are gone */
-		if (!(events & (EPOLLOUT | EPOLLHUP | EPOLLERR)))
+		if (!(events & (EPOLLOUT | EPOLLHUP)))
 			return;
 		r = flush(c, fd);
 		if (r < 0) {
@@ -258,7 +285,7 @@ static void on_conn(struct worker *w, int fd, uint32_t events, unsigned char *bu
 		if (r > 0)
 			return;
 		ending = 1;	/* input edges were missed meanwhile: read to EAGAIN */
-	} else if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+	} else if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP))) {
 		return;
 	}
 
@@ -332,8 +359,19 @@ static void on_accept(struct worker *w) {
 	struct epoll_event ev;
 	int fd = accept4(w->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
-	if (fd < 0)
-		return;	/* EAGAIN (another event raced), or out of descriptors */
+	if (fd < 0) {
+		if ((errno == EMFILE || errno == ENFILE) && w->spare >= 0) {
+			/* out of descriptors: take the connection with the spare
+			 * one and close it, or the level-triggered listener would
+			 * report it again at once, for as long as the limit lasts */
+			close(w->spare);
+			fd = accept4(w->lfd, NULL, NULL, SOCK_CLOEXEC);
+			if (fd >= 0)
+				close(fd);
+			w->spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		}
+		return;
+	}
 	ev.events = IN_EVENTS;
 	ev.data.u64 = TAG_CONN << 32 | (uint32_t) fd;
 	if (epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev) != 0)
@@ -344,12 +382,23 @@ static void *worker_main(void *arg) {
 	struct worker *w = arg;
 	struct epoll_event evs[MAX_EVENTS];
 	unsigned char buf[READ_BUF];
-	int running = 1;
+	int running = 1, busy = 0, skip = 0;
 	size_t i;
 
 	while (running) {
-		int n = epoll_wait(w->ep, evs, MAX_EVENTS, -1);
-		int k;
+		int n = 0, k;
+
+		if (busy && skip > 0) {
+			skip--;
+		} else if (busy) {
+			sched_yield();
+			n = epoll_wait(w->ep, evs, MAX_EVENTS, 0);
+			if (n <= 0)
+				skip = YIELD_SKIP;	/* the yield bought nothing */
+		}
+		if (n <= 0)
+			n = epoll_wait(w->ep, evs, MAX_EVENTS, -1);
+		busy = w->yield && n > 0;
 
 		for (k = 0; k < n; k++) {
 			uint64_t d = evs[k].data.u64;
@@ -424,9 +473,11 @@ static long number(const char *s, long lo, long hi) {
 int main(int argc, char *argv[]) {
 	static struct worker workers[MAX_WORKERS];
 	long port = 8082, nworkers = 2;
+	int yield = 0;
 	sigset_t stop;
 	int stopfd, sig = 0, i, err;
 	uint64_t one = 1;
+	struct rlimit nofile;
 
 	for (i = 1; i < argc; i++) {
 		long *dst, lo, hi;
@@ -434,6 +485,10 @@ int main(int argc, char *argv[]) {
 		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			fputs(USAGE, stdout);
 			return 0;
+		}
+		if (strcmp(argv[i], "--yield") == 0) {
+			yield = 1;
+			continue;
 		}
 		if (strcmp(argv[i], "--port") == 0) {
 			dst = &port;
@@ -469,6 +524,12 @@ int main(int argc, char *argv[]) {
 		return 1;
 	}
 
+	/* as many connections as the hard limit allows */
+	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+		nofile.rlim_cur = nofile.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &nofile);
+	}
+
 	stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (stopfd < 0) {
 		perror("floor: eventfd");
@@ -477,6 +538,8 @@ int main(int argc, char *argv[]) {
 	for (i = 0; i < nworkers; i++) {
 		struct worker *w = &workers[i];
 
+		w->yield = yield;
+		w->spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
 		w->lfd = listener((int) port);
 		if (w->lfd < 0) {
 			fprintf(stderr, "floor: port %ld: %s\n", port, strerror(errno));
@@ -512,6 +575,8 @@ int main(int argc, char *argv[]) {
 		pthread_join(workers[i].thread, NULL);
 		close(workers[i].ep);
 		close(workers[i].lfd);
+		if (workers[i].spare >= 0)
+			close(workers[i].spare);
 	}
 	close(stopfd);
 	return 0;
