@@ -121,6 +121,8 @@ clean:
 # The Prometheus client's own text parser, for tests/stats.rs (it parses
 # what /metrics serves): a virtualenv of our own, never the system's Python.
 VENV := target/venv
+# The bench's own virtual environment (matplotlib, for BENCHMARKS.md's pictures).
+BENCH_VENV := target/bench-venv
 PY_TEST_DEPS := prometheus-client==0.26.0 pytest==8.3.5
 venv: $(VENV)/.ready $(VENV)/.mario
 
@@ -182,7 +184,6 @@ bench: all venv target/bench/logcost target/bench/floor $(BENCH_VENV)/.ready
 
 # The bench's own virtual environment: matplotlib for the pictures of
 # BENCHMARKS.md (benches/plots.py), a well-kept plotting library, pinned.
-BENCH_VENV := target/bench-venv
 $(BENCH_VENV)/.ready: Makefile
 	python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib==3.9.4
