@@ -83,31 +83,26 @@ def main():
     scens = [k.split("|")[0] for k in results if k.endswith("|floor")]
     scens = [s for s in dict.fromkeys(scens) if s != "idle"]
 
+    def relative(name, scens_of, field, ylabel, title, height=3.6):
+        """One grouped-bar picture of `field` over the scenarios chosen."""
+        chosen = [s for s in scens if scens_of(s)]
+        fig, ax = plt.subplots(figsize=(8, height))
+        labels = [s.replace(" (2 generator threads)", ", 2 gen") for s in chosen]
+        if grouped(ax, results, chosen, field, labels=labels):
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.legend(fontsize=8)
+            save(fig, out, name)
+        else:
+            plt.close(fig)
+
     # hold's rate is its fixed churn: not a measure.
-    rated = [s for s in scens if not s.startswith("hold")]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    if grouped(ax, results, rated, "rate", labels=[s.replace(" (2 generator threads)", ", 2 gen") for s in rated]):
-        ax.set_ylabel("rate / floor's (median)")
-        ax.set_title(f"Rate per scenario, relative to the bare epoll floor ({rounds} rounds; bars: lowest to highest)")
-        ax.legend(fontsize=8)
-        save(fig, out, "rates.svg")
-
-    lat = [s for s in scens if s.startswith("rps")]
-    fig, ax = plt.subplots(figsize=(8, 3.4))
-    if grouped(ax, results, lat, "p99_us", labels=[s.replace(" (2 generator threads)", ", 2 gen") for s in lat]):
-        ax.set_ylabel("p99 latency / floor's")
-        ax.set_title(f"p99 latency of request/response, relative to the floor ({rounds} rounds; lower is better)")
-        ax.legend(fontsize=8)
-        save(fig, out, "latency.svg")
-
-    cpu = [s for s in scens if not s.startswith("hold")]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    field = "server_cpu_us_per_op"
-    if grouped(ax, results, cpu, field, labels=[s.replace(" (2 generator threads)", ", 2 gen") for s in cpu]):
-        ax.set_ylabel("server CPU per op / floor's")
-        ax.set_title("Server CPU per request, connection or packet, relative to the floor (lower is better)")
-        ax.legend(fontsize=8)
-        save(fig, out, "cpu.svg")
+    relative("rates.svg", lambda s: not s.startswith("hold"), "rate", "rate / floor's (median)",
+             f"Rate per scenario, relative to the bare epoll floor ({rounds} rounds; bars: lowest to highest)")
+    relative("latency.svg", lambda s: s.startswith("rps"), "p99_us", "p99 latency / floor's",
+             f"p99 latency of request/response, relative to the floor ({rounds} rounds; lower is better)", 3.4)
+    relative("cpu.svg", lambda s: not s.startswith("hold"), "server_cpu_us_per_op", "server CPU per op / floor's",
+             "Server CPU per request, connection or packet, relative to the floor (lower is better)")
 
     # Memory per held connection against connections held.
     fig, ax = plt.subplots(figsize=(6, 3.4))
