@@ -36,8 +36,16 @@ int main(void) {
 	sin.sin_family = AF_INET;
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-	if (bind(l, (struct sockaddr *) &sin, sizeof sin) != 0 || listen(l, 16) != 0
-			|| getsockname(l, (struct sockaddr *) &sin, &len) != 0) {
+	/* A port below the ephemeral range (32768 and up by default): once the
+	 * first server closes the passed socket, no other test's client can
+	 * take the port before the second server binds it. */
+	int bound = -1;
+	srand((unsigned) getpid());
+	for (int i = 0; i < 200 && bound != 0; i++) {
+		sin.sin_port = htons((uint16) (20000 + rand() % 12000));
+		bound = bind(l, (struct sockaddr *) &sin, sizeof sin);
+	}
+	if (bound != 0 || listen(l, 16) != 0 || getsockname(l, (struct sockaddr *) &sin, &len) != 0) {
 		perror("listen");
 		return 2;
 	}
