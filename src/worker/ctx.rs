@@ -243,10 +243,19 @@ impl Ctx {
         self.proxy_sources.is_empty() || self.proxy_sources.iter().any(|n| n.contains(&peer.ip()))
     }
 
+    /// Resets a new connection this worker will not serve (it was counted
+    /// in its place when placed) and gives its place back.
+    pub(super) fn turn_away(&self, fd: i32) {
+        sys::close_reset(fd);
+        self.mailbox.count.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// Whether the connection in `slot` still waits for its PROXY protocol
     /// header (not yet announced to the application).
+    /// Without the PROXY protocol no slot ever waits: every read and every
+    /// close asks, so that case touches no slot.
     pub(super) fn awaits_header(&self, slot: u32) -> bool {
-        self.table.with_slot(slot, |s| s.header_due != 0)
+        self.proxy != 0 && self.table.with_slot(slot, |s| s.header_due != 0)
     }
 
     /// Ends a connection the application never saw (its PROXY protocol

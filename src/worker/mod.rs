@@ -347,8 +347,7 @@ impl Worker {
     fn take_new(&mut self) {
         while let Some(a) = self.ctx.mailbox.accept_q.pop() {
             if self.stopping {
-                sys::close_reset(a.fd);
-                self.ctx.mailbox.count.fetch_sub(1, Ordering::AcqRel);
+                self.ctx.turn_away(a.fd);
                 continue;
             }
             self.open(a);
@@ -363,15 +362,13 @@ impl Worker {
                 "connection from {}: not a trusted source of PROXY protocol headers: refused",
                 a.peer
             );
-            sys::close_reset(a.fd);
-            ctx.mailbox.count.fetch_sub(1, Ordering::AcqRel);
+            ctx.turn_away(a.fd);
             stats::add(&ctx.mailbox.stats.refused, 1);
             return;
         }
         let Some(p) = ctx.table.open(a.fd, a.peer, ctx.now.get()) else {
             log::error!("worker {}: connection table full", ctx.mailbox.index);
-            sys::close_reset(a.fd);
-            ctx.mailbox.count.fetch_sub(1, Ordering::AcqRel);
+            ctx.turn_away(a.fd);
             return;
         };
         // SAFETY: live slab pointer, no other reference held.
