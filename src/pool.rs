@@ -274,7 +274,8 @@ impl Pool {
             let out_buf = std::mem::replace(&mut (*c).out_buf, scratch.as_mut_ptr().cast());
             let in_buf = std::mem::replace(&mut (*c).in_buf, job.pkt.as_mut_ptr().cast());
             (*c).in_buf_len = len.min(u16::MAX as usize) as u16;
-            (*c).frame_len = len;
+            // Frames are at most `MAX_FRAME_LIMIT` (64 MiB) long.
+            (*c).frame_len = len as u32;
             (owner, out_buf, in_buf)
         };
         let id = job.head.akg_id;

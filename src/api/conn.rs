@@ -106,7 +106,7 @@ impl PoolConn {
             PoolConn {
                 id: ConnId::from_raw((*c).bufev.load(std::sync::atomic::Ordering::Relaxed) as u64)
                     .expect("an open connection has an id"),
-                peer: (*c).peer,
+                peer: (*c).peer.addr(),
                 worker: (*(*c).owner).ind as usize,
                 stx,
                 big_endian,

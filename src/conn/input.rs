@@ -12,7 +12,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-use super::record::Conn;
+use super::record::{Conn, Partial};
 use crate::proto::{Framing, Head, Scan, carry_in, carry_out};
 use crate::sys::Io;
 
@@ -66,7 +66,7 @@ pub(crate) fn read_once(
 ) -> Input {
     // SAFETY: the caller's contract; the reference ends before `on_frame`.
     let c = unsafe { &mut *p };
-    if let Some(total) = big_frame(framing, &c.partial, rbuf.len()) {
+    if let Some(total) = big_frame(framing, c.partial.bytes(), rbuf.len()) {
         // Read no further than the frame's end: what follows it is read
         // into `rbuf` as usual afterwards.
         let want = (total - c.partial.len()).min(rbuf.len());
@@ -81,21 +81,22 @@ pub(crate) fn read_once(
         // the length the peer announced: a few header bytes must not make
         // the server reserve a whole `max_frame`. No memory: only this
         // connection ends.
-        let need = c.partial.len() + n;
-        if need > c.partial.capacity() {
-            let target = need.max(c.partial.capacity().saturating_mul(2)).min(total);
-            if c.partial.try_reserve_exact(target - c.partial.len()).is_err() {
+        let partial = c.partial.buf(now);
+        let need = partial.len() + n;
+        if need > partial.capacity() {
+            let target = need.max(partial.capacity().saturating_mul(2)).min(total);
+            if partial.try_reserve_exact(target - partial.len()).is_err() {
                 return Input::Failed(io::Error::new(
                     io::ErrorKind::OutOfMemory,
                     format!("no memory to hold a frame of {total} bytes"),
                 ));
             }
         }
-        c.partial.extend_from_slice(&rbuf[..n]);
-        if c.partial.len() < total {
+        partial.extend_from_slice(&rbuf[..n]);
+        if partial.len() < total {
             return Input::Read { full: n == want };
         }
-        let mut frame = std::mem::take(&mut c.partial);
+        let mut frame = c.partial.take();
         let avail = frame.len();
         // Exactly one frame: dispatched in place, then its buffer freed.
         return match framing.scan(&mut frame, stx, 0, on_frame) {
@@ -103,12 +104,12 @@ pub(crate) fn read_once(
             end => Input::Stopped { end, avail },
         };
     }
-    let carried = carry_in(&mut c.partial, rbuf);
+    let carried = take_partial(&mut c.partial, rbuf);
     let n = match recv(c.fd, &mut rbuf[carried..]) {
         Io::Done(0) => return Input::Eof,
         Io::Done(n) => n,
         Io::WouldBlock => {
-            carry_out(framing, &mut c.partial, &rbuf[..carried]);
+            keep_partial(framing, &mut c.partial, &rbuf[..carried], now);
             return Input::Drained;
         }
         Io::Err(e) => return Input::Failed(e),
@@ -121,11 +122,11 @@ pub(crate) fn read_once(
     };
     // SAFETY: as above; the callbacks have returned.
     let c = unsafe { &mut *p };
+    keep_partial(framing, &mut c.partial, &rbuf[used..avail], now);
     if used < avail && (carried == 0 || used > 0) {
         // A new frame began in this read.
-        c.packet_start = now;
+        c.partial.restart(now);
     }
-    carry_out(framing, &mut c.partial, &rbuf[used..avail]);
     Input::Read {
         full: n == rbuf.len() - carried,
     }
@@ -151,15 +152,38 @@ pub(crate) fn rescan(
         // The beginning of one long frame: left for `read_once`.
         return Input::Read { full: false };
     }
-    let carried = carry_in(&mut c.partial, rbuf);
+    let carried = take_partial(&mut c.partial, rbuf);
     let used = match framing.scan(&mut rbuf[..carried], stx, 0, on_frame) {
         Scan::Used(used) => used,
         end => return Input::Stopped { end, avail: carried },
     };
     // SAFETY: as above; the callbacks have returned.
     let c = unsafe { &mut *p };
-    carry_out(framing, &mut c.partial, &rbuf[used..carried]);
+    // The bytes came from the carry, whose buffer (and start tick) is
+    // still there: the tick given here is never used.
+    keep_partial(framing, &mut c.partial, &rbuf[used..carried], 0);
     Input::Read { full: false }
+}
+
+/// Moves the bytes carried for a connection to the front of `rbuf` (see
+/// [`carry_in`]); their buffer and the frame's start tick stay for
+/// [`keep_partial`]. Returns how many.
+fn take_partial(partial: &mut Partial, rbuf: &mut [u8]) -> usize {
+    if partial.is_empty() {
+        return 0;
+    }
+    carry_in(partial.buf(0), rbuf)
+}
+
+/// Keeps `rest`, the beginning of one incomplete frame, for the next read
+/// (see [`carry_out`]); with nothing to keep, nothing stays allocated. A
+/// frame carried for the first time counts from `now`.
+pub(crate) fn keep_partial(framing: &Framing, partial: &mut Partial, rest: &[u8], now: u32) {
+    if rest.is_empty() {
+        partial.clear();
+        return;
+    }
+    carry_out(framing, partial.buf(now), rest);
 }
 
 /// The length of the frame `partial` begins, if it is too long for a
@@ -224,8 +248,8 @@ mod tests {
             Input::Read { full: false }
         ));
         assert_eq!(got, vec![a.clone()]);
-        assert_eq!(c.partial, stream[a.len()..cut]);
-        assert_eq!((c.last_read, c.packet_start), (5, 5));
+        assert_eq!(c.partial.bytes(), &stream[a.len()..cut]);
+        assert_eq!((c.last_read, c.partial.started()), (5, Some(5)));
         // Would-block keeps the partial as it was.
         let r = read_once(
             &mut c,
@@ -237,8 +261,8 @@ mod tests {
             |_, _, _| true,
         );
         assert!(matches!(r, Input::Drained));
-        assert_eq!(c.partial, stream[a.len()..cut]);
-        assert_eq!(c.last_read, 5);
+        assert_eq!(c.partial.bytes(), &stream[a.len()..cut]);
+        assert_eq!((c.last_read, c.partial.started()), (5, Some(5)));
         assert!(matches!(
             feed(&mut c, &mut rbuf, &stream[cut..], 7, &mut got),
             Input::Read { .. }
@@ -246,7 +270,7 @@ mod tests {
         assert_eq!(got, vec![a, b]);
         assert!(c.partial.is_empty());
         assert_eq!(c.partial.capacity(), 0, "an idle connection keeps no buffer");
-        assert_eq!(c.packet_start, 5, "no packet began in the last read");
+        assert_eq!(c.partial.started(), None, "nothing is carried");
     }
 
     #[test]

@@ -34,6 +34,17 @@ pub struct Conn {
     pub(crate) user: *mut c_void,
     // ---- private: the input side (the worker's bookkeeping of the slot,
     // which operations by id touch, is in the table's `Slot`) ----
+    /// A partial packet carried over between reads (nothing allocated
+    /// otherwise), with the tick its first byte arrived.
+    pub(crate) partial: Partial,
+    /// Tick of the last byte read.
+    pub(crate) last_read: u32,
+    /// The length of the frame a callback is running on (`mario_frame_len`;
+    /// a frame is at most `u32::MAX` bytes).
+    pub(crate) frame_len: u32,
+    /// The client's address, IPv4 or IPv6: the socket's peer, or the real
+    /// client a PROXY protocol header named (see [`Conn::peer`]).
+    pub(crate) peer: Peer,
     /// The peer's end of stream was read (nothing left to discard).
     pub(crate) peer_eof: bool,
     /// A PROXY protocol `LOCAL` header (or v1 `UNKNOWN`) opened it: the
@@ -44,19 +55,12 @@ pub struct Conn {
     /// `ECONNRESET` or `EPIPE`): the socket is dead, and an abort closes it
     /// without setting `SO_LINGER` first (one system call fewer).
     pub(crate) peer_reset: bool,
-    /// Tick of the last byte read.
-    pub(crate) last_read: u32,
-    /// Tick the first byte of the partial packet in `partial` arrived: a
-    /// packet must complete within the read timeout (slow senders).
-    pub(crate) packet_start: u32,
-    /// The length of the frame a callback is running on (`mario_frame_len`).
-    pub(crate) frame_len: usize,
-    /// A partial packet carried over between reads (empty otherwise).
-    pub(crate) partial: Vec<u8>,
-    /// The client's address, IPv4 or IPv6: the socket's peer, or the real
-    /// client a PROXY protocol header named.
-    pub(crate) peer: SocketAddr,
 }
+
+// Every connection holds a record, so its size is most of what a held
+// connection costs the server (with the table's `Slot` and a timing wheel
+// entry: BENCHMARKS.md, "Memory per held connection"). Grow it deliberately.
+const _: () = assert!(std::mem::size_of::<Conn>() <= 128);
 
 impl Conn {
     /// A free record for slot `ind` of the worker whose C record is `owner`.
@@ -75,14 +79,13 @@ impl Conn {
             cport: 0,
             err_type: 0,
             user: std::ptr::null_mut(),
+            partial: Partial::default(),
+            last_read: 0,
+            frame_len: 0,
+            peer: Peer::from(SocketAddr::from(([0, 0, 0, 0], 0))),
             peer_eof: false,
             balancer: false,
             peer_reset: false,
-            last_read: 0,
-            packet_start: 0,
-            frame_len: 0,
-            partial: Vec::new(),
-            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
         }
     }
 
@@ -97,13 +100,13 @@ impl Conn {
     /// (see [`Config::proxy_protocol`](crate::Config::proxy_protocol)) it
     /// is the real client's, from the header.
     pub fn peer(&self) -> SocketAddr {
-        self.peer
+        self.peer.addr()
     }
 
     /// Sets the client's address: [`Conn::peer`], and the C `cip`/`cport`
     /// (network byte order; 0 and 0 for an IPv6 client).
     pub(crate) fn set_peer(&mut self, peer: SocketAddr) {
-        self.peer = peer;
+        self.peer = Peer::from(peer);
         (self.cip, self.cport) = match peer {
             SocketAddr::V4(a) => (u32::from(*a.ip()).to_be(), a.port().to_be()),
             SocketAddr::V6(_) => (0, 0),
@@ -133,5 +136,106 @@ impl Conn {
     /// read, write or close it).
     pub fn fd(&self) -> c_int {
         self.fd
+    }
+}
+
+/// A socket address in 18 bytes instead of `SocketAddr`'s 32 (every open
+/// record holds one): the IPv6 form of the address (an IPv4 address as
+/// `::ffff:a.b.c.d`) and the port. The scope id and flow label of an IPv6
+/// peer are not kept (a scoped link-local client reads back without its
+/// `%scope`). Unambiguous because an IPv4-mapped IPv6 peer is stored as the
+/// IPv4 address it maps (`listen::to_canonical`), so a mapped address here
+/// always stands for an IPv4 client (`sys::accept` and the PROXY header
+/// path store IPv4 clients as IPv4).
+#[derive(Clone, Copy)]
+pub(crate) struct Peer {
+    ip: [u8; 16],
+    port: [u8; 2],
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(a: SocketAddr) -> Peer {
+        let ip = match a.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            std::net::IpAddr::V6(v6) => v6,
+        };
+        Peer {
+            ip: ip.octets(),
+            port: a.port().to_ne_bytes(),
+        }
+    }
+}
+
+impl Peer {
+    /// The address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        let ip = std::net::Ipv6Addr::from(self.ip);
+        SocketAddr::new(ip.to_canonical(), u16::from_ne_bytes(self.port))
+    }
+}
+
+/// The beginning of one incomplete frame, kept until the next read. Idle
+/// connections, nearly all of them, hold nothing: 8 bytes in the record
+/// rather than a `Vec`'s 24; a connection that carries bytes holds one
+/// small allocation more than the bytes' own.
+#[derive(Default)]
+pub(crate) struct Partial(Option<Box<Carried>>);
+
+struct Carried {
+    bytes: Vec<u8>,
+    /// Tick the frame's first byte arrived: a frame must complete within
+    /// the read timeout (slow senders).
+    started: u32,
+}
+
+impl Partial {
+    /// The bytes carried (empty when none).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.0.as_ref().map_or(&[], |c| &c.bytes)
+    }
+    /// Bytes carried.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes().len()
+    }
+    /// Nothing carried.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+    /// Bytes allocated for the carried frame (0 when nothing is).
+    #[cfg(any(test, feature = "harness"))]
+    pub(crate) fn capacity(&self) -> usize {
+        self.0.as_ref().map_or(0, |c| c.bytes.capacity())
+    }
+    /// The tick the carried frame began, if one is carried.
+    pub(crate) fn started(&self) -> Option<u32> {
+        self.0.as_ref().filter(|c| !c.bytes.is_empty()).map(|c| c.started)
+    }
+    /// Restarts the carried frame's clock (after time that was not the
+    /// peer's: the PROXY header, a pool handler).
+    pub(crate) fn restart(&mut self, now: u32) {
+        if let Some(c) = &mut self.0 {
+            c.started = now;
+        }
+    }
+    /// The buffer to carry bytes in, made when there is none (its clock
+    /// starting at `now`).
+    pub(crate) fn buf(&mut self, now: u32) -> &mut Vec<u8> {
+        &mut self
+            .0
+            .get_or_insert_with(|| {
+                Box::new(Carried {
+                    bytes: Vec::new(),
+                    started: now,
+                })
+            })
+            .bytes
+    }
+    /// Takes the carried bytes, leaving nothing allocated.
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        self.0.take().map_or_else(Vec::new, |c| c.bytes)
+    }
+    /// Drops what is carried.
+    pub(crate) fn clear(&mut self) {
+        self.0 = None;
     }
 }

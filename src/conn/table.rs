@@ -1,5 +1,6 @@
-//! One worker's connection table: the slab of records (boxed, so their
-//! addresses never move and C may keep `CONN *` for a connection's life),
+//! One worker's connection table: the slab of records (allocated in
+//! chunks of [`CHUNK`] that never move, so C may keep `CONN *` for a
+//! connection's life, and no record pays for an allocation of its own),
 //! each slot's bookkeeping ([`Slot`]: generation, state, output), the free
 //! list with generation-tagged reuse, and the timing wheel that times
 //! connections out. Single-threaded: only the owning worker touches it,
@@ -118,14 +119,22 @@ pub(crate) struct ConnTable {
     owner: *mut CWorker,
     /// What every record's `out_buf` points to (the worker's scratch area).
     scratch: *mut c_char,
-    /// Slot index -> record, from `Box::into_raw`; freed on drop.
+    /// The records: chunk `i` holds slots `i * CHUNK ..`, each chunk from
+    /// `Box::into_raw` of a boxed slice of `CHUNK` records; freed on drop.
     slab: RefCell<Vec<*mut Conn>>,
+    /// Records handed out so far (the slots that exist).
+    made: std::cell::Cell<u32>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
     wheel: RefCell<Wheel>,
     /// Output buffers kept for reuse.
     pool: RefCell<Vec<Vec<u8>>>,
 }
+
+/// Records per chunk of the slab: 64 x 128 bytes, so a worker's records
+/// come in allocations of 8 KiB, and a worker with few
+/// connections holds at most 63 unused records.
+const CHUNK: usize = 64;
 
 /// Output buffers kept for reuse, and the largest capacity kept.
 const POOL_MAX: usize = 256;
@@ -141,6 +150,7 @@ impl ConnTable {
             owner,
             scratch,
             slab: RefCell::new(Vec::new()),
+            made: std::cell::Cell::new(0),
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             wheel: RefCell::new(Wheel::new(WHEEL_TICKS)),
@@ -150,7 +160,12 @@ impl ConnTable {
 
     /// The record in `slot`, whatever its state.
     pub(crate) fn get(&self, slot: u32) -> Option<*mut Conn> {
-        self.slab.borrow().get(slot as usize).copied()
+        if slot >= self.made.get() {
+            return None;
+        }
+        let chunk = self.slab.borrow()[slot as usize / CHUNK];
+        // SAFETY: the chunk holds `CHUNK` records; the offset is in it.
+        Some(unsafe { chunk.add(slot as usize % CHUNK) })
     }
 
     /// Runs `f` on the bookkeeping of `slot` (which must exist).
@@ -208,7 +223,7 @@ impl ConnTable {
 
     /// Records allocated so far (open, free or retired).
     pub(crate) fn slots(&self) -> usize {
-        self.slab.borrow().len()
+        self.made.get() as usize
     }
 
     /// Opens a connection on socket `fd` from `peer` at tick `now`: takes a free slot (or a new one), bumps its
@@ -219,14 +234,21 @@ impl ConnTable {
         let slot = match self.free.borrow_mut().pop() {
             Some(s) => s,
             None => {
-                let mut slab = self.slab.borrow_mut();
-                if slab.len() as u32 >= MAX_SLOTS {
+                let s = self.made.get();
+                if s >= MAX_SLOTS {
                     return None;
                 }
-                let s = slab.len() as u32;
-                let mut c = Box::new(Conn::new(s, self.owner));
-                c.out_buf = self.scratch;
-                slab.push(Box::into_raw(c));
+                if (s as usize).is_multiple_of(CHUNK) {
+                    let chunk: Box<[Conn]> = (s..s + CHUNK as u32)
+                        .map(|ind| {
+                            let mut c = Conn::new(ind, self.owner);
+                            c.out_buf = self.scratch;
+                            c
+                        })
+                        .collect();
+                    self.slab.borrow_mut().push(Box::into_raw(chunk).cast::<Conn>());
+                }
+                self.made.set(s + 1);
                 self.slots.borrow_mut().push(Slot::new());
                 s
             }
@@ -261,7 +283,6 @@ impl ConnTable {
         c.balancer = false;
         c.peer_reset = false;
         c.last_read = now;
-        c.packet_start = now;
         debug_assert!(c.partial.is_empty());
         Some(p)
     }
@@ -389,11 +410,7 @@ impl ConnTable {
         let c = unsafe { &*p };
         // A started packet counts from its first byte, however slowly the
         // rest trickles in; between packets, from the last byte read.
-        let since = if c.partial.is_empty() {
-            c.last_read
-        } else {
-            c.packet_start
-        };
+        let since = c.partial.started().unwrap_or(c.last_read);
         let read = (rt > 0).then(|| since.saturating_add(rt).saturating_add(1));
         let write = self.with_slot(slot, |s| {
             (wt > 0 && s.pending() > 0).then(|| s.last_write.saturating_add(wt).saturating_add(1))
@@ -462,9 +479,10 @@ impl ConnTable {
 impl Drop for ConnTable {
     fn drop(&mut self) {
         for p in self.slab.get_mut().drain(..) {
-            // SAFETY: every slab entry came from `Box::into_raw` and no
-            // reference to it remains once the table is dropped.
-            drop(unsafe { Box::from_raw(p) });
+            // SAFETY: every slab entry came from `Box::into_raw` of a boxed
+            // slice of `CHUNK` records, and no reference to them remains
+            // once the table is dropped.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, CHUNK)) });
         }
     }
 }
@@ -607,8 +625,7 @@ mod tests {
         assert_eq!(t.deadline(0, 0, 0), None);
         assert_eq!(t.deadline(0, 5, 0), Some(16));
         // A started packet counts from its first byte, not the last read.
-        c.partial = vec![1];
-        c.packet_start = 7;
+        c.partial.buf(7).push(1);
         assert_eq!(t.deadline(0, 5, 0), Some(13));
         // Pending output without progress: the earlier of the two.
         t.append(0, 1, &[0; 4], 100, 9);

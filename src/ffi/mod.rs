@@ -555,7 +555,7 @@ pub unsafe extern "C" fn mario_frame_len(c: *const CONN) -> usize {
     }
     // SAFETY: the caller's contract; `frame_len` is written by the worker
     // before the callback that reads it, on the same thread.
-    unsafe { (*c).frame_len }
+    unsafe { (*c).frame_len as usize }
 }
 
 /// `mario_framing`: a server's framing, for `mario_set_framing` (the

@@ -349,7 +349,7 @@ fn simulate(f: &Framing, stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, s
         let ctx = move || format!("{f:?}, steps {steps:?}, step {i}, stream offset {at}");
         let now = i as u32;
         assert_eq!(
-            &conn.partial[..],
+            conn.partial.bytes(),
             &stream[next..pos],
             "partial is not the stream's tail; {}",
             ctx()
@@ -367,7 +367,7 @@ fn simulate(f: &Framing, stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, s
                 step = Step::Take(usize::MAX);
             }
         }
-        let before = conn.partial.clone();
+        let before = conn.partial.bytes().to_vec();
         let base = next;
         let mut local = 0;
         let mut n = 0;
@@ -424,12 +424,12 @@ fn simulate(f: &Framing, stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, s
                 ctx()
             );
             assert_eq!(
-                conn.partial,
-                before,
+                conn.partial.bytes(),
+                &before[..],
                 "would-block round trip changed the partial; {}",
                 ctx()
             );
-            check_partial(f, &conn.partial, conn.partial.capacity(), stx, &ctx);
+            check_partial(f, conn.partial.bytes(), conn.partial.capacity(), stx, &ctx);
             continue;
         }
         idle = 0;
@@ -439,12 +439,12 @@ fn simulate(f: &Framing, stream: &[u8], stx: u32, stops: &dyn Fn(u16) -> bool, s
             Input::Read { .. } => {
                 next = base + local;
                 assert_eq!(
-                    &conn.partial[..],
+                    conn.partial.bytes(),
                     &stream[next..pos],
                     "carry_out kept other bytes; {}",
                     ctx()
                 );
-                check_partial(f, &conn.partial, conn.partial.capacity(), stx, &ctx);
+                check_partial(f, conn.partial.bytes(), conn.partial.capacity(), stx, &ctx);
             }
             Input::Stopped {
                 end: Scan::Stopped(_),

@@ -54,11 +54,12 @@ use mio::{Interest, Registry, Token};
 
 use super::closing::{Closing, DRAIN_IDLE_DEFAULT, Started, Step};
 use crate::conn::ConnId;
+use crate::conn::input::keep_partial;
 use crate::conn::record::Conn;
 use crate::conn::table::{Append, ConnTable, State};
 use crate::mailbox::{Cmd, Mailbox};
 use crate::pool::{Job, Pool};
-use crate::proto::{AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, Framing, Head, carry_out};
+use crate::proto::{AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, Framing, Head};
 use crate::records::CWorker;
 use crate::service::{Service, Verdict, panic_message};
 use crate::stats;
@@ -325,7 +326,7 @@ impl Ctx {
             // SAFETY: live slab pointer, no other reference in use (no
             // callback runs); the reference ends before the hand-over.
             let c = unsafe { &mut *p };
-            carry_out(&self.framing, &mut c.partial, rest);
+            keep_partial(&self.framing, &mut c.partial, rest, self.now.get());
             (c.ind, c.id())
         };
         let Some(pool) = &self.pool else {
@@ -750,7 +751,7 @@ impl Ctx {
         // SAFETY: the callback has returned; no other reference remains.
         let c = unsafe { &mut *p };
         let fd = std::mem::replace(&mut c.fd, -1);
-        c.partial = Vec::new();
+        c.partial.clear();
         let (out, pos) = self.table.take_output(slot);
         match how {
             Ending::Abort => {

@@ -39,7 +39,7 @@ pub(super) enum Header {
 /// incomplete header will stay incomplete.
 pub(super) fn read(ctx: &Ctx, p: *mut Conn, hup: bool) -> Header {
     // SAFETY: live slab pointer; no callback runs on it yet.
-    let (fd, slot, from) = unsafe { ((*p).fd, (*p).ind, (*p).peer) };
+    let (fd, slot, from) = unsafe { ((*p).fd, (*p).ind, (*p).peer.addr()) };
     let mut buf = [0u8; MAX_PROXY_HEADER];
     let got = match sys::peek(fd, &mut buf) {
         Io::WouldBlock => return Header::Waiting,
@@ -103,7 +103,7 @@ pub(super) fn read(ctx: &Ctx, p: *mut Conn, hup: bool) -> Header {
     // SAFETY: as above.
     unsafe {
         (*p).last_read = now;
-        (*p).packet_start = now;
+        (*p).partial.restart(now);
     }
     ctx.table.with_slot(slot, |s| s.header_due = 0);
     if let Some(due) = ctx.table.deadline(slot, ctx.read_timeout, ctx.write_timeout) {

@@ -435,7 +435,7 @@ impl Worker {
         // other reference is in use. The handler's time was no idle time.
         unsafe {
             (*p).last_read = now;
-            (*p).packet_start = now;
+            (*p).partial.restart(now);
         }
         // Its timers (the write timeout of pending output, the read
         // timeout) count again.
@@ -643,7 +643,7 @@ impl Worker {
             if let Some(p) = ctx.table.get(slot) {
                 if ctx.awaits_header(slot) {
                     // SAFETY: live slab pointer; read only.
-                    let from = unsafe { (*p).peer };
+                    let from = unsafe { (*p).peer.addr() };
                     log::warn!(
                         "connection from {from}: no complete PROXY protocol header within {} s: closing",
                         ctx.header_timeout
@@ -772,7 +772,8 @@ fn dispatch(
     unsafe {
         (*p).in_buf = rest.as_mut_ptr().cast();
         (*p).in_buf_len = avail.min(u16::MAX as usize) as u16;
-        (*p).frame_len = len;
+        // Frames are at most `MAX_FRAME_LIMIT` (64 MiB) long.
+        (*p).frame_len = len as u32;
     }
     d.verdict = match h {
         Some(h) => ctx.packet(p, h, &mut rest[..len]),
