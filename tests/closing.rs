@@ -449,3 +449,40 @@ fn an_over_cap_last_write_is_refused_and_the_close_stays_graceful() {
         "no warning"
     );
 }
+
+/// Packets that reach the server just before the client's reset are still
+/// read and handled: the kernel keeps what it received before the RST, so
+/// the worker reads it (rather than closing on `EPOLLERR` unread, as a
+/// bare epoll loop may).
+#[test]
+fn packets_sent_just_before_a_reset_are_handled() {
+    let srv = one_worker(&[]);
+    const CONNS: usize = 20;
+    for _ in 0..CONNS {
+        let mut s = connect(srv.port);
+        let mut burst = Vec::new();
+        for _ in 0..3 {
+            burst.extend_from_slice(&frame(STX, ID_ECHO, b"before the reset"));
+        }
+        s.write_all(&burst).unwrap();
+        reset(s);
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), || srv
+            .stdout()
+            .matches("EV close")
+            .count()
+            == CONNS),
+        "{}",
+        tail(&srv.stdout(), 20)
+    );
+    let out = srv.stop_clean().stdout;
+    let closes: Vec<&str> = out.lines().filter(|l| l.contains("EV close")).collect();
+    assert_eq!(closes.len(), CONNS);
+    for l in closes {
+        assert!(
+            l.contains(" packets=3 "),
+            "a packet sent before the reset was lost: {l}"
+        );
+    }
+}
