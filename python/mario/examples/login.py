@@ -45,9 +45,15 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
     server = make_server(a.port, a.workers, a.timeout)
     server.start()
-    print(f"LOGIN server on port {server.port} (libmario {mario.library_version()}); Ctrl-C stops it",
-          flush=True)
-    server.run()
+    # Ctrl-C may come as soon as the line is out, before `run` is inside
+    # its own `try` (a LOGIN handled meanwhile holds the GIL): catch it
+    # here too, so it always stops the server instead of killing Python.
+    try:
+        print(f"LOGIN server on port {server.port} (libmario {mario.library_version()}); Ctrl-C stops it",
+              flush=True)
+        server.run()
+    except KeyboardInterrupt:
+        server.stop()
 
 
 if __name__ == "__main__":
