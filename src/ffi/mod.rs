@@ -1384,9 +1384,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// An idle connection costs its record, its slot's bookkeeping, one
-    /// slab pointer and one wheel entry: at most 256 bytes of ours
-    /// (docs/ARCHITECTURE.md), buffers being released when idle.
+    /// An idle connection costs its record (in a chunk of 64, no
+    /// allocation of its own), its slot's bookkeeping and one wheel entry:
+    /// at most 200 bytes of ours (the target of BENCHMARKS.md), buffers
+    /// being released when idle.
     #[test]
     fn idle_connection_record_is_small() {
         let t = crate::conn::table::ConnTable::new(0, 0, std::ptr::null_mut(), std::ptr::null_mut());
@@ -1401,10 +1402,8 @@ mod tests {
         assert_eq!(t.with_slot(slot, |s| s.out.capacity()), 0);
         let record = size_of::<Conn>();
         let slot = size_of::<crate::conn::table::Slot>();
-        let per_conn = record + slot + size_of::<*mut Conn>() + size_of::<u32>();
-        eprintln!(
-            "idle connection: {record} byte record + {slot} byte slot + slab and wheel entries = {per_conn} bytes"
-        );
-        assert!(per_conn <= 256, "idle connection costs {per_conn} bytes");
+        let per_conn = record + slot + size_of::<u32>();
+        eprintln!("idle connection: {record} byte record + {slot} byte slot + wheel entry = {per_conn} bytes");
+        assert!(per_conn <= 200, "idle connection costs {per_conn} bytes");
     }
 }
