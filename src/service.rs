@@ -109,13 +109,16 @@ pub struct Config {
 
 /// Default stall threshold ([`Config::stall_threshold_ms`]), in
 /// milliseconds: 1,000.
+/// Example: [`Config`].
 pub const DEFAULT_STALL_THRESHOLD: u32 = 1000;
 
 /// Most threads a handler pool may have ([`Config::pool_threads`]): 1,024.
+/// Example: [`Config`].
 pub const MAX_POOL_THREADS: u32 = 1024;
 
 /// Default per-connection output cap ([`Config::output_limit`]), in
 /// bytes: 4 MiB.
+/// Example: [`Config`].
 pub const DEFAULT_OUTPUT_LIMIT: usize = 4 << 20;
 
 impl Config {

@@ -91,6 +91,7 @@ impl ConnId {
     }
     /// The raw 64-bit value (as stored in `CONN.bufev`), e.g. to log a
     /// connection or to match it with what a C handler saw; odd, never 0.
+    /// Example: [`ConnId`] (keeping ids).
     pub fn as_raw(self) -> u64 {
         self.0
     }

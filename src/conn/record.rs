@@ -131,6 +131,7 @@ impl Conn {
     /// Index of the worker thread that owns this connection,
     /// 0 .. [`Config::workers`](crate::Config::workers); the index of its
     /// numbers in [`Stats::workers`](crate::Stats::workers).
+    /// Example: [`Conn`].
     pub fn worker_index(&self) -> usize {
         // SAFETY: `owner` is set when the slot is created and points into
         // the server's worker array, which outlives every connection.
@@ -141,6 +142,7 @@ impl Conn {
     /// 0 .. [`Config::conns_per_worker`](crate::Config::conns_per_worker):
     /// reused by later connections, so not a name for this one (that is
     /// [`Conn::id`]).
+    /// Example: [`Conn`] (which keeps the id instead).
     pub fn slot(&self) -> u32 {
         self.ind
     }
@@ -156,6 +158,21 @@ impl Conn {
     /// The socket descriptor, owned by the worker (for options such as
     /// `TCP_NODELAY` during a handler; do not read, write or close it, nor
     /// keep it: the worker closes it with the connection).
+    ///
+    /// ```
+    /// use std::io;
+    /// use mario::Conn;
+    ///
+    /// /// Replies go out at once (no Nagle delay), e.g. from a connect handler.
+    /// fn no_delay(conn: &mut Conn) -> io::Result<()> {
+    ///     let one: libc::c_int = 1;
+    ///     let len = size_of_val(&one) as libc::socklen_t;
+    ///     // SAFETY: the connection's socket, an `int` option read during the call.
+    ///     let (fd, opt) = (conn.fd(), (&raw const one).cast());
+    ///     let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, opt, len) };
+    ///     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    /// }
+    /// ```
     pub fn fd(&self) -> c_int {
         self.fd
     }

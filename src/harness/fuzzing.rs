@@ -650,23 +650,30 @@ fn same(got: &Outcome, want: &Outcome, what: String) {
 
 /// The magic of [`ops`]'s server under test (not the default, so that
 /// the default is a corrupt stx).
+/// Example: the [module](self)'s.
 pub const OPS_STX: u32 = 0x8eb6_9af7;
 /// Packet id of [`ops`]'s server whose handler echoes the whole frame
 /// and continues.
+/// Example: the [module](self)'s.
 pub const ID_ECHO: u16 = 1;
 /// Packet id whose handler echoes, closes with [`REASON_CLOSE`] and
 /// returns `Continue`.
+/// Example: the [module](self)'s.
 pub const ID_CLOSE: u16 = 2;
 /// Packet id whose handler echoes, closes with [`REASON_CLOSE_STOP`] and
 /// returns `Stop`.
+/// Example: the [module](self)'s.
 pub const ID_CLOSE_STOP: u16 = 3;
 /// Packet id whose handler echoes and returns `Stop` (closed as
 /// `AKG_ERROR` after its reply: a handler's failure is a close the
 /// application asked for).
+/// Example: the [module](self)'s.
 pub const ID_STOP: u16 = 4;
 /// Close reason given by the [`ID_CLOSE`] handler.
+/// Example: the [module](self)'s.
 pub const REASON_CLOSE: u16 = 0x0a02;
 /// Close reason given by the [`ID_CLOSE_STOP`] handler.
+/// Example: the [module](self)'s.
 pub const REASON_CLOSE_STOP: u16 = 0x0a03;
 
 /// Longest wait for any one event (a reply, a close, a callback).

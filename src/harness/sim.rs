@@ -34,6 +34,7 @@ pub struct IdleTable {
 impl IdleTable {
     /// An empty table whose connections time out after `read_timeout`
     /// seconds without a read (0: never), at second 0 of its clock.
+    /// Example: [`IdleTable`].
     pub fn new(read_timeout: u32) -> IdleTable {
         IdleTable {
             table: ConnTable::new(0, 0, std::ptr::null_mut(), std::ptr::null_mut()),
@@ -46,6 +47,7 @@ impl IdleTable {
     /// Adds `n` connections, as a worker does for accepted sockets (with
     /// no descriptor behind them), at the current second. Panics if the
     /// table is full (1,048,576 connections).
+    /// Example: [`IdleTable`].
     pub fn open(&mut self, n: usize) {
         for _ in 0..n {
             let p = self
@@ -62,17 +64,20 @@ impl IdleTable {
 
     /// Slots in the table (connections opened; timed-out ones keep their
     /// slot, since nothing closes them).
+    /// Example: [`IdleTable`].
     pub fn len(&self) -> usize {
         self.table.slots()
     }
 
     /// True when the table is empty.
+    /// Example: [`IdleTable`].
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Records a read at the current second on every `every`-th connection
     /// (0 counts as 1), what a worker does on each read: one store.
+    /// Example: [`IdleTable`].
     pub fn touch(&mut self, every: usize) {
         for slot in (0..self.table.slots() as u32).step_by(every.max(1)) {
             if let Some(p) = self.table.get(slot) {
@@ -85,6 +90,7 @@ impl IdleTable {
     /// Advances one second and runs the worker's expiry step. Returns
     /// (entries looked at, connections timed out). Timed-out connections
     /// are only counted (no socket to close; they are not filed again).
+    /// Example: [`IdleTable`].
     pub fn tick(&mut self) -> (usize, usize) {
         self.now += 1;
         self.due.clear();

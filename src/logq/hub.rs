@@ -235,6 +235,7 @@ impl LogQueue {
     /// [`super::MIN_QUEUE_BYTES`]`..=`[`super::MAX_QUEUE_BYTES`]) and registers it with the
     /// log thread. Each record costs 6 bytes plus its line. Never freed, as
     /// [`LogQueue::create`].
+    /// Example: [`QueueFull`](crate::logq::QueueFull).
     pub fn create_with_capacity(bytes: usize) -> &'static LogQueue {
         GLOBAL_HUB.create_queue(bytes)
     }

@@ -14,18 +14,22 @@ use std::time::{Duration, Instant};
 /// Longest line a record can hold, in bytes: 2,048 (the C macro
 /// `MAX_LOG_LINE_LENGTH`). Longer lines are cut to this length
 /// ([`LogQueue::push`]).
+/// Example: [`QueueFull`] (lines of 1,000 bytes).
 pub const MAX_LOG_LINE_LENGTH: usize = 2048;
 
 /// Capacity in bytes of a queue made by [`LogQueue::create`]: 64 KiB.
+/// Example: the [module](crate::logq#example)'s first.
 pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024;
 
 /// Smallest capacity [`LogQueue::create_with_capacity`] accepts, in bytes:
 /// 4 KiB, room for at least one maximal record (smaller requests are
 /// rounded up).
+/// Example: [`QueueFull`].
 pub const MIN_QUEUE_BYTES: usize = 4 * 1024;
 
 /// Largest capacity [`LogQueue::create_with_capacity`] accepts, in bytes:
 /// 1 GiB (larger requests are cut down).
+/// Example: [`QueueFull`].
 pub const MAX_QUEUE_BYTES: usize = 1 << 30;
 
 /// Bytes of a record's header in the ring: `fd` (`i32`) then the length of
@@ -173,6 +177,7 @@ impl LogQueue {
     /// it after draining the queue and reports a non-zero count, so that a
     /// dropped line is never silent (a caller of its own takes the count
     /// from that report).
+    /// Example of the count: [`QueueFull`].
     pub fn take_dropped(&self) -> u64 {
         self.dropped.swap(0, Ordering::Relaxed)
     }
@@ -193,6 +198,7 @@ impl LogQueue {
 
     /// Capacity of the ring in bytes ([`MIN_QUEUE_BYTES`] ..=
     /// [`MAX_QUEUE_BYTES`]).
+    /// Example of a small queue: [`QueueFull`].
     pub fn capacity(&self) -> usize {
         self.buf.len()
     }
@@ -200,6 +206,7 @@ impl LogQueue {
     /// Whether every record pushed so far has been taken by the consumer
     /// (taken, maybe not yet written: [`flush`](super::flush) waits for
     /// that).
+    /// Example: the [module](crate::logq#example)'s first.
     pub fn is_empty(&self) -> bool {
         self.head.load(Ordering::Acquire) == self.tail.load(Ordering::Acquire)
     }

@@ -16,22 +16,28 @@ use super::head::{BadHead, Head, MAX_PKG_LEN, SIZE_OF_HEAD, check_head_max};
 /// The largest `max_frame` of the length-field and fixed-size framings,
 /// in bytes: 64 MiB (a connection holds at most one frame's bytes of
 /// input). [`Framing::validate`] refuses more.
+/// Example: [`Framing`] (a `Fixed` size over it).
 pub const MAX_FRAME_LIMIT: u32 = 64 << 20;
 /// The largest `max_frame` of the line framing, in bytes: 32 KiB (a line
 /// is completed in the worker's 64 KiB read buffer).
 /// [`Framing::validate`] refuses more.
+/// Example: [`Framing`].
 pub const MAX_LINE_LIMIT: u32 = 32 << 10;
 /// `max_frame` of the length-field framing when none is given (C:
 /// `max_frame` 0 in `mario_framing`): 64 KiB.
+/// Example: [`Framing`].
 pub const DEFAULT_LENGTH_MAX: u32 = 64 << 10;
 /// `max_frame` of the line framing when none is given (C: `max_frame` 0
 /// in `mario_framing`): 4 KiB.
+/// Example: [`Framing`].
 pub const DEFAULT_LINE_MAX: u32 = 4 << 10;
 /// The longest delimiter of [`Framing::Line`]: 16 bytes.
+/// Example: [`Framing`].
 pub const MAX_DELIMITER: usize = 16;
 /// How far past the bytes received an incomplete frame's buffer may be
 /// reserved: 4 KiB (a classic packet of up to 1,500 bytes is reserved
 /// whole from its first bytes on).
+/// Example: [`carry_out`].
 pub const RESERVE_AHEAD: usize = 4 << 10;
 
 /// How a server cuts its input into frames. The default is the classic
@@ -287,11 +293,13 @@ impl Framing {
 
     /// True for the `HEAD` framings (packets dispatched by id to packet
     /// handlers; every other framing goes to the frame handler).
+    /// Example: [`Framing`].
     pub fn is_head(&self) -> bool {
         matches!(self, Framing::Head { .. })
     }
 
     /// True for the big-endian `HEAD` framing.
+    /// Example: [`Framing`].
     pub fn head_big_endian(&self) -> bool {
         matches!(self, Framing::Head { big_endian: true, .. })
     }

@@ -20,6 +20,7 @@ pub const DEFAULT_STX: u32 = 0xffff_ffff;
 /// the `AKG_FUNC` slot `regist_connected_func` fills), and the id a stall
 /// report names while that callback runs. Reserved: no packet may carry
 /// it ([`BadHead::ReservedId`]).
+/// Example: [`AKG_TIMEOUT`].
 pub const AKG_CONNECTED: u16 = 0xfffc;
 /// `0xfffd`, close reason: read or write timeout. Reserved as a packet id.
 ///
@@ -154,6 +155,7 @@ impl Head {
 
 /// Why [`check_head`] refuses a head; a server closes the connection that
 /// sent it (as [`AKG_CLOSED`]).
+/// Example: [`check_head`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadHead {
     /// `pkglen < 8` or over the largest packet (`MAX_PKG_LEN` by default),

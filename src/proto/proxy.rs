@@ -65,6 +65,7 @@ pub const PROXY_ANY: u32 = PROXY_V1 | PROXY_V2;
 /// its bytes 14 and 15 give, refused as soon as that exceeds this.
 /// HAProxy's longest headers (TCP over IPv6 with the SSL, authority,
 /// ALPN and unique-id TLVs) stay well under it.
+/// Example: [`parse_proxy`](crate::proto::parse_proxy).
 pub const MAX_PROXY_HEADER: usize = 1024;
 
 /// What a complete header says. Example:
