@@ -59,7 +59,15 @@
 //! let wrote = unsafe { mario_get_stats(s, &mut st, size) };
 //! assert_eq!(wrote as usize, size);
 //! assert_eq!((st.workers, st.accepted), (2, 0));
+//! assert_eq!(
+//!     // SAFETY: mario_version returns a static NUL-terminated string.
+//!     unsafe { std::ffi::CStr::from_ptr(mario::ffi::mario_version()) }.to_str(),
+//!     Ok(env!("CARGO_PKG_VERSION"))
+//! );
 //! ```
+//!
+//! The docs of the functions and statics are also the comments of the
+//! generated header, so they name things as C sees them.
 //!
 //! Uses: server, worker, service, conn, records, logq, proto, stats, metrics.
 
@@ -153,28 +161,26 @@ fn guard<R>(name: &str, f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// `0xfffc`, the id of the connected callback ([`AKG_CONNECTED`]).
-/// docs/C-API.md, "Constants".
+/// `0xfffc`: the id of the connected callback. docs/C-API.md,
+/// "Constants".
 #[unsafe(no_mangle)]
 pub static g_akg_connected_id: uint16 = AKG_CONNECTED;
-/// `0xfffd`, close reason: read or write timeout ([`AKG_TIMEOUT`]).
-/// docs/C-API.md, "Constants"; [`AKG_TIMEOUT`] has an example.
+/// `0xfffd`, close reason: read or write timeout. docs/C-API.md,
+/// "Constants".
 #[unsafe(no_mangle)]
 pub static g_akg_timeout_id: uint16 = AKG_TIMEOUT;
-/// `0xfffe`, close reason: closed by the peer, bad input or server stop
-/// ([`AKG_CLOSED`]).
-/// docs/C-API.md, "Constants"; [`AKG_TIMEOUT`] has an example.
+/// `0xfffe`, close reason: closed by the peer, bad input or server stop.
+/// docs/C-API.md, "Constants".
 #[unsafe(no_mangle)]
 pub static g_akg_closed_id: uint16 = AKG_CLOSED;
 /// `0xffff`, close reason: a socket error, output over its cap, or a
-/// handler returning non-zero ([`AKG_ERROR`]).
-/// docs/C-API.md, "Constants"; [`AKG_TIMEOUT`] has an example.
+/// handler returning non-zero. docs/C-API.md, "Constants".
 #[unsafe(no_mangle)]
 pub static g_akg_error_id: uint16 = AKG_ERROR;
 
-/// The registered packet magic ([`DEFAULT_STX`] until [`regist_stx`]). The
-/// library reads and writes it atomically; C code should only read it (the
-/// module's [example](self#example) puts it in a reply's head).
+/// The registered packet magic (`DEFAULT_STX` until `regist_stx`). The
+/// library reads and writes it atomically; C code should only read it,
+/// e.g. for the head of a reply. docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub static mut g_stx: uint32 = DEFAULT_STX;
 
@@ -355,7 +361,7 @@ unsafe fn shared_or_say(s: *const SERVER, who: &str) -> Option<Arc<ServerShared>
 /// NULL (with a message naming the bad argument on stderr) on bad
 /// arguments or failure. The server lives for the rest of the process.
 /// Any thread; one call per server (a process may hold several).
-/// Example: the [module](self#example)'s; docs/C-API.md, "Servers".
+/// Example: c-examples/mario.c; docs/C-API.md, "Servers".
 #[unsafe(no_mangle)]
 pub extern "C" fn init_server(
     port: c_int,
@@ -478,7 +484,7 @@ fn new_server(
 /// `--------------start server ok--------------` and blocks the calling
 /// thread until `mario_stop_server`. Returns `(void *)0` after a stop,
 /// `(void *)-1` if the server cannot start (or `arg` is not a server).
-/// Example: the [module](crate::ffi#example)'s; docs/C-API.md, "Servers".
+/// Example: c-examples/mario.c; docs/C-API.md, "Servers".
 ///
 /// # Safety
 ///
@@ -611,12 +617,12 @@ pub unsafe extern "C" fn close_err_conn(c: *mut CONN) {
 }
 
 /// Registers the handler for packet id `id` (NULL removes it) in
-/// [`AKG_FUNC`], for every server of the process. It runs on the
+/// `AKG_FUNC`, for every server of the process. It runs on the
 /// connection's worker with `c->in_buf` at the packet (`HEAD` first); it
 /// returns 0 to go on, non-zero to close the connection as an error. Call
 /// before `start_server`; a change while a server runs takes effect for
-/// the next packet. Any thread. Example: the [module](self#example)'s;
-/// docs/C-API.md, "Handlers".
+/// the next packet. Any thread. Example: c-examples/mario.c (and
+/// function.c, the handlers); docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_akg_func(id: uint16, func: FUNC_PTR) {
     set_akg(id, func)
@@ -627,7 +633,7 @@ pub extern "C" fn regist_akg_func(id: uint16, func: FUNC_PTR) {
 /// the frame's first byte and `mario_frame_len(c)` its length, on the
 /// connection's worker; it returns 0 to go on, non-zero to close the
 /// connection as an error. NULL removes it (a frame then closes its
-/// connection, with a warning). Any thread, as [`regist_akg_func`].
+/// connection, with a warning). Any thread, as `regist_akg_func`.
 /// Example: c-examples/chat.c; docs/C-API.md, "Framing".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_frame_func(func: FUNC_PTR) {
@@ -1074,7 +1080,7 @@ pub unsafe extern "C" fn mario_worker_stalled(w: *const WORKER) -> sint32 {
 /// Registers the callback run once on each new connection, on its worker,
 /// before any packet, with `cip`/`cport` set and `user` NULL (its return
 /// is ignored); NULL removes it. `AKG_FUNC[g_akg_connected_id]`. As
-/// [`regist_akg_func`] otherwise. Example: c-examples/chat.c;
+/// `regist_akg_func` otherwise. Example: c-examples/chat.c;
 /// docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_connected_func(func: FUNC_PTR) {
@@ -1084,7 +1090,7 @@ pub extern "C" fn regist_connected_func(func: FUNC_PTR) {
 /// Registers one close callback for the reasons timeout, closed and error
 /// (`c->err_type` tells which); it runs exactly once per connection, on
 /// its worker, for those reasons (the ids given to `close_conn` have
-/// their own `AKG_FUNC` entries). As [`regist_akg_func`] otherwise.
+/// their own `AKG_FUNC` entries). As `regist_akg_func` otherwise.
 /// Example: c-examples/chat.c; docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_disconnected_func(func: FUNC_PTR) {
@@ -1094,7 +1100,7 @@ pub extern "C" fn regist_disconnected_func(func: FUNC_PTR) {
 }
 
 /// Registers the close callback for the reason timeout
-/// (`AKG_FUNC[g_akg_timeout_id]`). As [`regist_disconnected_func`]
+/// (`AKG_FUNC[g_akg_timeout_id]`). As `regist_disconnected_func`
 /// otherwise.
 /// docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
@@ -1103,7 +1109,7 @@ pub extern "C" fn regist_timeout_func(func: FUNC_PTR) {
 }
 
 /// Registers the close callback for the reason closed
-/// (`AKG_FUNC[g_akg_closed_id]`). As [`regist_disconnected_func`]
+/// (`AKG_FUNC[g_akg_closed_id]`). As `regist_disconnected_func`
 /// otherwise.
 /// docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
@@ -1112,7 +1118,7 @@ pub extern "C" fn regist_closed_func(func: FUNC_PTR) {
 }
 
 /// Registers the close callback for the reason error
-/// (`AKG_FUNC[g_akg_error_id]`). As [`regist_disconnected_func`]
+/// (`AKG_FUNC[g_akg_error_id]`). As `regist_disconnected_func`
 /// otherwise.
 /// docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
@@ -1120,9 +1126,9 @@ pub extern "C" fn regist_error_func(func: FUNC_PTR) {
     set_akg(AKG_ERROR, func)
 }
 
-/// Sets the packet magic every head must carry ([`g_stx`]), for every
+/// Sets the packet magic every head must carry (`g_stx`), for every
 /// server of the process; read by `start_server`, so call it before.
-/// Example: the [module](self#example)'s; docs/C-API.md, "Handlers".
+/// Example: c-examples/mario.c; docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_stx(stx: uint32) {
     stx_cell().store(stx, Ordering::Release)
@@ -1135,8 +1141,8 @@ pub extern "C" fn regist_stx(stx: uint32) {
 /// arguments are bad. A `bufev` that is not one of ours is passed on to
 /// libevent's `bufferevent_write` when libevent is linked into the program
 /// (else -1).
-/// Example: the [module](crate::ffi#example)'s (the header's `bufferevent_write` is this function);
-/// docs/C-API.md, "Connections".
+/// Example: c-examples/function.c (the header's `bufferevent_write` is
+/// this function); docs/C-API.md, "Connections".
 ///
 /// # Safety
 ///
@@ -1219,7 +1225,7 @@ unsafe fn forward_to_libevent(bufev: *mut bufferevent, data: *const c_void, size
 /// Creates a log queue: a bounded ring (64 KiB) one thread writes to with
 /// `record_log`, drained by the log thread. Never returns NULL; the queue
 /// lives for the rest of the process. Any thread; one queue per producer
-/// thread. docs/C-API.md, "Logging"; [`LogQueue`] has a Rust example.
+/// thread. docs/C-API.md, "Logging".
 #[unsafe(no_mangle)]
 pub extern "C" fn create_log_queue() -> *mut LOG_QUEUE {
     guard("create_log_queue", || {
@@ -1311,8 +1317,7 @@ pub extern "C" fn mario_set_log_level(level: c_int) {
 /// standard descriptors. Takes effect before the log thread's next write.
 /// Returns 0, or -1 (with the reason on stderr, nothing changed) if the
 /// file cannot be opened.
-/// docs/C-API.md, "Logging"; [`set_log_file`](crate::logq::set_log_file) is
-/// the Rust form, with an example.
+/// docs/C-API.md, "Logging".
 ///
 /// # Safety
 ///
@@ -1342,8 +1347,7 @@ pub unsafe extern "C" fn mario_set_log_file(path: *const c_char) -> sint32 {
 /// one, none lost or written twice. Async-signal-safe (it only raises a
 /// flag, acted on before the log thread's next write, within about a
 /// second when it is idle): call it from a SIGHUP handler if you like.
-/// docs/C-API.md, "Logging"; [`reopen_log`](crate::logq::reopen_log) is the
-/// Rust form, with an example.
+/// docs/C-API.md, "Logging".
 #[unsafe(no_mangle)]
 pub extern "C" fn mario_reopen_log() {
     logq::reopen_log()
@@ -1355,8 +1359,7 @@ pub extern "C" fn mario_reopen_log() {
 /// the log thread, never on a worker; `line` is NUL-terminated and valid
 /// during the call, `len` counts neither the NUL nor a newline; `level` is
 /// a `MARIO_LOG_*` value; `user` is passed back untouched.
-/// docs/C-API.md, "Logging"; [`set_log_callback`](crate::logq::set_log_callback)
-/// is the Rust form, with an example.
+/// docs/C-API.md, "Logging".
 #[unsafe(no_mangle)]
 pub extern "C" fn mario_set_log_callback(callback: mario_log_callback, user: *mut c_void) {
     logq::set_log_callback(callback.map(|f| (f, user)))
@@ -1364,13 +1367,7 @@ pub extern "C" fn mario_set_log_callback(callback: mario_log_callback, user: *mu
 
 /// The library's version, `"MAJOR.MINOR.PATCH"` (`MARIO_VERSION_STRING` of
 /// the header it was built with): a static string, never NULL, never
-/// freed. Any thread, any time.
-///
-/// ```
-/// // SAFETY: a static NUL-terminated string.
-/// let v = unsafe { std::ffi::CStr::from_ptr(mario::ffi::mario_version()) };
-/// assert_eq!(v.to_str(), Ok(env!("CARGO_PKG_VERSION")));
-/// ```
+/// freed. Any thread, any time. docs/C-API.md, "Utilities".
 #[unsafe(no_mangle)]
 pub extern "C" fn mario_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()

@@ -15,7 +15,8 @@ use crate::stats::Counters;
 /// `mario_stats`: a server's or one worker's statistics, the Rust
 /// [`Counters`] (`#[repr(C)]`; the header documents each field and its
 /// unit). Size-versioned: fields are only ever added at the end.
-/// docs/C-API.md, "Statistics"; example: the [module](crate::ffi#example)'s second.
+/// docs/C-API.md, "Statistics"; example: the [module](crate::ffi#example)'s
+/// second.
 pub type mario_stats = Counters;
 
 /// Copies `st` into the caller's `size` bytes at `out`: the first
@@ -46,7 +47,7 @@ unsafe fn fill(st: &mario_stats, out: *mut mario_stats, size: usize) -> sint32 {
 /// `size`; returns the bytes it wrote, or -1 (nothing written) when `s` is
 /// not a server or `out` is NULL. Any thread, any time after `init_server`
 /// (zeros before `start_server`, the final numbers after it returns).
-/// docs/C-API.md, "Statistics"; example: the [module](crate::ffi#example)'s second.
+/// Example: c-examples/collect.c; docs/C-API.md, "Statistics".
 ///
 /// # Safety
 ///
@@ -141,8 +142,7 @@ pub unsafe extern "C" fn mario_format_prometheus(s: *mut SERVER, buf: *mut c_cha
 /// `init_server`, before or after `start_server`; it stops when
 /// `start_server` returns. Returns 0, or -1 with the reason on stderr (not
 /// a server, NULL or bad address, address in use, server stopped).
-/// docs/C-API.md, "Statistics"; [`Server::serve_metrics`](crate::Server::serve_metrics)
-/// is the Rust form.
+/// Example: c-examples/mario.c; docs/C-API.md, "Statistics".
 ///
 /// # Safety
 ///
