@@ -81,13 +81,16 @@ test: lint all ctests venv
 	$(MAKE) -s pytest
 	$(MAKE) -s nodetest
 	$(CARGO) test -p mario-bench -p tokio-peer
-	$(CARGO) test --doc
+	$(CARGO) test --doc --features harness
 
 lint: doc
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --features mario/harness -- -D warnings
 
+# With the test harnesses first (their docs are checked too), then the
+# docs a user reads (default features) last, in target/doc.
 doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib --features harness
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --lib
 
 header:

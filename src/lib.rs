@@ -80,6 +80,7 @@
 //! | 8 harnesses | `harness` | fuzz and benchmark harnesses (feature `harness` only) |
 
 #![deny(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -88,7 +89,6 @@ mod api;
 mod conn;
 pub mod ffi;
 #[cfg(feature = "harness")]
-#[doc(hidden)]
 pub mod harness;
 mod listen;
 pub mod logq;

@@ -18,11 +18,29 @@ use crate::proto::{DEFAULT_STX, Framing, Head, PROXY_ANY};
 use crate::proto::{PROXY_V1, PROXY_V2};
 use crate::records::CWorker;
 
-/// Server settings. [`Config::validate`] gives each one's range; a server
-/// is not built with a value out of range.
+/// Server settings, each with its default ([`Config::default`]).
+/// [`ServerBuilder`](crate::ServerBuilder) sets them one by one, and C's
+/// `init_server` and `mario_set_*` functions do too; [`Config::validate`]
+/// gives each one's range, and a server is not built with a value out of
+/// range. A plain value: any thread.
+///
+/// ```
+/// use std::io::ErrorKind;
+/// use mario::{Config, DEFAULT_STX};
+///
+/// let mut cfg = Config::default();
+/// assert_eq!((cfg.workers, cfg.conns_per_worker, cfg.read_timeout), (2, 1024, 300));
+/// assert_eq!(cfg.stx, DEFAULT_STX);
+/// assert!(cfg.validate().is_ok());
+///
+/// cfg.workers = 0;
+/// let err = cfg.validate().unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::InvalidInput);
+/// assert_eq!(err.to_string(), "workers is 0, must be 1..=256");
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// TCP port; 0 picks a free port (see
+    /// TCP port; 0 (the default) picks a free port (see
     /// [`Server::port`](crate::Server::port)).
     pub port: u16,
     /// The address to listen on: an IPv4 or IPv6 address, or `None` for
@@ -47,33 +65,37 @@ pub struct Config {
     /// empty, a connection from any other address is refused at once.
     /// Only with [`Config::proxy_protocol`] on.
     pub proxy_sources: Vec<IpNet>,
-    /// Worker threads, 1..=256.
+    /// Worker threads, 1..=256. Default 2.
     pub workers: u16,
     /// Most connections one worker holds, 1..=1,048,576 (a cap, not a
     /// preallocation). A closed connection still delivering its output
-    /// counts until it is done.
+    /// counts until it is done. Default 1,024; a connection past every
+    /// worker's cap is refused (reset).
     pub conns_per_worker: u32,
     /// Seconds without a byte read before a connection times out (closed
     /// gracefully as `AKG_TIMEOUT`); 0: never. Any value works: the
-    /// arithmetic saturates.
+    /// arithmetic saturates. Default 300. Checked once a second.
     pub read_timeout: u32,
     /// Seconds output the library holds (what the socket did not take) may
     /// go without progress before the connection is reset as
     /// `AKG_TIMEOUT`; 0: never. A closed connection still delivering its
     /// output (including what the kernel holds, until the peer
     /// acknowledges it) is reset after this long without progress, or 300 s
-    /// when it is 0.
+    /// when it is 0. Default 300.
     pub write_timeout: u32,
-    /// The magic every packet head must carry.
+    /// The magic every packet head must carry ([`Head::stx`]); only the
+    /// `HEAD` framings look at it. Default [`DEFAULT_STX`].
     pub stx: u32,
     /// Most bytes of output one connection may have pending,
     /// 1..=4,294,967,295; past it the connection is reset as `AKG_ERROR`.
+    /// Default [`DEFAULT_OUTPUT_LIMIT`] (4 MiB).
     pub output_limit: usize,
     /// `listen(2)` backlog: connections the kernel completes and holds
     /// until a worker accepts them, 1..=65,535 (the kernel caps it at
     /// `net.core.somaxconn`). Default 4,096.
     pub backlog: i32,
-    /// How input is cut into frames; the classic `HEAD` by default.
+    /// How input is cut into frames; the classic `HEAD` by default
+    /// ([`Framing`] has the kinds and an example).
     pub framing: Framing,
     /// Milliseconds one turn of a worker's loop (in practice: one handler)
     /// may run before the worker counts as stalled and new connections go
@@ -81,22 +103,28 @@ pub struct Config {
     pub stall_threshold_ms: u32,
     /// Threads of the pool that runs blocking handlers, 1..=1024; 0: as
     /// many as workers (the default). The pool starts only if a blocking
-    /// handler is registered.
+    /// handler is registered. Past [`MAX_POOL_THREADS`] is refused.
     pub pool_threads: u32,
 }
 
-/// Default stall threshold: 1,000 ms.
+/// Default stall threshold ([`Config::stall_threshold_ms`]), in
+/// milliseconds: 1,000.
+/// Example: [`Config`].
 pub const DEFAULT_STALL_THRESHOLD: u32 = 1000;
 
-/// Most threads a handler pool may have.
+/// Most threads a handler pool may have ([`Config::pool_threads`]): 1,024.
+/// Example: [`Config`].
 pub const MAX_POOL_THREADS: u32 = 1024;
 
-/// Default per-connection output cap: 4 MiB.
+/// Default per-connection output cap ([`Config::output_limit`]), in
+/// bytes: 4 MiB.
+/// Example: [`Config`].
 pub const DEFAULT_OUTPUT_LIMIT: usize = 4 << 20;
 
 impl Config {
     /// Checks every setting's range; the error (`InvalidInput`) names the
-    /// setting, its value and its range.
+    /// first setting out of range, its value and its range. Example:
+    /// [`Config`].
     pub fn validate(&self) -> io::Result<()> {
         let bad = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
         if self.workers == 0 || usize::from(self.workers) > MAX_WORKERS {
@@ -165,16 +193,21 @@ impl Default for Config {
     }
 }
 
-/// What the server does after a packet callback.
+/// What the server does after a packet handler returns, on the
+/// connection's worker: go on, or close the connection. A handler returns
+/// it (C handlers return 0 for `Continue`, non-zero for `Stop`); the
+/// [crate-level example](crate) shows one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Go on with the next packet.
     Continue,
-    /// Stop serving this connection: it is closed as an error (unless the
-    /// callback closed it already).
+    /// Stop serving this connection: it is closed as an error
+    /// ([`AKG_ERROR`](crate::AKG_ERROR)) after the output already queued
+    /// (unless the callback closed it already).
     Stop,
     /// No handler for this id: a warning is logged and the connection is
-    /// closed as `closed`.
+    /// closed as `closed` ([`AKG_CLOSED`](crate::AKG_CLOSED)). What the
+    /// server does itself for an unregistered id.
     NoHandler,
 }
 

@@ -106,6 +106,24 @@ impl WorkerStats {
 /// created and only grow; gauges (`connections`, `out_queued`,
 /// `pool_queued`, `stalled_workers`) say how things are now. Each value is
 /// read on its own (relaxed): they need not be from the same instant.
+/// Counters wrap at `u64::MAX` (never in practice); compare two readings
+/// with `wrapping_sub`. Read them with [`Server::stats`](crate::Server::stats)
+/// (any thread), or `mario_get_stats` in C.
+///
+/// ```
+/// use mario::Counters;
+///
+/// /// Connections accepted and bytes received per second between two readings.
+/// fn rates(before: &Counters, after: &Counters, secs: f64) -> (f64, f64) {
+///     let accepted = after.accepted.wrapping_sub(before.accepted);
+///     let bytes_in = after.bytes_in.wrapping_sub(before.bytes_in);
+///     (accepted as f64 / secs, bytes_in as f64 / secs)
+/// }
+///
+/// let before = Counters::default();
+/// let after = Counters { accepted: 20, bytes_in: 6_000, connections: 15, ..before };
+/// assert_eq!(rates(&before, &after, 2.0), (10.0, 3_000.0));
+/// ```
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -131,9 +149,10 @@ pub struct Counters {
     /// Connections closed as error (`AKG_ERROR`): socket error, output over
     /// its cap, a handler returning non-zero.
     pub errors: u64,
-    /// Frames (packets) dispatched to a handler.
+    /// Frames (packets) dispatched to a handler, the pool's included.
     pub packets_in: u64,
-    /// Bytes received from open connections.
+    /// Bytes received from open connections (PROXY protocol headers
+    /// included).
     pub bytes_in: u64,
     /// Bytes handed to the kernel (accepted by `send`), including those of
     /// closed connections still delivering their output.
@@ -147,7 +166,8 @@ pub struct Counters {
     /// Gauge: packets handed to the handler pool whose handler has not
     /// returned yet (waiting for a pool thread, or running).
     pub pool_queued: u64,
-    /// Log lines dropped because the worker's log queue was full.
+    /// Log lines dropped because the worker's log queue was full (see
+    /// [`QueueFull`](crate::logq::QueueFull)).
     pub log_dropped: u64,
     /// Workers these numbers cover: all of them for a server's total, 1 for
     /// one worker's.
@@ -178,13 +198,15 @@ impl Counters {
     }
 }
 
-/// A server's statistics: each worker's [`Counters`] and their sum
-/// (`Server::stats`).
+/// A server's statistics: each worker's [`Counters`] and their sum, as
+/// [`Server::stats`](crate::Server::stats) returns them (a copy: reading it
+/// touches no server). [`Counters`] has an example.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// The sum over the workers (`workers` is their number).
+    /// The sum over the workers (its `workers` is their number).
     pub total: Counters,
-    /// Each worker's, by worker index.
+    /// Each worker's, by worker index (0 .. the number of workers;
+    /// [`Conn::worker_index`](crate::Conn::worker_index)).
     pub workers: Vec<Counters>,
 }
 

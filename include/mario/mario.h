@@ -293,28 +293,33 @@ extern "C" {
 #endif // __cplusplus
 
 /*
- The packet id passed to the connected callback.
+ `0xfffc`: the id of the connected callback. docs/C-API.md,
+ "Constants".
  */
 extern const uint16 g_akg_connected_id;
 
 /*
- Close reason: timeout.
+ `0xfffd`, close reason: read or write timeout. docs/C-API.md,
+ "Constants".
  */
 extern const uint16 g_akg_timeout_id;
 
 /*
- Close reason: closed by the peer, bad input or server stop.
+ `0xfffe`, close reason: closed by the peer, bad input or server stop.
+ docs/C-API.md, "Constants".
  */
 extern const uint16 g_akg_closed_id;
 
 /*
- Close reason: error.
+ `0xffff`, close reason: a socket error, output over its cap, or a
+ handler returning non-zero. docs/C-API.md, "Constants".
  */
 extern const uint16 g_akg_error_id;
 
 /*
  The registered packet magic (`DEFAULT_STX` until `regist_stx`). The
- library reads and writes it atomically; C code should only read it.
+ library reads and writes it atomically; C code should only read it,
+ e.g. for the head of a reply. docs/C-API.md, "Handlers".
  */
 extern uint32 g_stx;
 
@@ -322,7 +327,7 @@ extern uint32 g_stx;
  The handler table, indexable by any `uint16`. The library reads and
  writes its entries atomically; C code registers with the `regist_*`
  functions (writing an entry directly while a server runs is a data race
- of the application's).
+ of the application's). docs/C-API.md, "Handlers".
  */
 extern FUNC_PTR AKG_FUNC[65536];
 
@@ -331,6 +336,7 @@ extern FUNC_PTR AKG_FUNC[65536];
  `MARIO_LOG_INFO`) the `slog_*` macros test before formatting anything.
  Read atomically (relaxed) by the macros; set it with
  `mario_set_log_level`.
+ docs/C-API.md, "Logging".
  */
 extern int g_mario_log_level;
 
@@ -344,6 +350,8 @@ extern int g_mario_log_level;
  chooses the address). Nothing listens until `start_server`. Returns
  NULL (with a message naming the bad argument on stderr) on bad
  arguments or failure. The server lives for the rest of the process.
+ Any thread; one call per server (a process may hold several).
+ Example: c-examples/mario.c; docs/C-API.md, "Servers".
  */
 SERVER *init_server(int port,
                     uint16 workernum,
@@ -360,6 +368,7 @@ SERVER *init_server(int port,
  1..=256. Returns NULL, with a message on stderr, on a bad argument
  (an address that is not a literal: no name lookup is done). `addr` is
  read during the call only.
+ docs/C-API.md, "Servers".
 
  # Safety
 
@@ -378,6 +387,7 @@ SERVER *mario_init_server_addr(const char *addr,
  `--------------start server ok--------------` and blocks the calling
  thread until `mario_stop_server`. Returns `(void *)0` after a stop,
  `(void *)-1` if the server cannot start (or `arg` is not a server).
+ Example: c-examples/mario.c; docs/C-API.md, "Servers".
 
  # Safety
 
@@ -396,6 +406,8 @@ void *start_server(void *arg);
  A call before `start_server` makes it return at once. Not
  async-signal-safe: call it from a thread (e.g. one blocked in
  `sigwait`), not from a signal handler.
+ Example: c-examples/mario.c (its `sigwait` thread); docs/C-API.md,
+ "Servers".
 
  # Safety
 
@@ -407,6 +419,7 @@ void mario_stop_server(SERVER *s);
  Sets the cap on a connection's pending output, in bytes (default 4 MiB;
  0 counts as 1, more than 4,294,967,295 as that); output past it resets
  the connection as an error. Takes effect at `start_server`.
+ docs/C-API.md, "Servers".
 
  # Safety
 
@@ -421,6 +434,7 @@ void mario_set_output_limit(SERVER *s, size_t bytes);
  worker (inside a handler) it happens at once; from any other thread the
  close is handed to that worker, and a connection that has closed
  meanwhile is left alone.
+ Example: c-examples/chat.c (`/quit`); docs/C-API.md, "Closing".
 
  # Safety
 
@@ -430,6 +444,7 @@ void close_conn(CONN *c, uint16 akg_id);
 
 /*
  `close_conn(c, g_akg_closed_id)`.
+ docs/C-API.md, "Connections".
 
  # Safety
 
@@ -438,9 +453,13 @@ void close_conn(CONN *c, uint16 akg_id);
 void close_err_conn(CONN *c);
 
 /*
- Registers the handler for packet id `id` (NULL removes it). Call before
- `start_server`; a change while a server runs takes effect for the next
- packet.
+ Registers the handler for packet id `id` (NULL removes it) in
+ `AKG_FUNC`, for every server of the process. It runs on the
+ connection's worker with `c->in_buf` at the packet (`HEAD` first); it
+ returns 0 to go on, non-zero to close the connection as an error. Call
+ before `start_server`; a change while a server runs takes effect for
+ the next packet. Any thread. Example: c-examples/mario.c (and
+ function.c, the handlers); docs/C-API.md, "Handlers".
  */
 void regist_akg_func(uint16 id, FUNC_PTR func);
 
@@ -450,14 +469,16 @@ void regist_akg_func(uint16 id, FUNC_PTR func);
  the frame's first byte and `mario_frame_len(c)` its length, on the
  connection's worker; it returns 0 to go on, non-zero to close the
  connection as an error. NULL removes it (a frame then closes its
- connection, with a warning).
+ connection, with a warning). Any thread, as `regist_akg_func`.
+ Example: c-examples/chat.c; docs/C-API.md, "Framing".
  */
 void regist_frame_func(FUNC_PTR func);
 
 /*
  The length in bytes of the frame at `c->in_buf`, during a frame or
  packet callback (a `HEAD` packet's `pkglen`); `c->in_buf_len` holds at
- most 65,535. 0 for NULL.
+ most 65,535. 0 for NULL. On the callback's thread. Example:
+ c-examples/chat.c (`on_line`).
 
  # Safety
 
@@ -485,6 +506,7 @@ sint32 mario_set_framing(SERVER *s, const mario_framing *f);
  serving its other connections meanwhile. An id with both a pool handler
  and an `AKG_FUNC` handler runs the pool handler. Only `HEAD` packets
  (the default framing) go to the pool.
+ docs/C-API.md, "The handler pool".
 
  During the call, on a pool thread: `c->in_buf` holds the packet (`c->in_buf_len`
  its length), `c->out_buf` is the pool thread's own 2,048-byte scratch
@@ -511,6 +533,7 @@ void regist_pool_func(uint16 id, FUNC_PTR func);
  Sets the number of handler pool threads (1..=1024; 0, the default: as
  many as workers; more than 1024 counts as 1024). The threads start with
  the first pool packet. Takes effect at `start_server`.
+ docs/C-API.md, "The handler pool".
 
  # Safety
 
@@ -529,6 +552,7 @@ void mario_set_pool_threads(SERVER *s, uint32 n);
  thread in `start_server` and looks every quarter of the threshold
  (between 5 and 250 ms): a stall is noticed within the threshold plus
  that period. Takes effect at `start_server`.
+ docs/C-API.md, "Worker health".
 
  # Safety
 
@@ -542,6 +566,7 @@ void mario_set_stall_threshold(SERVER *s, uint32 ms);
  it at `net.core.somaxconn`). Takes effect at `start_server`. Returns 0,
  or -1 with a message on stderr for a value out of range or a `s` that
  is not a server.
+ docs/C-API.md, "Servers".
 
  # Safety
 
@@ -558,6 +583,7 @@ sint32 mario_set_backlog(SERVER *s, int backlog);
  places only what its own socket accepts: a busy or stalled process
  still gets its share from the kernel (see docs/DEPLOY.md). Takes effect
  at `start_server`.
+ docs/C-API.md, "Listening and the PROXY protocol".
 
  # Safety
 
@@ -579,6 +605,8 @@ void mario_set_reuseport(SERVER *s, int on);
  most, in whole seconds: refused 3 to 4 s after the connection) is closed and counted as an error with one warning; no callback
  runs for it. Takes effect at `start_server`. Returns 0, or -1 with a
  message on stderr for a bad mode.
+ Example: c-examples/pushsrv.c; docs/C-API.md, "Listening and the PROXY
+ protocol".
 
  # Safety
 
@@ -596,6 +624,7 @@ sint32 mario_set_proxy_protocol(SERVER *s,
  `start_server`. Takes effect at `start_server`. Returns 0, or -1 with a
  message on stderr for text that is not a network. `cidr` is read during
  the call only.
+ docs/C-API.md, "Listening and the PROXY protocol".
 
  # Safety
 
@@ -613,6 +642,7 @@ sint32 mario_add_proxy_source(SERVER *s, const char *cidr);
  header. An IPv4 client of a dual-stack server is `AF_INET`. Call it on
  the thread running a callback for `c` (a worker or a pool thread).
  Returns 0, or -1 if an argument is NULL.
+ docs/C-API.md, "Listening and the PROXY protocol".
 
  # Safety
 
@@ -630,12 +660,14 @@ sint32 mario_conn_peer(const CONN *c, struct sockaddr_storage *out, socklen_t *l
  monitor thread (the one in `start_server`), never on a worker; it must
  not block for long (the monitor waits for it). It may call
  `mario_stop_server`, which then only asks. NULL removes it.
+ docs/C-API.md, "Worker health".
  */
 void regist_stall_func(mario_stall_func func);
 
 /*
  1 if worker `w` is stalled now, 0 if not, -1 if `w` is NULL. Any thread,
  any time.
+ docs/C-API.md, "Worker health".
 
  # Safety
 
@@ -645,33 +677,51 @@ void regist_stall_func(mario_stall_func func);
 sint32 mario_worker_stalled(const WORKER *w);
 
 /*
- Registers the callback run on each new connection, on its worker,
- before any packet.
+ Registers the callback run once on each new connection, on its worker,
+ before any packet, with `cip`/`cport` set and `user` NULL (its return
+ is ignored); NULL removes it. `AKG_FUNC[g_akg_connected_id]`. As
+ `regist_akg_func` otherwise. Example: c-examples/chat.c;
+ docs/C-API.md, "Handlers".
  */
 void regist_connected_func(FUNC_PTR func);
 
 /*
- Registers one callback for timeout, closed and error.
+ Registers one close callback for the reasons timeout, closed and error
+ (`c->err_type` tells which); it runs exactly once per connection, on
+ its worker, for those reasons (the ids given to `close_conn` have
+ their own `AKG_FUNC` entries). As `regist_akg_func` otherwise.
+ Example: c-examples/chat.c; docs/C-API.md, "Handlers".
  */
 void regist_disconnected_func(FUNC_PTR func);
 
 /*
- Registers the timeout callback.
+ Registers the close callback for the reason timeout
+ (`AKG_FUNC[g_akg_timeout_id]`). As `regist_disconnected_func`
+ otherwise.
+ docs/C-API.md, "Handlers".
  */
 void regist_timeout_func(FUNC_PTR func);
 
 /*
- Registers the closed callback.
+ Registers the close callback for the reason closed
+ (`AKG_FUNC[g_akg_closed_id]`). As `regist_disconnected_func`
+ otherwise.
+ docs/C-API.md, "Handlers".
  */
 void regist_closed_func(FUNC_PTR func);
 
 /*
- Registers the error callback.
+ Registers the close callback for the reason error
+ (`AKG_FUNC[g_akg_error_id]`). As `regist_disconnected_func`
+ otherwise.
+ docs/C-API.md, "Handlers".
  */
 void regist_error_func(FUNC_PTR func);
 
 /*
- Sets the packet magic every head must carry; read by `start_server`.
+ Sets the packet magic every head must carry (`g_stx`), for every
+ server of the process; read by `start_server`, so call it before.
+ Example: c-examples/mario.c; docs/C-API.md, "Handlers".
  */
 void regist_stx(uint32 stx);
 
@@ -683,6 +733,8 @@ void regist_stx(uint32 stx);
  arguments are bad. A `bufev` that is not one of ours is passed on to
  libevent's `bufferevent_write` when libevent is linked into the program
  (else -1).
+ Example: c-examples/function.c (the header's `bufferevent_write` is
+ this function); docs/C-API.md, "Connections".
 
  # Safety
 
@@ -702,6 +754,7 @@ int mario_bufferevent_write(struct bufferevent *bufev, const void *data, size_t 
  it is handed to that worker. Returns 0, or -1 when the handle is not one
  of libmario's, its connection is known to be gone, or its server has
  stopped. A connection that closes meanwhile is left alone.
+ Example: c-examples/pushsrv.c; docs/C-API.md, "Connections".
 
  # Safety
 
@@ -712,14 +765,16 @@ sint32 mario_close_bufev(struct bufferevent *bufev, uint16 akg_id);
 /*
  Creates a log queue: a bounded ring (64 KiB) one thread writes to with
  `record_log`, drained by the log thread. Never returns NULL; the queue
- lives for the rest of the process.
+ lives for the rest of the process. Any thread; one queue per producer
+ thread. docs/C-API.md, "Logging".
  */
 LOG_QUEUE *create_log_queue(void);
 
 /*
  Queues one formatted log line of `len` bytes for `fd` (used by the
  header's `record_log`; lines over `MAX_LOG_LINE_LENGTH` are cut).
- Returns 0, or -1 if the queue is full or NULL.
+ Returns 0, or -1 if the queue is full or NULL. On the queue's producer
+ thread. docs/C-API.md, "Logging".
 
  # Safety
 
@@ -731,7 +786,7 @@ sint32 mario_record_log_line(LOG_QUEUE *queue, int fd, const char *line, size_t 
 /*
  Starts the thread that writes every log queue to its descriptors.
  Returns 0 (also when it already runs), or -1 if the thread cannot be
- created.
+ created. Any thread. docs/C-API.md, "Logging".
  */
 sint32 start_log_thread(void);
 
@@ -742,6 +797,7 @@ sint32 start_log_thread(void);
  `MARIO_LOG_WARN` (2), `MARIO_LOG_INFO` (3, the default) or
  `MARIO_LOG_DEBUG` (4); values outside are clamped. `record_log` itself
  is never filtered. Any thread, any time.
+ docs/C-API.md, "Logging".
  */
 void mario_set_log_level(int level);
 
@@ -752,6 +808,7 @@ void mario_set_log_level(int level);
  standard descriptors. Takes effect before the log thread's next write.
  Returns 0, or -1 (with the reason on stderr, nothing changed) if the
  file cannot be opened.
+ docs/C-API.md, "Logging".
 
  # Safety
 
@@ -765,6 +822,7 @@ sint32 mario_set_log_file(const char *path);
  one, none lost or written twice. Async-signal-safe (it only raises a
  flag, acted on before the log thread's next write, within about a
  second when it is idle): call it from a SIGHUP handler if you like.
+ docs/C-API.md, "Logging".
  */
 void mario_reopen_log(void);
 
@@ -775,29 +833,35 @@ void mario_reopen_log(void);
  the log thread, never on a worker; `line` is NUL-terminated and valid
  during the call, `len` counts neither the NUL nor a newline; `level` is
  a `MARIO_LOG_*` value; `user` is passed back untouched.
+ docs/C-API.md, "Logging".
  */
 void mario_set_log_callback(mario_log_callback callback, void *user);
 
 /*
  The library's version, `"MAJOR.MINOR.PATCH"` (`MARIO_VERSION_STRING` of
  the header it was built with): a static string, never NULL, never
- freed. Any thread, any time.
+ freed. Any thread, any time. docs/C-API.md, "Utilities".
  */
 const char *mario_version(void);
 
 /*
- Sleeps `ns` nanoseconds.
+ Sleeps `ns` nanoseconds (at least; `u32`: up to about 4.3 s), on the
+ calling thread. docs/C-API.md, "Utilities".
  */
 void nsleep(uint32 ns);
 
 /*
- Sleeps `s` seconds plus `us` microseconds.
+ Sleeps `s` seconds plus `us` microseconds (at least), on the calling
+ thread. docs/C-API.md, "Utilities".
  */
 void susleep(uint32 s, uint32 us);
 
 /*
  Installs `handler` for `sig` with `sigaction` (empty mask, no flags);
- NULL restores the default.
+ NULL restores the default. An invalid `sig` is ignored. For a stop on
+ SIGTERM, the handler cannot call `mario_stop_server` (not
+ async-signal-safe): let a thread blocked in `sigwait` do it, as
+ c-examples/chat.c does. docs/C-API.md, "Utilities".
 
  # Safety
 
@@ -808,7 +872,9 @@ void signal_handler(int sig, sighandler_t handler);
 
 /*
  Turns the process into a daemon: forks, the parent exits 0, the child
- starts a new session and ignores SIGHUP, SIGTERM and SIGPIPE.
+ starts a new session and ignores SIGHUP, SIGTERM and SIGPIPE. The
+ working directory and descriptors are kept. docs/C-API.md,
+ "Utilities".
 
  # Safety
 
@@ -827,6 +893,7 @@ void run_daemon(void);
  `size`; returns the bytes it wrote, or -1 (nothing written) when `s` is
  not a server or `out` is NULL. Any thread, any time after `init_server`
  (zeros before `start_server`, the final numbers after it returns).
+ Example: c-examples/collect.c; docs/C-API.md, "Statistics".
 
  # Safety
 
@@ -839,6 +906,7 @@ sint32 mario_get_stats(SERVER *s, mario_stats *out, size_t size);
  As `mario_get_stats`, for worker `worker` (0 ..
  `s->workers->size - 1`) alone: `workers` is 1, `stalled_workers` 0 or 1.
  -1 also when there is no such worker.
+ docs/C-API.md, "Statistics".
 
  # Safety
 
@@ -872,6 +940,7 @@ size_t mario_format_prometheus(SERVER *s, char *buf, size_t len);
  `init_server`, before or after `start_server`; it stops when
  `start_server` returns. Returns 0, or -1 with the reason on stderr (not
  a server, NULL or bad address, address in use, server stopped).
+ Example: c-examples/mario.c; docs/C-API.md, "Statistics".
 
  # Safety
 

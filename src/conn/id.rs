@@ -18,7 +18,30 @@
 /// generation.
 ///
 /// Get one with [`Conn::id`](crate::Conn::id); use it from any thread with
-/// [`send_to`](crate::send_to) and [`close_id`](crate::close_id).
+/// [`send_to`](crate::send_to) and [`close_id`](crate::close_id). It is
+/// `Copy`, `Hash` and `Send`: keep it in maps, hand it to other threads.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use mario::{Conn, ConnId, send_to};
+///
+/// /// Who is logged in: filled by a login handler, read by any thread.
+/// static ONLINE: Mutex<Option<HashMap<String, ConnId>>> = Mutex::new(None);
+///
+/// fn logged_in(conn: &mut Conn, user: &str) {
+///     ONLINE.lock().unwrap().get_or_insert_default().insert(user.to_string(), conn.id());
+/// }
+///
+/// /// From any thread: false if the user is not online, or their
+/// /// connection is gone (a stale id never reaches another client).
+/// fn notify(user: &str, msg: &[u8]) -> bool {
+///     let id = ONLINE.lock().unwrap().as_ref().and_then(|m| m.get(user).copied());
+///     id.is_some_and(|id| send_to(id, msg))
+/// }
+///
+/// assert!(!notify("nobody", b"hello"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId(pub(crate) u64);
 
@@ -66,7 +89,9 @@ impl ConnId {
     pub(crate) fn generation(self) -> u32 {
         (self.0 >> 41) as u32 & GEN_MASK
     }
-    /// The raw 64-bit value (as stored in `CONN.bufev`).
+    /// The raw 64-bit value (as stored in `CONN.bufev`), e.g. to log a
+    /// connection or to match it with what a C handler saw; odd, never 0.
+    /// Example: [`ConnId`] (keeping ids).
     pub fn as_raw(self) -> u64 {
         self.0
     }

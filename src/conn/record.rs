@@ -14,7 +14,25 @@ use crate::records::CWorker;
 /// One connection. The `#[repr(C)]` prefix up to `user` is the C `CONN`.
 ///
 /// Rust handlers get `&mut Conn` and use its methods; C handlers get the same
-/// memory as `CONN *`.
+/// memory as `CONN *`. The record belongs to the connection's worker, which
+/// reuses it for a later client once the connection has closed: a handler
+/// gets it for the duration of the call, on the worker (or a pool thread),
+/// and keeps [`Conn::id`], never the record, to reach the connection later
+/// or from another thread.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::net::SocketAddr;
+/// use mario::{Conn, ConnId};
+///
+/// /// What a connect handler might note about a new client.
+/// fn note(conn: &mut Conn, seen: &mut HashMap<ConnId, (SocketAddr, usize)>) {
+///     seen.insert(conn.id(), (conn.peer(), conn.worker_index()));
+/// }
+/// ```
+///
+/// The [crate-level example](crate) and `examples/login_server.rs` use it
+/// in handlers.
 #[repr(C)]
 pub struct Conn {
     // ---- the C `CONN` (field order and types are ABI) ----
@@ -90,7 +108,7 @@ impl Conn {
     }
 
     /// This connection's id, valid from any thread for the connection's
-    /// whole life (see [`ConnId`]).
+    /// whole life (see [`ConnId`], which has an example).
     pub fn id(&self) -> ConnId {
         ConnId(self.bufev.load(Ordering::Relaxed) as u64)
     }
@@ -98,7 +116,7 @@ impl Conn {
     /// The client's address, IPv4 or IPv6 (an IPv4 client of a dual-stack
     /// server is IPv4). Behind a load balancer speaking the PROXY protocol
     /// (see [`Config::proxy_protocol`](crate::Config::proxy_protocol)) it
-    /// is the real client's, from the header.
+    /// is the real client's, from the header. Example: [`Conn`].
     pub fn peer(&self) -> SocketAddr {
         self.peer.addr()
     }
@@ -113,27 +131,51 @@ impl Conn {
         };
     }
 
-    /// Index of the worker thread that owns this connection.
+    /// Index of the worker thread that owns this connection,
+    /// 0 .. [`Config::workers`](crate::Config::workers); the index of its
+    /// numbers in [`Stats::workers`](crate::Stats::workers).
+    /// Example: [`Conn`].
     pub fn worker_index(&self) -> usize {
         // SAFETY: `owner` is set when the slot is created and points into
         // the server's worker array, which outlives every connection.
         unsafe { (*self.owner).ind as usize }
     }
 
-    /// Slot index inside the owning worker (the C `CONN.ind`).
+    /// Slot index inside the owning worker (the C `CONN.ind`),
+    /// 0 .. [`Config::conns_per_worker`](crate::Config::conns_per_worker):
+    /// reused by later connections, so not a name for this one (that is
+    /// [`Conn::id`]).
+    /// Example: [`Conn`] (which keeps the id instead).
     pub fn slot(&self) -> u32 {
         self.ind
     }
 
-    /// Why the connection closed (`AKG_TIMEOUT`, `AKG_CLOSED`, `AKG_ERROR`
-    /// or the id given to [`Conn::close`]); 0 while open (the close
-    /// handler sees the reason).
+    /// Why the connection closed ([`AKG_TIMEOUT`](crate::AKG_TIMEOUT),
+    /// `AKG_CLOSED`, `AKG_ERROR` or the id given to [`Conn::close`]); 0
+    /// while open (the close handler sees the reason). The example of
+    /// [`AKG_TIMEOUT`](crate::AKG_TIMEOUT) tells them apart.
     pub fn close_reason(&self) -> u16 {
         self.err_type
     }
 
-    /// The socket descriptor (for options such as `TCP_NODELAY`; do not
-    /// read, write or close it).
+    /// The socket descriptor, owned by the worker (for options such as
+    /// `TCP_NODELAY` during a handler; do not read, write or close it, nor
+    /// keep it: the worker closes it with the connection).
+    ///
+    /// ```
+    /// use std::io;
+    /// use mario::Conn;
+    ///
+    /// /// Replies go out at once (no Nagle delay), e.g. from a connect handler.
+    /// fn no_delay(conn: &mut Conn) -> io::Result<()> {
+    ///     let one: libc::c_int = 1;
+    ///     let len = size_of_val(&one) as libc::socklen_t;
+    ///     // SAFETY: the connection's socket, an `int` option read during the call.
+    ///     let (fd, opt) = (conn.fd(), (&raw const one).cast());
+    ///     let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, opt, len) };
+    ///     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    /// }
+    /// ```
     pub fn fd(&self) -> c_int {
         self.fd
     }

@@ -12,6 +12,63 @@
 //! The header's types, constants, structs and macros are hand-written in
 //! `cbindgen.toml`; cbindgen adds the prototypes of this module.
 //!
+//! docs/C-API.md is the contract, section by section (each item here names
+//! its section); c-examples/ holds whole applications: `mario.c` (the
+//! original's sample server), `chat.c` (line framing, writes across
+//! workers), `pushsrv.c` (a cluster behind HAProxy).
+//!
+//! # Example
+//!
+//! A server answering packet `0x6101` with an empty packet of the same id,
+//! in C (`gcc -Iinclude app.c libmario.a -lpthread -ldl -lm`):
+//!
+//! ```c
+//! #include "mario/mario.h"
+//!
+//! #define LOGIN 0x6101
+//!
+//! /* LOGIN: answer with an empty packet of the same id (on c's worker). */
+//! static sint32 on_login(CONN *c) {
+//!     HEAD h = { g_stx, SIZE_OF_HEAD, LOGIN };
+//!     bufferevent_write(c->bufev, &h, sizeof h);
+//!     return 0; /* 0: go on; non-zero: close the connection as an error */
+//! }
+//!
+//! int main(void) {
+//!     SERVER *s = init_server(8082, 2, 1024, 300, 300);
+//!     if (s == NULL)
+//!         return 1; /* the reason is on stderr */
+//!     regist_stx(0x8eb69af7);
+//!     regist_akg_func(LOGIN, on_login);
+//!     start_server(s); /* blocks until mario_stop_server(s) */
+//!     return 0;
+//! }
+//! ```
+//!
+//! Rust may call the same functions (under each one's `# Safety`), e.g.
+//! the statistics of a server that has not started:
+//!
+//! ```
+//! use mario::ffi::{init_server, mario_get_stats, mario_stats};
+//!
+//! let s = init_server(0, 2, 16, 0, 0); // port 0: a free one at start_server
+//! assert!(!s.is_null());
+//! let mut st = mario_stats::default();
+//! let size = std::mem::size_of::<mario_stats>();
+//! // SAFETY: `s` comes from init_server, `st` is writable for `size` bytes.
+//! let wrote = unsafe { mario_get_stats(s, &mut st, size) };
+//! assert_eq!(wrote as usize, size);
+//! assert_eq!((st.workers, st.accepted), (2, 0));
+//! assert_eq!(
+//!     // SAFETY: mario_version returns a static NUL-terminated string.
+//!     unsafe { std::ffi::CStr::from_ptr(mario::ffi::mario_version()) }.to_str(),
+//!     Ok(env!("CARGO_PKG_VERSION"))
+//! );
+//! ```
+//!
+//! The docs of the functions and statics are also the comments of the
+//! generated header, so they name things as C sees them.
+//!
 //! Uses: server, worker, service, conn, records, logq, proto, stats, metrics.
 
 #![allow(non_upper_case_globals, non_camel_case_types, non_snake_case)]
@@ -39,31 +96,54 @@ use crate::service::{Config, MAX_POOL_THREADS, PoolCall, Service, Verdict};
 use crate::worker;
 use std::os::unix::ffi::OsStrExt;
 
-/// `uint16`.
+/// `uint16` of the header (`mario_type.h`): `unsigned short`.
+/// docs/C-API.md, "Types".
 pub type uint16 = u16;
-/// `uint32`.
+/// `uint32` of the header: `unsigned int`.
+/// docs/C-API.md, "Types".
 pub type uint32 = u32;
-/// `sint32`.
+/// `sint32` of the header: `int`.
+/// docs/C-API.md, "Types".
 pub type sint32 = i32;
-/// `CONN`: the connection record.
+/// `CONN`: the connection record a callback gets, [`Conn`] (its fields:
+/// docs/C-API.md, "Structures"). The library owns it and reuses it for a
+/// later client of the slot: valid during the callback only; keep
+/// `c->bufev` to reach the connection later.
 pub type CONN = Conn;
-/// `WORKER`.
+/// `WORKER`: one worker's C record (`c->owner`, `&s->workers->array[i]`):
+/// `thread_id`, `ind`, `qlog`, `server` (docs/C-API.md, "Structures").
+/// Owned by its server, which lives for the process.
 pub type WORKER = CWorker;
-/// `SERVER`.
+/// `SERVER`: a server's C record, from [`init_server`]: `server_fd`,
+/// `port`, `workers`, `qlog`, `ret`, `conn_count` (docs/C-API.md,
+/// "Structures"). Never freed: it lives for the process.
 pub type SERVER = CServer;
-/// `LOG_QUEUE`.
+/// `LOG_QUEUE`: a log queue, [`LogQueue`] (from [`create_log_queue`], or
+/// a record's `qlog`); lives for the process.
+/// docs/C-API.md, "Structures".
 pub type LOG_QUEUE = LogQueue;
 /// `FUNC_PTR`: a packet or event handler. The library calls it on the
 /// connection's worker thread with a live `CONN *` (valid until the call
-/// returns; the record itself lives as long as its server).
+/// returns; the record itself lives as long as its server). For a packet
+/// or a frame, 0 goes on and non-zero closes the connection as an error;
+/// the return of connected and close callbacks is ignored. Example: the
+/// [module](self#example)'s `on_login`.
 pub type FUNC_PTR = Option<unsafe extern "C" fn(c: *mut CONN) -> sint32>;
-/// `sighandler_t`.
+/// `sighandler_t`: a signal handler, `void (*)(int)`, for
+/// [`signal_handler`] (NULL: the default action).
+/// docs/C-API.md, "Types".
 pub type sighandler_t = Option<unsafe extern "C" fn(c_int)>;
 /// `mario_log_callback`: receives the library's own messages (see
 /// `mario_set_log_callback`).
+/// docs/C-API.md, "Logging"; [`set_log_callback`](crate::logq::set_log_callback)
+/// has a Rust example.
 pub type mario_log_callback = Option<logq::LogCallback>;
 
-/// libevent's `struct bufferevent`, only ever used by pointer.
+/// libevent's `struct bufferevent`, only ever used by pointer: a
+/// connection's `c->bufev` is a libmario handle (its [`ConnId`], tagged
+/// odd), never dereferenced, for [`mario_bufferevent_write`] and
+/// [`mario_close_bufev`] from any thread.
+/// Example: the [module](crate::ffi#example)'s `bufferevent_write(c->bufev, ...)`.
 #[repr(C)]
 pub struct bufferevent {
     _private: [u8; 0],
@@ -81,28 +161,33 @@ fn guard<R>(name: &str, f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// The packet id passed to the connected callback.
+/// `0xfffc`: the id of the connected callback. docs/C-API.md,
+/// "Constants".
 #[unsafe(no_mangle)]
 pub static g_akg_connected_id: uint16 = AKG_CONNECTED;
-/// Close reason: timeout.
+/// `0xfffd`, close reason: read or write timeout. docs/C-API.md,
+/// "Constants".
 #[unsafe(no_mangle)]
 pub static g_akg_timeout_id: uint16 = AKG_TIMEOUT;
-/// Close reason: closed by the peer, bad input or server stop.
+/// `0xfffe`, close reason: closed by the peer, bad input or server stop.
+/// docs/C-API.md, "Constants".
 #[unsafe(no_mangle)]
 pub static g_akg_closed_id: uint16 = AKG_CLOSED;
-/// Close reason: error.
+/// `0xffff`, close reason: a socket error, output over its cap, or a
+/// handler returning non-zero. docs/C-API.md, "Constants".
 #[unsafe(no_mangle)]
 pub static g_akg_error_id: uint16 = AKG_ERROR;
 
 /// The registered packet magic (`DEFAULT_STX` until `regist_stx`). The
-/// library reads and writes it atomically; C code should only read it.
+/// library reads and writes it atomically; C code should only read it,
+/// e.g. for the head of a reply. docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub static mut g_stx: uint32 = DEFAULT_STX;
 
 /// The handler table, indexable by any `uint16`. The library reads and
 /// writes its entries atomically; C code registers with the `regist_*`
 /// functions (writing an entry directly while a server runs is a data race
-/// of the application's).
+/// of the application's). docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub static mut AKG_FUNC: [FUNC_PTR; 65536] = [None; 65536];
 
@@ -222,8 +307,9 @@ static POOL_ANY: AtomicBool = AtomicBool::new(false);
 /// The stall callback (`regist_stall_func`), as a function pointer.
 static STALL_FUNC: AtomicPtr<c_void> = AtomicPtr::new(std::ptr::null_mut());
 
-/// `mario_stall_func`: told that a worker is stalled (see
-/// `regist_stall_func`).
+/// `mario_stall_func`: told that a worker is stalled, `(worker, akg_id,
+/// ms)`, on the monitor thread (see [`regist_stall_func`]; docs/C-API.md,
+/// "Worker health").
 pub type mario_stall_func = Option<unsafe extern "C" fn(w: *mut WORKER, akg_id: uint16, ms: uint32)>;
 
 /// The server behind a `SERVER *`.
@@ -274,6 +360,8 @@ unsafe fn shared_or_say(s: *const SERVER, who: &str) -> Option<Arc<ServerShared>
 /// chooses the address). Nothing listens until `start_server`. Returns
 /// NULL (with a message naming the bad argument on stderr) on bad
 /// arguments or failure. The server lives for the rest of the process.
+/// Any thread; one call per server (a process may hold several).
+/// Example: c-examples/mario.c; docs/C-API.md, "Servers".
 #[unsafe(no_mangle)]
 pub extern "C" fn init_server(
     port: c_int,
@@ -303,6 +391,7 @@ pub extern "C" fn init_server(
 /// 1..=256. Returns NULL, with a message on stderr, on a bad argument
 /// (an address that is not a literal: no name lookup is done). `addr` is
 /// read during the call only.
+/// docs/C-API.md, "Servers".
 ///
 /// # Safety
 ///
@@ -395,6 +484,7 @@ fn new_server(
 /// `--------------start server ok--------------` and blocks the calling
 /// thread until `mario_stop_server`. Returns `(void *)0` after a stop,
 /// `(void *)-1` if the server cannot start (or `arg` is not a server).
+/// Example: c-examples/mario.c; docs/C-API.md, "Servers".
 ///
 /// # Safety
 ///
@@ -436,6 +526,8 @@ pub unsafe extern "C" fn start_server(arg: *mut c_void) -> *mut c_void {
 /// A call before `start_server` makes it return at once. Not
 /// async-signal-safe: call it from a thread (e.g. one blocked in
 /// `sigwait`), not from a signal handler.
+/// Example: c-examples/mario.c (its `sigwait` thread); docs/C-API.md,
+/// "Servers".
 ///
 /// # Safety
 ///
@@ -453,6 +545,7 @@ pub unsafe extern "C" fn mario_stop_server(s: *mut SERVER) {
 /// Sets the cap on a connection's pending output, in bytes (default 4 MiB;
 /// 0 counts as 1, more than 4,294,967,295 as that); output past it resets
 /// the connection as an error. Takes effect at `start_server`.
+/// docs/C-API.md, "Servers".
 ///
 /// # Safety
 ///
@@ -490,6 +583,7 @@ unsafe fn conn_id(c: *const CONN) -> Option<ConnId> {
 /// worker (inside a handler) it happens at once; from any other thread the
 /// close is handed to that worker, and a connection that has closed
 /// meanwhile is left alone.
+/// Example: c-examples/chat.c (`/quit`); docs/C-API.md, "Closing".
 ///
 /// # Safety
 ///
@@ -511,6 +605,7 @@ pub unsafe extern "C" fn close_conn(c: *mut CONN, akg_id: uint16) {
 }
 
 /// `close_conn(c, g_akg_closed_id)`.
+/// docs/C-API.md, "Connections".
 ///
 /// # Safety
 ///
@@ -521,9 +616,13 @@ pub unsafe extern "C" fn close_err_conn(c: *mut CONN) {
     unsafe { close_conn(c, AKG_CLOSED) }
 }
 
-/// Registers the handler for packet id `id` (NULL removes it). Call before
-/// `start_server`; a change while a server runs takes effect for the next
-/// packet.
+/// Registers the handler for packet id `id` (NULL removes it) in
+/// `AKG_FUNC`, for every server of the process. It runs on the
+/// connection's worker with `c->in_buf` at the packet (`HEAD` first); it
+/// returns 0 to go on, non-zero to close the connection as an error. Call
+/// before `start_server`; a change while a server runs takes effect for
+/// the next packet. Any thread. Example: c-examples/mario.c (and
+/// function.c, the handlers); docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_akg_func(id: uint16, func: FUNC_PTR) {
     set_akg(id, func)
@@ -534,7 +633,8 @@ pub extern "C" fn regist_akg_func(id: uint16, func: FUNC_PTR) {
 /// the frame's first byte and `mario_frame_len(c)` its length, on the
 /// connection's worker; it returns 0 to go on, non-zero to close the
 /// connection as an error. NULL removes it (a frame then closes its
-/// connection, with a warning).
+/// connection, with a warning). Any thread, as `regist_akg_func`.
+/// Example: c-examples/chat.c; docs/C-API.md, "Framing".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_frame_func(func: FUNC_PTR) {
     let p = func.map_or(std::ptr::null_mut(), |f| f as *mut c_void);
@@ -543,7 +643,8 @@ pub extern "C" fn regist_frame_func(func: FUNC_PTR) {
 
 /// The length in bytes of the frame at `c->in_buf`, during a frame or
 /// packet callback (a `HEAD` packet's `pkglen`); `c->in_buf_len` holds at
-/// most 65,535. 0 for NULL.
+/// most 65,535. 0 for NULL. On the callback's thread. Example:
+/// c-examples/chat.c (`on_line`).
 ///
 /// # Safety
 ///
@@ -560,6 +661,8 @@ pub unsafe extern "C" fn mario_frame_len(c: *const CONN) -> usize {
 
 /// `mario_framing`: a server's framing, for `mario_set_framing` (the
 /// fields each kind uses are in the header).
+/// Example: c-examples/chat.c (`MARIO_FRAMING_LINE`); docs/C-API.md,
+/// "Framing".
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct mario_framing {
@@ -676,6 +779,7 @@ pub unsafe extern "C" fn mario_set_framing(s: *mut SERVER, f: *const mario_frami
 /// serving its other connections meanwhile. An id with both a pool handler
 /// and an `AKG_FUNC` handler runs the pool handler. Only `HEAD` packets
 /// (the default framing) go to the pool.
+/// docs/C-API.md, "The handler pool".
 ///
 /// During the call, on a pool thread: `c->in_buf` holds the packet (`c->in_buf_len`
 /// its length), `c->out_buf` is the pool thread's own 2,048-byte scratch
@@ -707,6 +811,7 @@ pub extern "C" fn regist_pool_func(id: uint16, func: FUNC_PTR) {
 /// Sets the number of handler pool threads (1..=1024; 0, the default: as
 /// many as workers; more than 1024 counts as 1024). The threads start with
 /// the first pool packet. Takes effect at `start_server`.
+/// docs/C-API.md, "The handler pool".
 ///
 /// # Safety
 ///
@@ -731,6 +836,7 @@ pub unsafe extern "C" fn mario_set_pool_threads(s: *mut SERVER, n: uint32) {
 /// thread in `start_server` and looks every quarter of the threshold
 /// (between 5 and 250 ms): a stall is noticed within the threshold plus
 /// that period. Takes effect at `start_server`.
+/// docs/C-API.md, "Worker health".
 ///
 /// # Safety
 ///
@@ -750,6 +856,7 @@ pub unsafe extern "C" fn mario_set_stall_threshold(s: *mut SERVER, ms: uint32) {
 /// it at `net.core.somaxconn`). Takes effect at `start_server`. Returns 0,
 /// or -1 with a message on stderr for a value out of range or a `s` that
 /// is not a server.
+/// docs/C-API.md, "Servers".
 ///
 /// # Safety
 ///
@@ -778,6 +885,7 @@ pub unsafe extern "C" fn mario_set_backlog(s: *mut SERVER, backlog: c_int) -> si
 /// places only what its own socket accepts: a busy or stalled process
 /// still gets its share from the kernel (see docs/DEPLOY.md). Takes effect
 /// at `start_server`.
+/// docs/C-API.md, "Listening and the PROXY protocol".
 ///
 /// # Safety
 ///
@@ -805,6 +913,8 @@ pub unsafe extern "C" fn mario_set_reuseport(s: *mut SERVER, on: c_int) {
 /// most, in whole seconds: refused 3 to 4 s after the connection) is closed and counted as an error with one warning; no callback
 /// runs for it. Takes effect at `start_server`. Returns 0, or -1 with a
 /// message on stderr for a bad mode.
+/// Example: c-examples/pushsrv.c; docs/C-API.md, "Listening and the PROXY
+/// protocol".
 ///
 /// # Safety
 ///
@@ -833,6 +943,7 @@ pub unsafe extern "C" fn mario_set_proxy_protocol(s: *mut SERVER, mode: uint32) 
 /// `start_server`. Takes effect at `start_server`. Returns 0, or -1 with a
 /// message on stderr for text that is not a network. `cidr` is read during
 /// the call only.
+/// docs/C-API.md, "Listening and the PROXY protocol".
 ///
 /// # Safety
 ///
@@ -894,6 +1005,7 @@ pub(crate) fn parse_net(text: &str) -> Option<ipnet::IpNet> {
 /// header. An IPv4 client of a dual-stack server is `AF_INET`. Call it on
 /// the thread running a callback for `c` (a worker or a pool thread).
 /// Returns 0, or -1 if an argument is NULL.
+/// docs/C-API.md, "Listening and the PROXY protocol".
 ///
 /// # Safety
 ///
@@ -933,6 +1045,7 @@ pub unsafe extern "C" fn mario_conn_peer(
 /// monitor thread (the one in `start_server`), never on a worker; it must
 /// not block for long (the monitor waits for it). It may call
 /// `mario_stop_server`, which then only asks. NULL removes it.
+/// docs/C-API.md, "Worker health".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_stall_func(func: mario_stall_func) {
     let p = func.map_or(std::ptr::null_mut(), |f| f as *mut c_void);
@@ -941,6 +1054,7 @@ pub extern "C" fn regist_stall_func(func: mario_stall_func) {
 
 /// 1 if worker `w` is stalled now, 0 if not, -1 if `w` is NULL. Any thread,
 /// any time.
+/// docs/C-API.md, "Worker health".
 ///
 /// # Safety
 ///
@@ -963,14 +1077,21 @@ pub unsafe extern "C" fn mario_worker_stalled(w: *const WORKER) -> sint32 {
     })
 }
 
-/// Registers the callback run on each new connection, on its worker,
-/// before any packet.
+/// Registers the callback run once on each new connection, on its worker,
+/// before any packet, with `cip`/`cport` set and `user` NULL (its return
+/// is ignored); NULL removes it. `AKG_FUNC[g_akg_connected_id]`. As
+/// `regist_akg_func` otherwise. Example: c-examples/chat.c;
+/// docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_connected_func(func: FUNC_PTR) {
     set_akg(AKG_CONNECTED, func)
 }
 
-/// Registers one callback for timeout, closed and error.
+/// Registers one close callback for the reasons timeout, closed and error
+/// (`c->err_type` tells which); it runs exactly once per connection, on
+/// its worker, for those reasons (the ids given to `close_conn` have
+/// their own `AKG_FUNC` entries). As `regist_akg_func` otherwise.
+/// Example: c-examples/chat.c; docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_disconnected_func(func: FUNC_PTR) {
     set_akg(AKG_TIMEOUT, func);
@@ -978,25 +1099,36 @@ pub extern "C" fn regist_disconnected_func(func: FUNC_PTR) {
     set_akg(AKG_ERROR, func);
 }
 
-/// Registers the timeout callback.
+/// Registers the close callback for the reason timeout
+/// (`AKG_FUNC[g_akg_timeout_id]`). As `regist_disconnected_func`
+/// otherwise.
+/// docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_timeout_func(func: FUNC_PTR) {
     set_akg(AKG_TIMEOUT, func)
 }
 
-/// Registers the closed callback.
+/// Registers the close callback for the reason closed
+/// (`AKG_FUNC[g_akg_closed_id]`). As `regist_disconnected_func`
+/// otherwise.
+/// docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_closed_func(func: FUNC_PTR) {
     set_akg(AKG_CLOSED, func)
 }
 
-/// Registers the error callback.
+/// Registers the close callback for the reason error
+/// (`AKG_FUNC[g_akg_error_id]`). As `regist_disconnected_func`
+/// otherwise.
+/// docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_error_func(func: FUNC_PTR) {
     set_akg(AKG_ERROR, func)
 }
 
-/// Sets the packet magic every head must carry; read by `start_server`.
+/// Sets the packet magic every head must carry (`g_stx`), for every
+/// server of the process; read by `start_server`, so call it before.
+/// Example: c-examples/mario.c; docs/C-API.md, "Handlers".
 #[unsafe(no_mangle)]
 pub extern "C" fn regist_stx(stx: uint32) {
     stx_cell().store(stx, Ordering::Release)
@@ -1009,6 +1141,8 @@ pub extern "C" fn regist_stx(stx: uint32) {
 /// arguments are bad. A `bufev` that is not one of ours is passed on to
 /// libevent's `bufferevent_write` when libevent is linked into the program
 /// (else -1).
+/// Example: c-examples/function.c (the header's `bufferevent_write` is
+/// this function); docs/C-API.md, "Connections".
 ///
 /// # Safety
 ///
@@ -1047,6 +1181,7 @@ pub unsafe extern "C" fn mario_bufferevent_write(
 /// it is handed to that worker. Returns 0, or -1 when the handle is not one
 /// of libmario's, its connection is known to be gone, or its server has
 /// stopped. A connection that closes meanwhile is left alone.
+/// Example: c-examples/pushsrv.c; docs/C-API.md, "Connections".
 ///
 /// # Safety
 ///
@@ -1089,7 +1224,8 @@ unsafe fn forward_to_libevent(bufev: *mut bufferevent, data: *const c_void, size
 
 /// Creates a log queue: a bounded ring (64 KiB) one thread writes to with
 /// `record_log`, drained by the log thread. Never returns NULL; the queue
-/// lives for the rest of the process.
+/// lives for the rest of the process. Any thread; one queue per producer
+/// thread. docs/C-API.md, "Logging".
 #[unsafe(no_mangle)]
 pub extern "C" fn create_log_queue() -> *mut LOG_QUEUE {
     guard("create_log_queue", || {
@@ -1099,7 +1235,8 @@ pub extern "C" fn create_log_queue() -> *mut LOG_QUEUE {
 
 /// Queues one formatted log line of `len` bytes for `fd` (used by the
 /// header's `record_log`; lines over `MAX_LOG_LINE_LENGTH` are cut).
-/// Returns 0, or -1 if the queue is full or NULL.
+/// Returns 0, or -1 if the queue is full or NULL. On the queue's producer
+/// thread. docs/C-API.md, "Logging".
 ///
 /// # Safety
 ///
@@ -1133,7 +1270,7 @@ pub unsafe extern "C" fn mario_record_log_line(
 
 /// Starts the thread that writes every log queue to its descriptors.
 /// Returns 0 (also when it already runs), or -1 if the thread cannot be
-/// created.
+/// created. Any thread. docs/C-API.md, "Logging".
 #[unsafe(no_mangle)]
 pub extern "C" fn start_log_thread() -> sint32 {
     guard("start_log_thread", || match logq::start_log_thread() {
@@ -1149,6 +1286,7 @@ pub extern "C" fn start_log_thread() -> sint32 {
 /// `MARIO_LOG_INFO`) the `slog_*` macros test before formatting anything.
 /// Read atomically (relaxed) by the macros; set it with
 /// `mario_set_log_level`.
+/// docs/C-API.md, "Logging".
 #[unsafe(no_mangle)]
 pub static mut g_mario_log_level: c_int = Level::Info as c_int;
 
@@ -1158,6 +1296,7 @@ pub static mut g_mario_log_level: c_int = Level::Info as c_int;
 /// `MARIO_LOG_WARN` (2), `MARIO_LOG_INFO` (3, the default) or
 /// `MARIO_LOG_DEBUG` (4); values outside are clamped. `record_log` itself
 /// is never filtered. Any thread, any time.
+/// docs/C-API.md, "Logging".
 #[unsafe(no_mangle)]
 pub extern "C" fn mario_set_log_level(level: c_int) {
     guard("mario_set_log_level", || {
@@ -1178,6 +1317,7 @@ pub extern "C" fn mario_set_log_level(level: c_int) {
 /// standard descriptors. Takes effect before the log thread's next write.
 /// Returns 0, or -1 (with the reason on stderr, nothing changed) if the
 /// file cannot be opened.
+/// docs/C-API.md, "Logging".
 ///
 /// # Safety
 ///
@@ -1207,6 +1347,7 @@ pub unsafe extern "C" fn mario_set_log_file(path: *const c_char) -> sint32 {
 /// one, none lost or written twice. Async-signal-safe (it only raises a
 /// flag, acted on before the log thread's next write, within about a
 /// second when it is idle): call it from a SIGHUP handler if you like.
+/// docs/C-API.md, "Logging".
 #[unsafe(no_mangle)]
 pub extern "C" fn mario_reopen_log() {
     logq::reopen_log()
@@ -1218,6 +1359,7 @@ pub extern "C" fn mario_reopen_log() {
 /// the log thread, never on a worker; `line` is NUL-terminated and valid
 /// during the call, `len` counts neither the NUL nor a newline; `level` is
 /// a `MARIO_LOG_*` value; `user` is passed back untouched.
+/// docs/C-API.md, "Logging".
 #[unsafe(no_mangle)]
 pub extern "C" fn mario_set_log_callback(callback: mario_log_callback, user: *mut c_void) {
     logq::set_log_callback(callback.map(|f| (f, user)))
@@ -1225,19 +1367,21 @@ pub extern "C" fn mario_set_log_callback(callback: mario_log_callback, user: *mu
 
 /// The library's version, `"MAJOR.MINOR.PATCH"` (`MARIO_VERSION_STRING` of
 /// the header it was built with): a static string, never NULL, never
-/// freed. Any thread, any time.
+/// freed. Any thread, any time. docs/C-API.md, "Utilities".
 #[unsafe(no_mangle)]
 pub extern "C" fn mario_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
-/// Sleeps `ns` nanoseconds.
+/// Sleeps `ns` nanoseconds (at least; `u32`: up to about 4.3 s), on the
+/// calling thread. docs/C-API.md, "Utilities".
 #[unsafe(no_mangle)]
 pub extern "C" fn nsleep(ns: uint32) {
     std::thread::sleep(std::time::Duration::from_nanos(u64::from(ns)));
 }
 
-/// Sleeps `s` seconds plus `us` microseconds.
+/// Sleeps `s` seconds plus `us` microseconds (at least), on the calling
+/// thread. docs/C-API.md, "Utilities".
 #[unsafe(no_mangle)]
 pub extern "C" fn susleep(s: uint32, us: uint32) {
     std::thread::sleep(
@@ -1246,7 +1390,10 @@ pub extern "C" fn susleep(s: uint32, us: uint32) {
 }
 
 /// Installs `handler` for `sig` with `sigaction` (empty mask, no flags);
-/// NULL restores the default.
+/// NULL restores the default. An invalid `sig` is ignored. For a stop on
+/// SIGTERM, the handler cannot call `mario_stop_server` (not
+/// async-signal-safe): let a thread blocked in `sigwait` do it, as
+/// c-examples/chat.c does. docs/C-API.md, "Utilities".
 ///
 /// # Safety
 ///
@@ -1265,7 +1412,9 @@ pub unsafe extern "C" fn signal_handler(sig: c_int, handler: sighandler_t) {
 }
 
 /// Turns the process into a daemon: forks, the parent exits 0, the child
-/// starts a new session and ignores SIGHUP, SIGTERM and SIGPIPE.
+/// starts a new session and ignores SIGHUP, SIGTERM and SIGPIPE. The
+/// working directory and descriptors are kept. docs/C-API.md,
+/// "Utilities".
 ///
 /// # Safety
 ///

@@ -15,6 +15,8 @@ use crate::stats::Counters;
 /// `mario_stats`: a server's or one worker's statistics, the Rust
 /// [`Counters`] (`#[repr(C)]`; the header documents each field and its
 /// unit). Size-versioned: fields are only ever added at the end.
+/// docs/C-API.md, "Statistics"; example: the [module](crate::ffi#example)'s
+/// second.
 pub type mario_stats = Counters;
 
 /// Copies `st` into the caller's `size` bytes at `out`: the first
@@ -45,6 +47,7 @@ unsafe fn fill(st: &mario_stats, out: *mut mario_stats, size: usize) -> sint32 {
 /// `size`; returns the bytes it wrote, or -1 (nothing written) when `s` is
 /// not a server or `out` is NULL. Any thread, any time after `init_server`
 /// (zeros before `start_server`, the final numbers after it returns).
+/// Example: c-examples/collect.c; docs/C-API.md, "Statistics".
 ///
 /// # Safety
 ///
@@ -69,6 +72,7 @@ pub unsafe extern "C" fn mario_get_stats(s: *mut SERVER, out: *mut mario_stats, 
 /// As `mario_get_stats`, for worker `worker` (0 ..
 /// `s->workers->size - 1`) alone: `workers` is 1, `stalled_workers` 0 or 1.
 /// -1 also when there is no such worker.
+/// docs/C-API.md, "Statistics".
 ///
 /// # Safety
 ///
@@ -138,6 +142,7 @@ pub unsafe extern "C" fn mario_format_prometheus(s: *mut SERVER, buf: *mut c_cha
 /// `init_server`, before or after `start_server`; it stops when
 /// `start_server` returns. Returns 0, or -1 with the reason on stderr (not
 /// a server, NULL or bad address, address in use, server stopped).
+/// Example: c-examples/mario.c; docs/C-API.md, "Statistics".
 ///
 /// # Safety
 ///

@@ -11,7 +11,20 @@
 //!   arbitrary bytes, against the properties a byte-at-a-time decision must
 //!   have, and on headers built by an independent encoder.
 //!
-//! All panic (with a description of the input) on any discrepancy.
+//! All take any bytes, run on the calling thread (`ops` also on the
+//! threads of the server it starts, which it stops before returning, and
+//! one `ops` at a time per process), and panic (with a description of the
+//! input) on any discrepancy. Each fuzz target is one line calling its
+//! harness (`fuzz/fuzz_targets/frames.rs`); `tests/fuzz_replay.rs` feeds
+//! them the committed corpus:
+//!
+//! ```
+//! use mario::harness::fuzzing::{frames, ops, proxy};
+//!
+//! frames(b"\x0c\x00\x02\x00hello\nworld\n"); // a LINE framing, its settings, a stream
+//! proxy(b"\x00PROXY TCP4 192.0.2.7 198.51.100.1 51234 8082\r\nhello");
+//! ops(&[0x00, 0x01]); // a server on 127.0.0.1, a client's operations
+//! ```
 //!
 //! Uses: api, server, service, conn, proto, sys.
 
@@ -528,7 +541,8 @@ fn pick_framing(cur: &mut Cursor<'_>, kind: u8) -> Framing {
 /// and with reads as large as the buffer allows; both must agree with the
 /// reference decoder on every frame and on how decoding ended, and the
 /// carried partial must always be the beginning of one incomplete frame.
-/// Raw reads must give back the stream, one frame per read.
+/// Raw reads must give back the stream, one frame per read. Example: the
+/// [module](self)'s.
 pub fn frames(data: &[u8]) {
     let mut cur = Cursor::new(data);
     let b0 = cur.u8();
@@ -634,21 +648,32 @@ fn same(got: &Outcome, want: &Outcome, what: String) {
 // ops: client operations against a real server, checked against a model
 // ===========================================================================
 
-/// The magic of the server under test (not the default, so that the
-/// default is a corrupt stx).
+/// The magic of [`ops`]'s server under test (not the default, so that
+/// the default is a corrupt stx).
+/// Example: the [module](self)'s.
 pub const OPS_STX: u32 = 0x8eb6_9af7;
-/// Handler: echo the whole frame, continue.
+/// Packet id of [`ops`]'s server whose handler echoes the whole frame
+/// and continues.
+/// Example: the [module](self)'s.
 pub const ID_ECHO: u16 = 1;
-/// Handler: echo, `close(REASON_CLOSE)`, return `Continue`.
+/// Packet id whose handler echoes, closes with [`REASON_CLOSE`] and
+/// returns `Continue`.
+/// Example: the [module](self)'s.
 pub const ID_CLOSE: u16 = 2;
-/// Handler: echo, `close(REASON_CLOSE_STOP)`, return `Stop`.
+/// Packet id whose handler echoes, closes with [`REASON_CLOSE_STOP`] and
+/// returns `Stop`.
+/// Example: the [module](self)'s.
 pub const ID_CLOSE_STOP: u16 = 3;
-/// Handler: echo, return `Stop` (closed as `AKG_ERROR` after its reply:
-/// a handler's failure is a close the application asked for).
+/// Packet id whose handler echoes and returns `Stop` (closed as
+/// `AKG_ERROR` after its reply: a handler's failure is a close the
+/// application asked for).
+/// Example: the [module](self)'s.
 pub const ID_STOP: u16 = 4;
 /// Close reason given by the [`ID_CLOSE`] handler.
+/// Example: the [module](self)'s.
 pub const REASON_CLOSE: u16 = 0x0a02;
 /// Close reason given by the [`ID_CLOSE_STOP`] handler.
+/// Example: the [module](self)'s.
 pub const REASON_CLOSE_STOP: u16 = 0x0a03;
 
 /// Longest wait for any one event (a reply, a close, a callback).
@@ -1414,7 +1439,7 @@ impl Run {
 /// call is checked against a model of docs/C-API.md's semantics; every connection must
 /// get exactly one close callback and no handler call after it.
 /// Connections left open are half-closed and checked at the end. All waits
-/// are bounded (5 s per event).
+/// are bounded (5 s per event). Example: the [module](self)'s.
 pub fn ops(data: &[u8]) {
     let _serial = OPS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut run = Run {
@@ -1967,7 +1992,7 @@ fn proxy_encode(cur: &mut Cursor<'_>) -> (Vec<u8>, u32, ProxyWant) {
 /// (`proxy_reference`, built on `std`'s parsers). A built header must give
 /// exactly the addresses it was built from and its own length, or
 /// `TooLong` if it is longer than allowed, or `Malformed` for UDP; under
-/// the other version alone it is `Missing`.
+/// the other version alone it is `Missing`. Example: the [module](self)'s.
 pub fn proxy(data: &[u8]) {
     let mut cur = Cursor::new(data);
     let b0 = cur.u8();

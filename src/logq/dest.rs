@@ -26,7 +26,19 @@ use std::sync::{Mutex, PoisonError};
 /// for the level values of [`Level`] (1 error .. 4 debug), all negative.
 pub(crate) const LEVEL_FD: i32 = -1;
 
-/// The levels of `mario_set_log_level` and the callback (`MARIO_LOG_*`).
+/// The levels of `mario_set_log_level` and of the log callback
+/// (`MARIO_LOG_*`, the `i32` values), from the most quiet to the most
+/// verbose.
+///
+/// ```
+/// use mario::logq::Level;
+///
+/// assert_eq!(Level::from_i32(2), Level::Warn);
+/// assert_eq!(Level::from_i32(99), Level::Debug); // clamped
+/// assert_eq!(Level::of(log::Level::Trace), Level::Debug);
+/// assert_eq!(Level::Info.filter(), log::LevelFilter::Info);
+/// assert!(Level::Error < Level::Warn);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(i32)]
 pub enum Level {
@@ -43,7 +55,8 @@ pub enum Level {
 }
 
 impl Level {
-    /// The level of `value` (clamped into `Off..=Debug`).
+    /// The level of `value` (clamped into `Off..=Debug`: 0 or less is
+    /// `Off`, 4 or more `Debug`). Example: [`Level`].
     pub fn from_i32(value: i32) -> Level {
         match value {
             i32::MIN..=0 => Level::Off,
@@ -54,7 +67,8 @@ impl Level {
         }
     }
 
-    /// The `log` crate's filter for this level.
+    /// The `log` crate's filter for this level (`Debug` lets `trace`
+    /// through too). Example: [`Level`].
     pub fn filter(self) -> log::LevelFilter {
         match self {
             Level::Off => log::LevelFilter::Off,
@@ -65,7 +79,8 @@ impl Level {
         }
     }
 
-    /// The level of a `log` record (trace counts as debug).
+    /// The level of a `log` record (trace counts as debug). Example:
+    /// [`Level`].
     pub fn of(level: log::Level) -> Level {
         match level {
             log::Level::Error => Level::Error,
@@ -76,8 +91,11 @@ impl Level {
     }
 }
 
-/// The callback of [`set_log_callback`]: `(level, line, len, user)`; `line`
-/// is NUL-terminated, `len` counts neither the NUL nor a newline.
+/// The callback of [`set_log_callback`]: `(level, line, len, user)`;
+/// `level` is a [`Level`] value (1 error .. 4 debug), `line` is
+/// NUL-terminated and valid during the call only, `len` counts neither the
+/// NUL nor a newline; `user` is what was registered with it. Called on the
+/// log thread. Example: [`set_log_callback`]. C: `mario_log_callback`.
 pub type LogCallback = unsafe extern "C" fn(level: c_int, line: *const c_char, len: usize, user: *mut c_void);
 
 /// The process-wide destination state.
@@ -200,7 +218,9 @@ pub(super) fn set_log_file(path: Option<&Path>) -> io::Result<()> {
 /// `logrotate` renamed it). Async-signal-safe: it only raises a flag, acted
 /// on before the log thread's next write (within about a second when it is
 /// idle). No line is lost or written twice: lines before the reopen go to
-/// the old file, lines after to the new one.
+/// the old file, lines after to the new one. Without a log file
+/// ([`set_log_file`](crate::logq::set_log_file)) it does nothing. Example: the
+/// [module](crate::logq#example)'s second. C: `mario_reopen_log`.
 pub fn reopen_log() {
     DEST.reopen.store(true, Ordering::Release);
 }
@@ -208,7 +228,35 @@ pub fn reopen_log() {
 /// Routes the library's own messages (not `record_log` lines) to
 /// `callback` instead of standard output and error, or back with `None`.
 /// The callback runs on the log thread, never on a worker; `user` is
-/// passed back to it untouched.
+/// passed back to it untouched (the caller keeps what it points to alive
+/// and usable from the log thread while the callback is registered). Any
+/// thread. C: `mario_set_log_callback`.
+///
+/// ```
+/// use std::ffi::{c_char, c_int, c_void};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::time::Duration;
+/// use mario::logq::{Level, flush, install_logger, set_log_callback};
+///
+/// static WARNINGS: AtomicUsize = AtomicUsize::new(0);
+///
+/// unsafe extern "C" fn on_line(level: c_int, line: *const c_char, len: usize, user: *mut c_void) {
+///     // SAFETY: the library passes a line of `len` bytes, valid during the call.
+///     let text = unsafe { std::slice::from_raw_parts(line.cast::<u8>(), len) };
+///     assert!(text.ends_with(b"a warning"));
+///     if Level::from_i32(level) == Level::Warn {
+///         // SAFETY: `user` is the static registered below.
+///         unsafe { &*user.cast::<AtomicUsize>() }.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+///
+/// install_logger();
+/// set_log_callback(Some((on_line, (&raw const WARNINGS).cast_mut().cast())));
+/// log::warn!("a warning");
+/// assert!(flush(Duration::from_secs(5)));
+/// assert_eq!(WARNINGS.load(Ordering::Relaxed), 1);
+/// set_log_callback(None);
+/// ```
 pub fn set_log_callback(callback: Option<(LogCallback, *mut c_void)>) {
     *DEST.callback.lock().unwrap_or_else(PoisonError::into_inner) = callback.map(|(f, u)| (f, u as usize));
 }

@@ -225,14 +225,17 @@ impl Hub {
 impl LogQueue {
     /// Creates a queue of [`DEFAULT_QUEUE_BYTES`] and registers it with the
     /// log thread. The queue is never freed (queues live for the process, as
-    /// in the original).
+    /// in the original): create one per producer thread, not per message.
+    /// Example: the [module](crate::logq#example)'s first. C: `create_log_queue`.
     pub fn create() -> &'static LogQueue {
         Self::create_with_capacity(DEFAULT_QUEUE_BYTES)
     }
 
     /// Creates a queue holding `bytes` bytes of records (clamped to
     /// [`super::MIN_QUEUE_BYTES`]`..=`[`super::MAX_QUEUE_BYTES`]) and registers it with the
-    /// log thread. Each record costs 6 bytes plus its line.
+    /// log thread. Each record costs 6 bytes plus its line. Never freed, as
+    /// [`LogQueue::create`].
+    /// Example: [`QueueFull`](crate::logq::QueueFull).
     pub fn create_with_capacity(bytes: usize) -> &'static LogQueue {
         GLOBAL_HUB.create_queue(bytes)
     }
@@ -247,6 +250,8 @@ impl Consumer for Hub {
 /// Starts the log thread, which writes every queue's records to their fds
 /// and sleeps when there is nothing to write. Idempotent: later calls return
 /// `Ok(())` and start nothing. Fails only if the thread cannot be spawned.
+/// Any thread. Example: the [module](crate::logq#example)'s first. C:
+/// `start_log_thread`.
 pub fn start_log_thread() -> io::Result<()> {
     GLOBAL_HUB.start()
 }
@@ -255,7 +260,8 @@ pub fn start_log_thread() -> io::Result<()> {
 /// written what it took, or until `timeout` elapses; returns whether
 /// everything was written (lines dropped because their fd failed count as
 /// handled). If the log thread was never started, writes the pending records
-/// on the calling thread.
+/// on the calling thread. Any thread; `false` also when `timeout` is too
+/// short for what is queued. Example: the [module](crate::logq#example)'s.
 pub fn flush(timeout: Duration) -> bool {
     GLOBAL_HUB.flush(timeout)
 }

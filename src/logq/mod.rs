@@ -15,6 +15,62 @@
 //! the calling thread's own queue if it registered one with
 //! [`set_thread_queue`], otherwise a shared fallback queue.
 //!
+//! A Rust program normally installs a logger of its own and never needs
+//! this module (see the crate's "Logging"); C applications get it through
+//! `init_server` and the header's `slog_*` macros (docs/C-API.md,
+//! "Logging"). Everything here is process-wide and may be called from any
+//! thread.
+//!
+//! # Example
+//!
+//! A queue of one's own, writing to a file's descriptor:
+//!
+//! ```
+//! use std::os::fd::AsRawFd;
+//! use std::time::Duration;
+//! use mario::logq::{LogQueue, flush, start_log_thread};
+//!
+//! let path = std::env::temp_dir().join(format!("mario-logq-{}.txt", std::process::id()));
+//! let file = std::fs::File::create(&path)?;
+//!
+//! start_log_thread()?;
+//! let q: &'static LogQueue = LogQueue::create(); // lives for the process
+//! q.push(file.as_raw_fd(), b"first line\n").expect("room in the queue");
+//! q.push(file.as_raw_fd(), b"second line\n").expect("room in the queue");
+//! assert!(flush(Duration::from_secs(5))); // written, in order
+//! assert_eq!(std::fs::read_to_string(&path)?, "first line\nsecond line\n");
+//! # std::fs::remove_file(&path)?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! The library's own messages, into a file ([`set_log_file`]) that
+//! `logrotate` may rename ([`reopen_log`]):
+//!
+//! ```
+//! use std::time::Duration;
+//! use mario::logq::{flush, install_logger, reopen_log, set_log_file};
+//!
+//! let path = std::env::temp_dir().join(format!("mario-log-{}.log", std::process::id()));
+//! let rotated = path.with_extension("log.1");
+//! assert!(install_logger()); // the `log` crate's messages go to the log thread
+//! set_log_file(Some(&path))?; // instead of standard output and error
+//! log::info!("before the rotation");
+//! assert!(flush(Duration::from_secs(5)));
+//!
+//! std::fs::rename(&path, &rotated)?; // what logrotate does, then:
+//! reopen_log();
+//! log::warn!("after it");
+//! assert!(flush(Duration::from_secs(5)));
+//!
+//! let old = std::fs::read_to_string(&rotated)?;
+//! assert!(old.ends_with("[INFO] before the rotation\n"), "{old}"); // "[<UTC time>] [INFO] ..."
+//! assert!(std::fs::read_to_string(&path)?.ends_with("[WARN] after it\n"));
+//! set_log_file(None)?; // back to standard output and error
+//! # std::fs::remove_file(&path)?;
+//! # std::fs::remove_file(&rotated)?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
 //! # Concurrency protocol
 //!
 //! * Producer side: a push holds the queue's producer flag (uncontended when
@@ -67,7 +123,8 @@ pub use ring::{
 /// error to the file at `path` instead (appending; created with mode 0640),
 /// or back to them with `None`. Takes effect before the log thread's next
 /// write (it is woken for it). Fails, changing nothing, if the file cannot
-/// be opened; the error names the OS reason.
+/// be opened; the error names the OS reason. Any thread. Example: the
+/// [module](crate::logq#example)'s second. C: `mario_set_log_file`.
 pub fn set_log_file(path: Option<&std::path::Path>) -> std::io::Result<()> {
     dest::set_log_file(path)?;
     hub::wake_log_thread();

@@ -11,19 +11,25 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Longest line a record can hold, in bytes (the C macro
-/// `MAX_LOG_LINE_LENGTH`). Longer lines are cut to this length.
+/// Longest line a record can hold, in bytes: 2,048 (the C macro
+/// `MAX_LOG_LINE_LENGTH`). Longer lines are cut to this length
+/// ([`LogQueue::push`]).
+/// Example: [`QueueFull`] (lines of 1,000 bytes).
 pub const MAX_LOG_LINE_LENGTH: usize = 2048;
 
-/// Capacity in bytes of a queue made by [`LogQueue::create`].
+/// Capacity in bytes of a queue made by [`LogQueue::create`]: 64 KiB.
+/// Example: the [module](crate::logq#example)'s first.
 pub const DEFAULT_QUEUE_BYTES: usize = 64 * 1024;
 
-/// Smallest capacity [`LogQueue::create_with_capacity`] accepts (smaller
-/// requests are rounded up): room for at least one maximal record.
+/// Smallest capacity [`LogQueue::create_with_capacity`] accepts, in bytes:
+/// 4 KiB, room for at least one maximal record (smaller requests are
+/// rounded up).
+/// Example: [`QueueFull`].
 pub const MIN_QUEUE_BYTES: usize = 4 * 1024;
 
-/// Largest capacity [`LogQueue::create_with_capacity`] accepts (larger
-/// requests are cut down).
+/// Largest capacity [`LogQueue::create_with_capacity`] accepts, in bytes:
+/// 1 GiB (larger requests are cut down).
+/// Example: [`QueueFull`].
 pub const MAX_QUEUE_BYTES: usize = 1 << 30;
 
 /// Bytes of a record's header in the ring: `fd` (`i32`) then the length of
@@ -47,7 +53,19 @@ pub(super) trait Consumer: Sync {
 
 /// The line was not stored: the queue had not enough free space for it (or,
 /// when the queue is misused by several threads at once, another producer
-/// held it for too long). The line is dropped entirely.
+/// held it for too long). The line is dropped entirely, and counted
+/// ([`LogQueue::dropped_total`]).
+///
+/// ```
+/// use mario::logq::{LogQueue, MIN_QUEUE_BYTES, QueueFull};
+///
+/// let q = LogQueue::create_with_capacity(MIN_QUEUE_BYTES); // no log thread: nothing drains it
+/// let line = [b'x'; 1000];
+/// let stored = (0..10).take_while(|_| q.push(2, &line).is_ok()).count();
+/// assert!(stored < 10);
+/// assert_eq!(q.push(2, &line), Err(QueueFull));
+/// assert_eq!(q.dropped_total(), 2);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
 
@@ -68,10 +86,13 @@ impl std::error::Error for QueueFull {}
 /// effect on the queue.
 ///
 /// Queues are created with [`LogQueue::create`], live for the rest of the
-/// process and are drained by the log thread.
+/// process (so they are handed out as `&'static`, shared freely) and are
+/// drained by the log thread. Example: the [module](crate::logq#example)'s
+/// first.
 #[repr(C)]
 pub struct LogQueue {
-    /// Capacity of the ring in bytes (C `size`). Informational.
+    /// Capacity of the ring in bytes (C `size`). Informational: read it,
+    /// never store into it.
     pub size: AtomicU32,
     /// Offset in the ring where the next record will be written (C
     /// `producer`). Informational mirror, updated after each push.
@@ -154,14 +175,16 @@ impl LogQueue {
 
     /// Lines refused (queue full) since the last call; the log thread calls
     /// it after draining the queue and reports a non-zero count, so that a
-    /// dropped line is never silent.
+    /// dropped line is never silent (a caller of its own takes the count
+    /// from that report).
+    /// Example of the count: [`QueueFull`].
     pub fn take_dropped(&self) -> u64 {
         self.dropped.swap(0, Ordering::Relaxed)
     }
 
     /// Lines refused (queue full) since the queue was made, from any
     /// thread: the statistics' `log_dropped`. Unlike
-    /// [`LogQueue::take_dropped`] it is never reset.
+    /// [`LogQueue::take_dropped`] it is never reset. Example: [`QueueFull`].
     pub fn dropped_total(&self) -> u64 {
         self.dropped_total.load(Ordering::Relaxed)
     }
@@ -173,18 +196,25 @@ impl LogQueue {
         self.dropped_total.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Capacity of the ring in bytes.
+    /// Capacity of the ring in bytes ([`MIN_QUEUE_BYTES`] ..=
+    /// [`MAX_QUEUE_BYTES`]).
+    /// Example of a small queue: [`QueueFull`].
     pub fn capacity(&self) -> usize {
         self.buf.len()
     }
 
-    /// Whether every record pushed so far has been taken by the consumer.
+    /// Whether every record pushed so far has been taken by the consumer
+    /// (taken, maybe not yet written: [`flush`](super::flush) waits for
+    /// that).
+    /// Example: the [module](crate::logq#example)'s first.
     pub fn is_empty(&self) -> bool {
         self.head.load(Ordering::Acquire) == self.tail.load(Ordering::Acquire)
     }
 
-    /// Appends one line, to be written to `fd` by the log thread (negative
-    /// `fd`s are the library's own messages, see `dest`).
+    /// Appends one line (its bytes are copied), to be written to `fd` by the
+    /// log thread, which neither adds a newline nor closes `fd` (negative
+    /// `fd`s are the library's own messages, see `dest`). Example: the
+    /// [module](crate::logq#example)'s first; [`QueueFull`].
     ///
     /// Meant to be called by one producer thread per queue. Never blocks:
     /// when the record does not fit in the free space, the whole line is

@@ -28,13 +28,26 @@ static FALLBACK_QUEUE: Mutex<Option<&'static LogQueue>> = Mutex::new(None);
 
 /// Makes the `log` crate sink ([`install_logger`]) put this thread's
 /// messages into `q`. The calling thread must then be `q`'s only producer
-/// (as for any [`LogQueue`]).
+/// (as for any [`LogQueue`]). A worker does this for its own queue, so that
+/// its threads never share one.
+///
+/// ```
+/// use std::time::Duration;
+/// use mario::logq::{LogQueue, clear_thread_queue, flush, install_logger, set_thread_queue};
+///
+/// install_logger();
+/// let q = LogQueue::create();
+/// set_thread_queue(q);
+/// log::info!("into this thread's own queue");
+/// assert!(flush(Duration::from_secs(5))); // written to standard output
+/// clear_thread_queue(); // back to the shared queue
+/// ```
 pub fn set_thread_queue(q: &'static LogQueue) {
     THREAD_QUEUE.with(|c| c.set(Some(q)));
 }
 
 /// Undoes [`set_thread_queue`] for this thread: its messages go to the
-/// shared fallback queue again.
+/// shared fallback queue again. Example: [`set_thread_queue`].
 pub fn clear_thread_queue() {
     THREAD_QUEUE.with(|c| c.set(None));
 }
@@ -154,7 +167,11 @@ fn level_from_env() -> log::LevelFilter {
 /// `[<ISO 8601 UTC time>] [<LEVEL>] <message>` queued for the log thread (started on
 /// the first message), to stderr for errors and stdout otherwise. The
 /// maximum level is `Info`, or the one named by the `MARIO_LOG` environment
-/// variable.
+/// variable (`error`, `warn`, `info`, `debug`, `trace` or `off`, any case),
+/// read at the first call. Any thread; `init_server` calls it for C
+/// applications. A Rust program that installs its own logger (e.g.
+/// `env_logger`) first gets the library's messages there instead.
+/// Example: the [module](crate::logq#example)'s second.
 ///
 /// Returns `true` if our logger is the installed one (also on later calls),
 /// `false` if another logger was installed first (it then receives the

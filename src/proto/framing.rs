@@ -13,36 +13,66 @@
 
 use super::head::{BadHead, Head, MAX_PKG_LEN, SIZE_OF_HEAD, check_head_max};
 
-/// The largest `max_frame` of the length-field and fixed-size framings:
-/// 64 MiB (a connection holds at most one frame's bytes of input).
+/// The largest `max_frame` of the length-field and fixed-size framings,
+/// in bytes: 64 MiB (a connection holds at most one frame's bytes of
+/// input). [`Framing::validate`] refuses more.
+/// Example: [`Framing`] (a `Fixed` size over it).
 pub const MAX_FRAME_LIMIT: u32 = 64 << 20;
-/// The largest `max_frame` of the line framing: 32 KiB (a line is
-/// completed in the worker's 64 KiB read buffer).
+/// The largest `max_frame` of the line framing, in bytes: 32 KiB (a line
+/// is completed in the worker's 64 KiB read buffer).
+/// [`Framing::validate`] refuses more.
+/// Example: [`Framing`].
 pub const MAX_LINE_LIMIT: u32 = 32 << 10;
-/// `max_frame` of the length-field framing when none is given: 64 KiB.
+/// `max_frame` of the length-field framing when none is given (C:
+/// `max_frame` 0 in `mario_framing`): 64 KiB.
+/// Example: [`Framing`].
 pub const DEFAULT_LENGTH_MAX: u32 = 64 << 10;
-/// `max_frame` of the line framing when none is given: 4 KiB.
+/// `max_frame` of the line framing when none is given (C: `max_frame` 0
+/// in `mario_framing`): 4 KiB.
+/// Example: [`Framing`].
 pub const DEFAULT_LINE_MAX: u32 = 4 << 10;
-/// The longest delimiter: 16 bytes.
+/// The longest delimiter of [`Framing::Line`]: 16 bytes.
+/// Example: [`Framing`].
 pub const MAX_DELIMITER: usize = 16;
 /// How far past the bytes received an incomplete frame's buffer may be
 /// reserved: 4 KiB (a classic packet of up to 1,500 bytes is reserved
 /// whole from its first bytes on).
+/// Example: [`carry_out`].
 pub const RESERVE_AHEAD: usize = 4 << 10;
 
 /// How a server cuts its input into frames. The default is the classic
 /// MarioTCP `HEAD` in host byte order with packets of at most 1,500 bytes.
-/// [`Framing::validate`] names what is wrong with a setting.
+/// [`Framing::validate`] names what is wrong with a setting; a server is
+/// not built with a framing it refuses. Set it with
+/// [`Config::framing`](crate::Config::framing) (C: `mario_set_framing`,
+/// docs/C-API.md, "Framing"). A plain value: any thread.
+///
+/// ```
+/// use mario::Framing;
+///
+/// // Text lines ending in "\n" (a "\r" before it is dropped too), 1 KiB at most.
+/// let lines = Framing::Line { delimiter: b"\n".to_vec(), max_frame: 1024 };
+/// assert_eq!(lines.validate(), Ok(()));
+///
+/// // A 4-byte big-endian length, then that many bytes.
+/// let length = Framing::Length { offset: 0, size: 4, adjust: 0, big_endian: true, max_frame: 1 << 20 };
+/// assert_eq!(length.frame_len(&[0, 0, 0, 3]), Some(7)); // the field's 4 bytes and 3 more
+///
+/// let bad = Framing::Fixed { size: 0 };
+/// assert_eq!(bad.validate(), Err("frame_size is 0, must be 1..=67108864 for FIXED".to_string()));
+/// assert!(Framing::default().is_head());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Framing {
-    /// An 8-byte `HEAD` (`stx`, `pkglen`, `akg_id`) then the body: packets
+    /// An 8-byte [`Head`] (`stx`, `pkglen`, `akg_id`) then the body: packets
     /// are dispatched by id to the packet handlers. `pkglen` counts the
     /// whole packet, 8..=`max_frame` (at most 65,535); `stx` must be the
     /// server's.
     Head {
         /// The head's fields are in network byte order (else host order).
         big_endian: bool,
-        /// The largest packet, head included, 8..=65,535.
+        /// The largest packet in bytes, head included, 8..=65,535
+        /// ([`MAX_PKG_LEN`], 1,500, by default).
         max_frame: u32,
     },
     /// `offset` bytes, a length field of `size` bytes (an unsigned integer
@@ -51,15 +81,18 @@ pub enum Framing {
     /// handler header included. A frame over `max_frame`, or a negative
     /// `value + adjust`, closes the connection as an error.
     Length {
-        /// Bytes before the length field.
+        /// Bytes before the length field; with `size`, at most 65,536.
         offset: u32,
         /// The length field's size: 1, 2, 4 or 8 bytes.
         size: u8,
-        /// Added to the field's value to give the bytes after the field.
+        /// Added to the field's value to give the bytes after the field
+        /// (e.g. `-4` when the value counts the field itself).
         adjust: i32,
         /// The field is in network byte order (else little-endian).
         big_endian: bool,
-        /// The largest frame, header included, up to [`MAX_FRAME_LIMIT`].
+        /// The largest frame in bytes, header included, from `offset +
+        /// size` up to [`MAX_FRAME_LIMIT`] ([`DEFAULT_LENGTH_MAX`] in C
+        /// when 0).
         max_frame: u32,
     },
     /// Lines ending with `delimiter`: each line is handed to the frame
@@ -67,14 +100,15 @@ pub enum Framing {
     /// without a `"\r"` before it). A line over `max_frame` bytes closes
     /// the connection as an error.
     Line {
-        /// 1 to 16 bytes.
+        /// The bytes ending a line: 1 to [`MAX_DELIMITER`] (16).
         delimiter: Vec<u8>,
-        /// The longest line, delimiter excluded, up to [`MAX_LINE_LIMIT`].
+        /// The longest line in bytes, delimiter excluded, 1 to
+        /// [`MAX_LINE_LIMIT`] ([`DEFAULT_LINE_MAX`] in C when 0).
         max_frame: u32,
     },
     /// Frames of exactly `size` bytes (1 to [`MAX_FRAME_LIMIT`]).
     Fixed {
-        /// Every frame's size.
+        /// Every frame's size in bytes.
         size: u32,
     },
     /// No framing: the frame handler gets whatever each read returned (at
@@ -91,14 +125,15 @@ impl Default for Framing {
     }
 }
 
-/// Why a frame is refused.
+/// Why a frame is refused ([`Scan::Bad`]); a server closes the
+/// connection that sent it. Example: [`Framing::scan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bad {
-    /// A bad `HEAD` (see [`BadHead`]).
+    /// A bad `HEAD` (see [`BadHead`]), and the head itself.
     Head(BadHead, Head),
     /// A frame (or a complete line) of `len` bytes, over `max_frame`.
     TooLong {
-        /// Its length (for a line, without the delimiter).
+        /// Its length in bytes (for a line, without the delimiter).
         len: u64,
     },
     /// A line not ended yet that can no longer end within `max_frame`: at
@@ -115,7 +150,8 @@ pub enum Bad {
     },
 }
 
-/// How [`Framing::scan`] ended.
+/// How [`Framing::scan`] ended (offsets are in bytes from the start of
+/// the buffer it was given). Example: [`Framing::scan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
     /// Every complete frame was dispatched; this many bytes were used and
@@ -124,7 +160,8 @@ pub enum Scan {
     /// The frame callback asked to stop: the offset just past the frame
     /// it was given (what follows is not looked at).
     Stopped(usize),
-    /// A bad frame at this offset: nothing from it on was dispatched.
+    /// A bad frame (why, and its offset): nothing from it on was
+    /// dispatched.
     Bad(Bad, usize),
 }
 
@@ -199,7 +236,8 @@ fn read_uint(b: &[u8], big_endian: bool) -> u64 {
 }
 
 impl Framing {
-    /// Checks the settings; the error names the field and its range.
+    /// Checks the settings; the error names the field (by its C name in
+    /// `mario_framing`), its value and its range. Example: [`Framing`].
     pub fn validate(&self) -> Result<(), String> {
         match self {
             Framing::Head { max_frame, .. } => {
@@ -253,19 +291,22 @@ impl Framing {
         Ok(())
     }
 
-    /// True for the `HEAD` framings (packets dispatched by id).
+    /// True for the `HEAD` framings (packets dispatched by id to packet
+    /// handlers; every other framing goes to the frame handler).
+    /// Example: [`Framing`].
     pub fn is_head(&self) -> bool {
         matches!(self, Framing::Head { .. })
     }
 
     /// True for the big-endian `HEAD` framing.
+    /// Example: [`Framing`].
     pub fn head_big_endian(&self) -> bool {
         matches!(self, Framing::Head { big_endian: true, .. })
     }
 
     /// The whole length of the frame whose first bytes are `begun`, once
     /// it is known from them (`None` for lines and raw reads, and for a bad
-    /// or incomplete header).
+    /// or incomplete header). Example: [`Framing`].
     pub fn frame_len(&self, begun: &[u8]) -> Option<usize> {
         match self {
             Framing::Head { big_endian, .. } => Head::parse_in(begun, *big_endian).map(|h| h.pkglen as usize),
@@ -296,8 +337,31 @@ impl Framing {
     /// the `HEAD` of a packet). The callback returns `false` to stop. A
     /// `HEAD` is checked as soon as its 8 bytes are there, a length field
     /// as soon as it is complete. `resume`: bytes at the start of `buf`
-    /// already searched for a delimiter (the carried part of a line). This
-    /// is the worker's decoder.
+    /// already searched for a delimiter (the carried part of a line), 0
+    /// for a fresh buffer. `stx` is the magic a `HEAD` must carry (ignored
+    /// by the other framings). The callback may change the frame's bytes
+    /// in place. This is the worker's decoder; it allocates nothing.
+    ///
+    /// ```
+    /// use mario::Framing;
+    /// use mario::proto::{Bad, Scan};
+    ///
+    /// let lines = Framing::Line { delimiter: b"\n".to_vec(), max_frame: 8 };
+    /// let mut got = Vec::new();
+    /// let mut buf = *b"hello\r\nworld\npar";
+    /// let end = lines.scan(&mut buf, 0, 0, |_head, rest, len| {
+    ///     got.push(String::from_utf8(rest[..len].to_vec()).unwrap());
+    ///     true // go on
+    /// });
+    /// assert_eq!(got, ["hello", "world"]);
+    /// assert_eq!(end, Scan::Used(13)); // "par" begins the next line
+    ///
+    /// let mut long = *b"ok\nmuch too long\n";
+    /// let end = lines.scan(&mut long, 0, 0, |_, _, _| true);
+    /// assert_eq!(end, Scan::Bad(Bad::TooLong { len: 13 }, 3));
+    /// ```
+    ///
+    /// [`carry_out`] has a stream cut across two reads.
     pub fn scan(
         &self,
         buf: &mut [u8],
@@ -504,8 +568,10 @@ fn partial_delimiter(rest: &[u8], delimiter: &[u8]) -> usize {
 }
 
 /// Puts a carried partial frame back at the start of the read buffer
-/// before the next read. Returns its length. `partial` is left empty (its
-/// allocation kept for [`carry_out`]).
+/// before the next read. Returns its length in bytes: the next read goes
+/// after it, and [`Framing::scan`] starts at the buffer's start. `partial`
+/// is left empty (its allocation kept for [`carry_out`], which has the
+/// example). Panics if `buf` is shorter than `partial`.
 pub fn carry_in(partial: &mut Vec<u8>, buf: &mut [u8]) -> usize {
     let n = partial.len();
     buf[..n].copy_from_slice(partial);
@@ -519,7 +585,36 @@ pub fn carry_in(partial: &mut Vec<u8>, buf: &mut [u8]) -> usize {
 /// completes), else sized to what arrived ([`RESERVE_AHEAD`] more at most:
 /// what a connection holds follows what its peer sent, never only what
 /// it announced); with nothing to keep, the allocation is released (an
-/// idle connection holds no buffer).
+/// idle connection holds no buffer). `partial` must be empty (as
+/// [`carry_in`] leaves it).
+///
+/// A stream cut across two reads, as a worker decodes it:
+///
+/// ```
+/// use mario::proto::{Scan, carry_in, carry_out};
+/// use mario::{DEFAULT_STX, Framing, Head};
+///
+/// let framing = Framing::default();
+/// let stream = [Head::frame(DEFAULT_STX, 1, b"one").unwrap(), Head::frame(DEFAULT_STX, 2, b"two").unwrap()].concat();
+/// let (first, second) = stream.split_at(14); // the 2nd packet's first 3 bytes in the 1st read
+///
+/// let mut partial = Vec::new(); // what the connection keeps between reads
+/// let mut buf = vec![0u8; 64 * 1024]; // the worker's read buffer
+/// let mut ids = Vec::new();
+/// for read in [first, second] {
+///     let kept = carry_in(&mut partial, &mut buf);
+///     buf[kept..kept + read.len()].copy_from_slice(read); // recv()
+///     let filled = kept + read.len();
+///     let end = framing.scan(&mut buf[..filled], DEFAULT_STX, 0, |head, _rest, _len| {
+///         ids.push(head.unwrap().akg_id);
+///         true
+///     });
+///     let Scan::Used(used) = end else { panic!("{end:?}") };
+///     carry_out(&framing, &mut partial, &buf[used..filled]);
+/// }
+/// assert_eq!(ids, [1, 2]);
+/// assert!(partial.is_empty() && partial.capacity() == 0); // nothing held while idle
+/// ```
 pub fn carry_out(framing: &Framing, partial: &mut Vec<u8>, rest: &[u8]) {
     debug_assert!(partial.is_empty());
     if rest.is_empty() {

@@ -4,43 +4,99 @@
 //!
 //! Uses: nothing of the crate.
 
-/// Size of the packed `HEAD` (`SIZE_OF_HEAD`).
+/// Size of the packed `HEAD` in bytes: 8 (the C macro `SIZE_OF_HEAD`).
+/// See [`Head`] for an example.
 pub const SIZE_OF_HEAD: usize = 8;
-/// Largest accepted packet, head included (`MAX_PKG_LEN`).
+/// Largest packet the classic `HEAD` framing accepts by default, head
+/// included: 1,500 bytes (the C macro `MAX_PKG_LEN`;
+/// [`Framing::Head`](crate::Framing::Head)'s `max_frame` raises it up to
+/// 65,535). See [`check_head`] for an example.
 pub const MAX_PKG_LEN: usize = 1500;
-/// Magic used until one is registered (`DEFAULT_STX`).
+/// The packet magic a server expects until one is set: `0xffff_ffff`
+/// (the C macro `DEFAULT_STX`; set another with `regist_stx` in C or
+/// [`Config::stx`](crate::Config::stx)). See [`Head`] for an example.
 pub const DEFAULT_STX: u32 = 0xffff_ffff;
-/// Id passed to the close callback when the connection is first seen.
+/// `0xfffc`: the id of the connected callback (C: `g_akg_connected_id`,
+/// the `AKG_FUNC` slot `regist_connected_func` fills), and the id a stall
+/// report names while that callback runs. Reserved: no packet may carry
+/// it ([`BadHead::ReservedId`]).
+/// Example: [`AKG_TIMEOUT`].
 pub const AKG_CONNECTED: u16 = 0xfffc;
-/// Close reason: read or write timeout.
+/// `0xfffd`, close reason: read or write timeout. Reserved as a packet id.
+///
+/// The four reserved ids are what a close handler's reason is compared
+/// with:
+///
+/// ```
+/// use mario::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT};
+///
+/// fn describe(reason: u16) -> String {
+///     match reason {
+///         AKG_TIMEOUT => "timed out".into(),
+///         AKG_CLOSED => "closed (peer, bad input or stop)".into(),
+///         AKG_ERROR => "error".into(),
+///         // Any other value: the id the application passed to close.
+///         id => format!("closed by the application ({id:#06x})"),
+///     }
+/// }
+/// assert_eq!(describe(AKG_TIMEOUT), "timed out");
+/// assert_eq!(describe(0x0a01), "closed by the application (0x0a01)");
+/// ```
 pub const AKG_TIMEOUT: u16 = 0xfffd;
-/// Close reason: peer closed, bad input, or server stop.
+/// `0xfffe`, close reason: the peer closed, bad input, or the server
+/// stopped. Reserved as a packet id. Example: [`AKG_TIMEOUT`].
 pub const AKG_CLOSED: u16 = 0xfffe;
-/// Close reason: socket error, output over its cap, or a handler that
-/// failed without closing.
+/// `0xffff`, close reason: a socket error, output over its cap, or a
+/// handler that failed without closing. Reserved as a packet id.
+/// Example: [`AKG_TIMEOUT`].
 pub const AKG_ERROR: u16 = 0xffff;
 
-/// A decoded packet head.
+/// The 8-byte head of a classic MarioTCP packet, decoded: `stx` (4 bytes),
+/// `pkglen` (2), `akg_id` (2), in host byte order (network order with the
+/// big-endian [`Framing::Head`](crate::Framing::Head)). A plain value:
+/// encoding and decoding touch no server.
+///
+/// ```
+/// use mario::{DEFAULT_STX, Head, SIZE_OF_HEAD};
+///
+/// // A packet with id 0x6101 and a 3-byte body.
+/// let pkt = Head::frame(DEFAULT_STX, 0x6101, b"abc").unwrap();
+/// assert_eq!(pkt.len(), SIZE_OF_HEAD + 3);
+///
+/// let head = Head::parse(&pkt).unwrap();
+/// assert_eq!(head, Head { stx: DEFAULT_STX, pkglen: 11, akg_id: 0x6101 });
+/// assert_eq!(head.to_bytes(), pkt[..SIZE_OF_HEAD]);
+///
+/// // The same head in network byte order.
+/// let be = head.to_bytes_in(true);
+/// assert_eq!(be[4..6], [0, 11]);
+/// assert_eq!(Head::parse_in(&be, true), Some(head));
+/// assert_eq!(Head::parse(&pkt[..7]), None); // too short
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
-    /// Magic; must equal the server's registered stx.
+    /// The magic; a server refuses a packet whose `stx` is not its own
+    /// ([`check_head`]).
     pub stx: u32,
-    /// Whole packet length, head included.
+    /// The whole packet's length in bytes, head included: 8 (no body) up
+    /// to the framing's largest packet ([`MAX_PKG_LEN`] by default).
     pub pkglen: u16,
-    /// Packet id selecting the handler.
+    /// The packet id, which selects the handler; `0xfffc..=0xffff` are
+    /// reserved ([`AKG_CONNECTED`] and the close reasons).
     pub akg_id: u16,
 }
 
 impl Head {
-    /// Decodes the first 8 bytes of `b` (host byte order, as the C struct).
-    /// Returns `None` if fewer than 8 bytes are given.
+    /// Decodes the first 8 bytes of `b` (host byte order, as the C struct);
+    /// later bytes are ignored. Returns `None` if fewer than 8 bytes are
+    /// given. Nothing is checked: see [`check_head`]. Example: [`Head`].
     pub fn parse(b: &[u8]) -> Option<Head> {
         Head::parse_in(b, false)
     }
 
     /// Decodes the first 8 bytes of `b`, in network byte order if
     /// `big_endian`, else in host byte order. `None` if fewer than 8 bytes
-    /// are given.
+    /// are given. Example: [`Head`].
     #[inline]
     pub fn parse_in(b: &[u8], big_endian: bool) -> Option<Head> {
         let b: &[u8; 8] = b.get(..SIZE_OF_HEAD)?.try_into().ok()?;
@@ -61,13 +117,13 @@ impl Head {
     }
 
     /// Encodes this head as the 8 bytes that go on the wire (host byte
-    /// order).
+    /// order). Example: [`Head`].
     pub fn to_bytes(self) -> [u8; 8] {
         self.to_bytes_in(false)
     }
 
     /// Encodes this head in network byte order if `big_endian`, else in
-    /// host byte order.
+    /// host byte order. Example: [`Head`].
     pub fn to_bytes_in(self, big_endian: bool) -> [u8; 8] {
         let mut o = [0u8; 8];
         if big_endian {
@@ -85,7 +141,8 @@ impl Head {
     /// Builds a whole frame: a head for `akg_id` followed by `body`;
     /// `None` if it would not fit `pkglen` (more than 65,535 bytes). It
     /// does not check `MAX_PKG_LEN`: a frame over 1,500 bytes is built, and
-    /// refused by a server that receives it (see [`check_head`]).
+    /// refused by a server that receives it (see [`check_head`]). Host byte
+    /// order. Example: [`Head`].
     pub fn frame(stx: u32, akg_id: u16, body: &[u8]) -> Option<Vec<u8>> {
         let len = SIZE_OF_HEAD.checked_add(body.len())?;
         let pkglen = u16::try_from(len).ok()?;
@@ -96,7 +153,9 @@ impl Head {
     }
 }
 
-/// Why a head is refused.
+/// Why [`check_head`] refuses a head; a server closes the connection that
+/// sent it (as [`AKG_CLOSED`]).
+/// Example: [`check_head`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadHead {
     /// `pkglen < 8` or over the largest packet (`MAX_PKG_LEN` by default),
@@ -107,13 +166,29 @@ pub enum BadHead {
 }
 
 /// Checks a head against the framing rules of MarioTCP (packets of at
-/// most [`MAX_PKG_LEN`] bytes).
+/// most [`MAX_PKG_LEN`] bytes), as a server does before it dispatches a
+/// packet: the magic must be `stx`, the length 8..=1,500, and the id not
+/// reserved.
+///
+/// ```
+/// use mario::proto::{BadHead, check_head};
+/// use mario::{AKG_ERROR, Head};
+///
+/// let stx = 0x8eb6_9af7;
+/// let ok = Head { stx, pkglen: 8, akg_id: 0x6101 };
+/// assert_eq!(check_head(&ok, stx), Ok(()));
+/// assert_eq!(check_head(&ok, 0x1234), Err(BadHead::Malformed)); // another magic
+/// assert_eq!(check_head(&Head { pkglen: 1501, ..ok }, stx), Err(BadHead::Malformed));
+/// assert_eq!(check_head(&Head { akg_id: AKG_ERROR, ..ok }, stx), Err(BadHead::ReservedId));
+/// ```
 pub fn check_head(h: &Head, stx: u32) -> Result<(), BadHead> {
     check_head_max(h, stx, MAX_PKG_LEN)
 }
 
 /// Checks a head against the framing rules of MarioTCP, with packets of
-/// at most `max` bytes.
+/// at most `max` bytes (a server with a larger
+/// [`Framing::Head`](crate::Framing::Head) `max_frame`). As
+/// [`check_head`] otherwise, which has the example.
 #[inline]
 pub fn check_head_max(h: &Head, stx: u32, max: usize) -> Result<(), BadHead> {
     let len = h.pkglen as usize;

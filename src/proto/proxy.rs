@@ -49,11 +49,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// Mode bit: accept a version 1 (text) header.
+/// Mode bit: accept a version 1 (text) header
+/// ([`Config::proxy_protocol`](crate::Config::proxy_protocol), C:
+/// `MARIO_PROXY_V1`). Example: [`parse_proxy`](crate::proto::parse_proxy).
 pub const PROXY_V1: u32 = 1;
-/// Mode bit: accept a version 2 (binary) header.
+/// Mode bit: accept a version 2 (binary) header (C: `MARIO_PROXY_V2`).
+/// Example: [`parse_proxy`](crate::proto::parse_proxy).
 pub const PROXY_V2: u32 = 2;
-/// Mode: accept either version.
+/// Mode: accept either version, `PROXY_V1 | PROXY_V2` (C:
+/// `MARIO_PROXY_ANY`). Example: [`parse_proxy`](crate::proto::parse_proxy).
 pub const PROXY_ANY: u32 = PROXY_V1 | PROXY_V2;
 
 /// The longest header accepted, TLVs included (bytes). A version 1 line
@@ -61,9 +65,11 @@ pub const PROXY_ANY: u32 = PROXY_V1 | PROXY_V2;
 /// its bytes 14 and 15 give, refused as soon as that exceeds this.
 /// HAProxy's longest headers (TCP over IPv6 with the SSL, authority,
 /// ALPN and unique-id TLVs) stay well under it.
+/// Example: [`parse_proxy`](crate::proto::parse_proxy).
 pub const MAX_PROXY_HEADER: usize = 1024;
 
-/// What a complete header says.
+/// What a complete header says. Example:
+/// [`parse_proxy`](crate::proto::parse_proxy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proxied {
     /// A `LOCAL` command (the balancer's own connection, e.g. a health
@@ -79,7 +85,8 @@ pub enum Proxied {
     },
 }
 
-/// Why a header was refused.
+/// Why a header was refused; a server closes the connection (counted as
+/// an error). Example: [`parse_proxy`](crate::proto::parse_proxy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadProxy {
     /// The bytes cannot be the start of a header of an accepted version.
@@ -100,6 +107,24 @@ pub enum BadProxy {
 /// or the v2 signature of an accepted version; then
 /// [`BadProxy::Malformed`], or [`BadProxy::TooLong`] for a v2 length over
 /// [`MAX_PROXY_HEADER`] or a v1 line that cannot end within 107 bytes.
+///
+/// A pure function of its arguments (any thread); a server calls it on
+/// each read until it decides, then hands the bytes after the header to
+/// the framing.
+///
+/// ```
+/// use mario::proto::{BadProxy, PROXY_ANY, PROXY_V2, Proxied, parse_proxy};
+///
+/// let input = b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 8082\r\nhello";
+/// let Ok(Some((Proxied::Addr { src, dst }, n))) = parse_proxy(input, PROXY_ANY) else { panic!() };
+/// assert_eq!(src.to_string(), "192.0.2.7:51234"); // the real client
+/// assert_eq!(dst.to_string(), "198.51.100.1:8082");
+/// assert_eq!(&input[n..], b"hello"); // the client's own data
+///
+/// assert_eq!(parse_proxy(b"PROXY TCP4 192.0", PROXY_ANY), Ok(None)); // more bytes needed
+/// assert_eq!(parse_proxy(b"GET / HTTP/1.1\r\n", PROXY_ANY), Err(BadProxy::Missing));
+/// assert_eq!(parse_proxy(input, PROXY_V2), Err(BadProxy::Missing)); // v1 not accepted
+/// ```
 pub fn parse(buf: &[u8], mode: u32) -> Result<Option<(Proxied, usize)>, BadProxy> {
     let (v1, v2) = (mode & PROXY_V1 != 0, mode & PROXY_V2 != 0);
     match buf.first() {

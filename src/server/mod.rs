@@ -112,6 +112,9 @@ fn worker_of(id: ConnId) -> Option<Arc<Mailbox>> {
 /// delivered: they are dropped if the connection closes first), `false`
 /// that the server has stopped or the worker already holds 64 MiB from
 /// other threads.
+///
+/// Example: [`ConnId`] (a message to a user by name); the C form is
+/// `bufferevent_write(c->bufev, ...)`.
 pub fn send_to(id: ConnId, data: &[u8]) -> bool {
     if let Some(r) = worker::on_worker(id.server(), id.worker(), |ctx| ctx.write(id, data)) {
         return r;
@@ -134,7 +137,22 @@ pub fn send_to(id: ConnId, data: &[u8]) -> bool {
 ///
 /// Returns false when the connection is known to be gone (on its worker:
 /// closed or closing; from elsewhere: its server has stopped), true when
-/// the close was done or handed to the owning worker.
+/// the close was done or handed to the owning worker. `reason` is what the
+/// close handler sees ([`Conn::close_reason`](crate::Conn::close_reason)): an application's own id,
+/// or one of the `AKG_*` reasons.
+///
+/// ```
+/// use mario::{ConnId, close_id, send_to};
+///
+/// /// Logs a user out from an admin thread: a last message, then FIN.
+/// fn kick(id: ConnId) -> bool {
+///     const KICKED: u16 = 0x0a01; // the close handler's reason
+///     send_to(id, b"bye\n") && close_id(id, KICKED)
+/// }
+/// # let _ = kick;
+/// ```
+///
+/// [`ConnId`] keeps ids by user; the C form is `mario_close_bufev`.
 pub fn close_id(id: ConnId, reason: u16) -> bool {
     if let Some(r) = worker::on_worker(id.server(), id.worker(), |ctx| ctx.close_id(id, reason)) {
         return r;
