@@ -161,6 +161,21 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> SocketAddr {
     }
 }
 
+/// Whether a listening socket has a connection waiting to be accepted:
+/// `poll(2)` with a zero timeout. Far cheaper than an `accept4` that fails
+/// with `EAGAIN`, which makes and frees a whole socket and file first.
+/// True on a poll error too, so that `accept` reports it.
+pub(crate) fn pending(listen_fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: listen_fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n != 0
+}
+
 /// `accept4(2)` with `SOCK_NONBLOCK | SOCK_CLOEXEC`, retrying `EINTR`.
 pub(crate) fn accept(listen_fd: RawFd) -> Result<Accepted, io::Error> {
     loop {
