@@ -10,30 +10,46 @@
 //! * **C applications** written for MarioTCP 0.9.9 compile unchanged against
 //!   `include/mario/mario.h` and link `libmario.a` (see [`ffi`] and
 //!   docs/C-API.md).
-//! * **Rust programs** use [`Server::builder`] with closures, and no
-//!   `unsafe`:
+//! * **Rust programs** use [`Server::bind`] or [`Server::builder`] with
+//!   closures, a typed state per connection, and no `unsafe`:
 //!
 //! ```no_run
-//! use mario::{Server, Verdict};
+//! use mario::{HandlerResult, Server, Verdict};
 //!
-//! let server = Server::builder()
-//!     .port(8082)
+//! // Each connection remembers its user once it has logged in.
+//! #[derive(Default)]
+//! struct Session {
+//!     uid: Option<u16>,
+//! }
+//!
+//! let server = Server::bind("[::]:8082") // IPv6 and IPv4
 //!     .workers(2)
 //!     .stx(0x8eb6_9af7)
-//!     .on_packet(0x6101, |conn, pkt| {
-//!         // Answer LOGIN with an empty packet of the same id.
-//!         conn.send_packet(pkt.id(), &[]);
-//!         Verdict::Continue
+//!     .default_state::<Session>()
+//!     .on_packet(0x6101, |conn, session, pkt| -> HandlerResult {
+//!         // LOGIN: a uint16 uid; any other body is an error, which closes
+//!         // the connection and is logged with the packet id and the peer.
+//!         let uid: [u8; 2] = pkt.body().try_into()?;
+//!         session.uid = Some(u16::from_ne_bytes(uid));
+//!         conn.send_packet(pkt.id(), &[]); // an empty packet of the same id
+//!         Ok(Verdict::Continue)
 //!     })
-//!     .build()
-//!     .expect("server");
-//! let stop = server.stop_handle();
+//!     .on_close(|conn, session, reason| {
+//!         log::info!("{} (user {:?}) closed: {reason:#06x}", conn.peer(), session.uid)
+//!     })
+//!     .build()?;
+//! let stop = server.stop_handle(); // stop.stop() from any thread
 //! std::thread::spawn(move || {
 //!     std::thread::sleep(std::time::Duration::from_secs(60));
 //!     stop.stop();
 //! });
-//! server.run().expect("run");
+//! server.run()?; // serves until stopped; binding errors name the address
+//! # Ok::<(), std::io::Error>(())
 //! ```
+//!
+//! `examples/login_server.rs` (maritcp's LOGIN server) and
+//! `examples/chat.rs` (a chat room on line framing, stopped by Ctrl-C) are
+//! complete programs: `cargo run --example chat`.
 //!
 //! # Logging
 //!
@@ -105,11 +121,12 @@ mod sys;
 mod wheel;
 mod worker;
 
-pub use api::{Packet, PoolConn, Server, ServerBuilder, StopHandle};
+pub use api::{BoxError, HandlerResult, Packet, PoolConn, Server, ServerBuilder, StopHandle, VERSION};
 pub use conn::{Conn, ConnId};
 /// A network in CIDR form ([`Config::proxy_sources`]), from the `ipnet`
 /// crate.
 pub use ipnet::IpNet;
+pub use listen::ListenError;
 pub use proto::{
     AKG_CLOSED, AKG_CONNECTED, AKG_ERROR, AKG_TIMEOUT, DEFAULT_STX, Framing, Head, MAX_PKG_LEN, SIZE_OF_HEAD,
 };
