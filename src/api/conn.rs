@@ -62,8 +62,8 @@ impl Conn {
         worker::with_owner(self, |ctx, c| ctx.close_own(c, reason))
     }
 
-    /// True until the connection is closed (or its close, asked for by id
-    /// while a handler runs on it, is pending).
+    /// True until the connection is closed, or its close is pending (asked
+    /// for by [`Conn::close`], or by id, while a handler runs on it).
     pub fn is_open(&self) -> bool {
         let owner = self.owner;
         worker::on_owner(owner, |ctx| ctx.is_open(self.ind)).unwrap_or(false)

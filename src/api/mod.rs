@@ -1033,7 +1033,8 @@ impl<S> Server<S> {
     }
 
     /// A handle that stops the server from any thread (see
-    /// [`StopHandle`]).
+    /// [`StopHandle`], which has an example with Ctrl-C, and the example of
+    /// [`Server`]).
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
             inner: self.inner.clone(),
