@@ -397,7 +397,9 @@ impl ServerBuilder<()> {
     /// [`AKG_ERROR`](crate::AKG_ERROR) (logged) and no handler, not even
     /// the close handler, runs on it. If `init` closes the connection,
     /// `on_connect` does not run, and the close handler does, with the
-    /// state, once `init` has returned.
+    /// state, once `init` has returned. A connection whose handler never
+    /// returns keeps its state when the server stops (the stop leaves that
+    /// worker or pool thread behind after 5 s, with its connections).
     ///
     /// ```no_run
     /// use std::time::Instant;
