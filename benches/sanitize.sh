@@ -180,7 +180,7 @@ CFLAGS_BASE="-std=c99 -O1 -g -Wall -Wextra -Werror -DLINUX64 -fno-omit-frame-poi
 
 asan_rust() {
     san_cargo address target/asan test --no-fail-fast --lib --test rust_api --test rust_closing --test rust_framing \
-        --test rust_pool
+        --test rust_pool --test rust_state
 }
 
 asan_c() {
@@ -195,7 +195,7 @@ asan_c() {
 
 tsan_rust() {
     san_cargo thread target/tsan test --no-fail-fast --lib --test rust_api --test rust_closing --test rust_framing \
-        --test rust_pool
+        --test rust_pool --test rust_state
 }
 
 tsan_c() {

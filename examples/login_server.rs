@@ -8,17 +8,24 @@
 //!
 //! It answers LOGIN (`HEAD{stx 0x8eb69af7, pkglen 10, akg_id 0x6101}` and a
 //! `uint16 uid`) with an 8-byte `HEAD` carrying the request's `stx` and
-//! `akg_id` and `pkglen` 8. A LOGIN of any other length is logged as an
-//! error and the connection is closed. Each of the 2 workers counts the
-//! users logged in on its connections; every 60 seconds the total is logged
-//! as `online number: N`. It runs until killed.
+//! `akg_id` and `pkglen` 8. A LOGIN of any other length is an error: the
+//! library logs it (with the packet id and the client's address) and closes
+//! the connection. Each of the 2 workers counts the users logged in on its
+//! connections; every 60 seconds the total is logged as `online number: N`.
+//! It runs until killed.
+//!
+//! What it shows: a state per connection ([`Session`], made by
+//! `ServerBuilder::state` and handed to every handler as `&mut Session`),
+//! so whether a connection has logged in is its own business, with no
+//! shared set and no lock; handlers that return errors; and counters shared
+//! by all connections (atomics in an `Arc`).
 
-use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mario::{AKG_CLOSED, Conn, ConnId, Head, Packet, Server, ServerBuilder, Verdict};
+use mario::{Conn, HandlerResult, Head, Packet, Server, ServerBuilder, Verdict};
 
 /// The magic every packet carries in `HEAD.stx`.
 pub const STX: u32 = 0x8eb6_9af7;
@@ -33,12 +40,10 @@ pub const WORKERS: u16 = 2;
 /// Seconds between two `online number` lines.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Users online, per worker. Only a connection's own worker touches its
-/// slot (so the locks are never contended); the counters can be read from
-/// any thread.
+/// Users online, per worker: only a connection's own worker changes its
+/// counter; they can be read from any thread.
 pub struct Online {
     count: Vec<AtomicUsize>,
-    logged_in: Vec<Mutex<HashSet<ConnId>>>,
 }
 
 impl Online {
@@ -46,25 +51,6 @@ impl Online {
     pub fn new(workers: u16) -> Online {
         Online {
             count: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
-            logged_in: (0..workers).map(|_| Mutex::new(HashSet::new())).collect(),
-        }
-    }
-
-    /// Counts the user of `conn` (once, however often it logs in).
-    fn add(&self, conn: &Conn) {
-        let w = conn.worker_index();
-        let mut set = self.logged_in[w].lock().unwrap_or_else(|e| e.into_inner());
-        if set.insert(conn.id()) {
-            self.count[w].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Uncounts the user of `conn`, if it had logged in.
-    fn remove(&self, conn: &Conn) {
-        let w = conn.worker_index();
-        let mut set = self.logged_in[w].lock().unwrap_or_else(|e| e.into_inner());
-        if set.remove(&conn.id()) {
-            self.count[w].fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -79,42 +65,73 @@ impl Online {
     }
 }
 
-/// LOGIN: check the length, count the user, answer with a bare `HEAD`.
-fn login(online: &Online, conn: &mut Conn, pkt: Packet<'_>) -> Verdict {
+/// What the server knows of one connection: its state.
+#[derive(Debug, Default)]
+pub struct Session {
+    /// The uid of its first LOGIN, once it has logged in (it is then
+    /// counted online, once, however often it logs in).
+    pub uid: Option<u16>,
+}
+
+/// A LOGIN of the wrong length.
+#[derive(Debug)]
+pub struct BadLogin {
+    /// The `pkglen` it had.
+    pub pkglen: u16,
+}
+
+impl fmt::Display for BadLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid login packet: pkglen {} (must be {LOGIN_REQ_LEN})",
+            self.pkglen
+        )
+    }
+}
+
+impl std::error::Error for BadLogin {}
+
+/// LOGIN: check the length, count the user on its first LOGIN, answer with
+/// a bare `HEAD`.
+fn login(online: &Online, conn: &mut Conn, session: &mut Session, pkt: Packet<'_>) -> HandlerResult {
     let head = pkt.head();
     if head.pkglen != LOGIN_REQ_LEN {
-        log::error!(
-            "invalid login packet: pkglen {} from {}",
-            head.pkglen,
-            conn.peer()
-        );
-        conn.close(AKG_CLOSED);
-        return Verdict::Stop;
+        // Logged by the library with the packet id and the peer; the
+        // connection is closed as error.
+        return Err(BadLogin { pkglen: head.pkglen }.into());
     }
-    online.add(conn);
+    if session.uid.is_none() {
+        session.uid = Some(u16::from_ne_bytes([pkt.body()[0], pkt.body()[1]]));
+        online.count[conn.worker_index()].fetch_add(1, Ordering::Relaxed);
+    }
     let reply = Head {
         stx: head.stx,
         pkglen: LOGIN_RSP_LEN,
         akg_id: head.akg_id,
     };
-    if conn.send(&reply.to_bytes()) {
-        Verdict::Continue
-    } else {
-        // Over the output cap: the connection is closed already.
-        Verdict::Stop
-    }
+    // A refused reply (over the output cap) closed the connection already.
+    conn.send(&reply.to_bytes());
+    Ok(Verdict::Continue)
 }
 
 /// The server, without its port: LOGIN handler and logout on close.
-pub fn builder(online: Arc<Online>) -> ServerBuilder {
+pub fn builder(online: Arc<Online>) -> ServerBuilder<Session> {
     let for_login = online.clone();
     Server::builder()
         .workers(WORKERS)
         .stx(STX)
         .read_timeout(8)
         .write_timeout(8)
-        .on_packet(LOGIN, move |conn, pkt| login(&for_login, conn, pkt))
-        .on_close(move |conn, _reason| online.remove(conn))
+        .default_state::<Session>()
+        .on_packet(LOGIN, move |conn, session, pkt| {
+            login(&for_login, conn, session, pkt)
+        })
+        .on_close(move |conn, session, _reason| {
+            if session.uid.is_some() {
+                online.count[conn.worker_index()].fetch_sub(1, Ordering::Relaxed);
+            }
+        })
 }
 
 fn main() {
@@ -137,7 +154,15 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let server = Arc::new(server);
+    let s = server.clone();
     std::thread::spawn(move || {
+        // Port 0 picks a free port: say which (tests/rust_examples.rs reads it).
+        if s.wait_listening(Duration::from_secs(10)).is_some()
+            && let Some(addr) = s.local_addr()
+        {
+            println!("login_server: listening on {addr}");
+        }
         loop {
             std::thread::sleep(STATS_INTERVAL);
             log::info!("online number: {}", online.total());

@@ -60,20 +60,83 @@ pub(crate) fn open(spec: &Spec) -> io::Result<Listening> {
     bind(spec)
 }
 
-/// Binds and listens as `spec` says.
+/// Binding or listening on an address failed: which address, and the
+/// system's error ([`source`](std::error::Error::source)).
+///
+/// [`Server::run`](crate::Server::run) (and C's `start_server`, on stderr)
+/// report it inside an [`io::Error`] of the same
+/// [`kind`](io::Error::kind) as the system's error, e.g.
+/// [`AddrInUse`](io::ErrorKind::AddrInUse), whose message is this one's:
+/// `cannot listen on 0.0.0.0:8082: Address already in use (os error 98)`.
+///
+/// ```no_run
+/// use mario::{ListenError, Server};
+/// let server = Server::bind("0.0.0.0:8082").build()?;
+/// if let Err(e) = server.run() {
+///     if let Some(le) = e.get_ref().and_then(|i| i.downcast_ref::<ListenError>()) {
+///         eprintln!("port {} is not ours: {}", le.addr().port(), le.os_error());
+///     }
+///     return Err(e);
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct ListenError {
+    addr: SocketAddr,
+    source: io::Error,
+}
+
+impl ListenError {
+    /// The address the socket was to listen on (port 0 when any free port
+    /// was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The system's error (`bind(2)`, `listen(2)`, `socket(2)` or a socket
+    /// option).
+    pub fn os_error(&self) -> &io::Error {
+        &self.source
+    }
+
+    /// `e`, about `addr`, as the [`io::Error`] of `e`'s kind that carries it.
+    pub(crate) fn wrap(addr: SocketAddr, e: io::Error) -> io::Error {
+        io::Error::new(e.kind(), ListenError { addr, source: e })
+    }
+}
+
+impl std::fmt::Display for ListenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot listen on {}: {}", self.addr, self.source)
+    }
+}
+
+impl std::error::Error for ListenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Binds and listens as `spec` says. An explicit `[::]` is dual-stack too
+/// (`IPV6_V6ONLY` off, whatever the system's default), but does not fall
+/// back to `0.0.0.0` on a system without IPv6.
 pub(crate) fn bind(spec: &Spec) -> io::Result<Listening> {
-    let named =
-        |addr: SocketAddr, e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
-    let (addr, dual) = match spec.addr {
-        Some(ip) => (SocketAddr::new(ip, spec.port), false),
+    let named = ListenError::wrap;
+    let (addr, dual, fallback) = match spec.addr {
+        Some(ip) => (
+            SocketAddr::new(ip, spec.port),
+            ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            false,
+        ),
         None => (
             SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), spec.port),
+            true,
             true,
         ),
     };
     let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)) {
         Ok(s) => s,
-        Err(e) if dual && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+        Err(e) if fallback && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
             // No IPv6 here: every address is every IPv4 address.
             let v4 = Spec {
                 addr: Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
@@ -308,6 +371,24 @@ mod tests {
         sys::close(l.fd);
     }
 
+    /// An explicit `[::]` listens dual-stack as well: IPv4 clients too.
+    #[test]
+    fn explicit_unspecified_ipv6_is_dual_stack() {
+        let l = match bind(&spec(Some(Ipv6Addr::UNSPECIFIED.into()))) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("no IPv6 on this machine: {e}");
+                return;
+            }
+        };
+        assert!(l.local.is_ipv6());
+        let c4 = TcpStream::connect((Ipv4Addr::LOCALHOST, l.local.port())).expect("connect over IPv4");
+        let a = accept_one(l.fd);
+        assert_eq!(a.peer, c4.local_addr().unwrap());
+        sys::close(a.fd);
+        sys::close(l.fd);
+    }
+
     /// `SO_REUSEPORT` lets a second socket listen on the same port; without
     /// it the second bind fails and the error names the address.
     #[test]
@@ -334,6 +415,14 @@ mod tests {
                 .contains(&format!("cannot listen on {}", first.local)),
             "{e}"
         );
+        let inner = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<ListenError>())
+            .expect("a ListenError inside");
+        assert_eq!(inner.addr(), first.local);
+        assert_eq!(inner.os_error().raw_os_error(), Some(libc::EADDRINUSE));
+        let source = std::error::Error::source(inner).expect("the OS error as source");
+        assert_eq!(source.to_string(), inner.os_error().to_string());
         sys::close(first.fd);
         sys::close(second.fd);
     }

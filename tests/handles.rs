@@ -39,7 +39,10 @@ fn server(ids: Arc<Mutex<Vec<(ConnId, u32)>>>) -> Running {
             .workers(1)
             .read_timeout(0)
             .stx(STX)
-            .on_connect(move |c| ids.lock().unwrap().push((c.id(), c.slot()))),
+            .on_connect(move |c, _| {
+                ids.lock().unwrap().push((c.id(), c.slot()));
+                Ok(())
+            }),
     )
 }
 

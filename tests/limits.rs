@@ -42,9 +42,9 @@ fn rust_timeouts_up_to_u32_max_never_fire() {
                     .stx(STX)
                     .read_timeout(rt)
                     .write_timeout(wt)
-                    .on_packet(ID_ECHO, |c, p| {
+                    .on_packet(ID_ECHO, |c, _, p| {
                         c.send(p.bytes());
-                        Verdict::Continue
+                        Ok(Verdict::Continue)
                     }),
             );
             let mut s = r.connect();
@@ -91,17 +91,17 @@ fn send_packet_refuses_what_the_framing_cannot_carry() {
         Server::builder()
             .workers(1)
             .stx(STX)
-            .on_packet(ID_SEND, move |c, _| {
+            .on_packet(ID_SEND, move |c, _, _| {
                 for len in [0, 1492, 1493, 65527, 65528, 1 << 20] {
                     r2.lock()
                         .unwrap()
                         .push((len, c.send_packet(ID_SEND, &vec![7u8; len])));
                 }
-                Verdict::Continue
+                Ok(Verdict::Continue)
             })
-            .on_packet(ID_ECHO, |c, p| {
+            .on_packet(ID_ECHO, |c, _, p| {
                 c.send(p.bytes());
-                Verdict::Continue
+                Ok(Verdict::Continue)
             }),
     );
     let mut s = r.connect();

@@ -480,13 +480,16 @@ fn the_rust_api_reads_the_header_and_sees_the_real_client() {
     let seen: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
     let s2 = seen.clone();
     let builder = mario::Server::builder()
-        .bind(Some("::1".parse().unwrap()))
+        .bind("[::1]:0")
         .proxy_protocol(mario::proto::PROXY_ANY)
         .proxy_source("::1/128".parse().unwrap())
-        .on_connect(move |c| s2.lock().unwrap().push(c.peer()))
-        .on_packet(ID_ECHO, |c, p| {
+        .on_connect(move |c, _| {
+            s2.lock().unwrap().push(c.peer());
+            Ok(())
+        })
+        .on_packet(ID_ECHO, |c, _, p| {
             c.send(p.bytes());
-            mario::Verdict::Continue
+            Ok(mario::Verdict::Continue)
         });
     let srv = Running::start(builder);
     let local = srv.server.local_addr().expect("listening");

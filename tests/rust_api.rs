@@ -60,7 +60,7 @@ fn logged(level: log::Level, needle: &str) -> bool {
 // ---------------------------------------------------------------------------
 // The LOGIN server of examples/login_server.rs.
 
-fn start_login_server() -> (Running, Arc<login_server::Online>) {
+fn start_login_server() -> (Running<login_server::Session>, Arc<login_server::Online>) {
     let online = Arc::new(login_server::Online::new(login_server::WORKERS));
     (Running::start(login_server::builder(online.clone())), online)
 }
@@ -101,7 +101,8 @@ fn wrong_login_length_closes_and_logs_an_error() {
             Duration::from_secs(1),
             &format!("LOGIN with pkglen {len}"),
         );
-        let needle = format!("pkglen {len} from {me}");
+        let needle =
+            format!("the handler of packet 0x6101 failed for {me}: invalid login packet: pkglen {len}");
         assert!(
             wait_for(Duration::from_secs(2), || logged(log::Level::Error, &needle)),
             "no error logged for {needle:?}"
@@ -191,8 +192,11 @@ fn recording_server(workers: u16, evs: &Log) -> ServerBuilder {
     let mut b = Server::builder()
         .workers(workers)
         .stx(STX)
-        .on_connect(move |c| on_conn(c.peer(), Ev::Connect(c.id())))
-        .on_close(move |c, reason| {
+        .on_connect(move |c, _| {
+            on_conn(c.peer(), Ev::Connect(c.id()));
+            Ok(())
+        })
+        .on_close(move |c, _, reason| {
             if c.is_open() || c.close_reason() != reason {
                 let v = format!(
                     "on_close({reason:#x}): open {}, close_reason {:#x}",
@@ -235,13 +239,13 @@ fn recording_server(workers: u16, evs: &Log) -> ServerBuilder {
     ];
     for (id, f) in handlers {
         let on_packet = rec(evs);
-        b = b.on_packet(id, move |c, pkt| {
+        b = b.on_packet(id, move |c, _, pkt| {
             on_packet(c.peer(), Ev::Packet(c.id()));
             let (verdict, violation) = f(c, pkt.body());
             if let Some(v) = violation {
                 on_packet(c.peer(), Ev::Violation(v.to_string()));
             }
-            verdict
+            Ok(verdict)
         });
     }
     b
@@ -432,13 +436,14 @@ fn id_server(workers: u16) -> (Running, std::sync::mpsc::Receiver<(SocketAddr, C
         .workers(workers)
         .stx(STX)
         .read_timeout(0)
-        .on_connect(move |c| {
+        .on_connect(move |c, _| {
             let _ = tx.lock().unwrap().send((c.peer(), c.id()));
+            Ok(())
         })
-        .on_close(move |c, reason| evs2.lock().unwrap().push((c.peer(), Ev::Close(c.id(), reason))))
-        .on_packet(ID_ECHO, |c, pkt| {
+        .on_close(move |c, _, reason| evs2.lock().unwrap().push((c.peer(), Ev::Close(c.id(), reason))))
+        .on_packet(ID_ECHO, |c, _, pkt| {
             c.send_packet(ID_ECHO, pkt.body());
-            Verdict::Continue
+            Ok(Verdict::Continue)
         });
     (Running::start(b), rx, evs)
 }
@@ -556,25 +561,25 @@ fn conn_id_used_from_a_handler() {
     let b = Server::builder()
         .workers(2)
         .stx(STX)
-        .on_packet(0x0010, move |c, _| {
+        .on_packet(0x0010, move |c, _, _| {
             *t2.lock().unwrap() = Some(c.id());
             c.send_packet(0x0010, &[]);
-            Verdict::Continue
+            Ok(Verdict::Continue)
         })
         .on_packet(0x0011, {
             let target = target.clone();
-            move |c, pkt| {
+            move |c, _, pkt| {
                 let id = target.lock().unwrap().expect("target registered");
                 let ok = mario::send_to(id, &frame(STX, 0x0012, pkt.body()));
                 c.send_packet(0x0011, &[ok as u8]);
-                Verdict::Continue
+                Ok(Verdict::Continue)
             }
         })
-        .on_packet(0x0013, move |c, _| {
+        .on_packet(0x0013, move |c, _, _| {
             let id = target.lock().unwrap().expect("target registered");
             mario::close_id(id, CUSTOM_REASON);
             c.send_packet(0x0013, &[]);
-            Verdict::Continue
+            Ok(Verdict::Continue)
         });
     let r = Running::start(b);
     let mut t = connect(r.port);
@@ -628,15 +633,15 @@ fn connections_queued_while_the_worker_is_busy_are_all_served() {
     let b = Server::builder()
         .workers(1)
         .stx(STX)
-        .on_packet(0x0020, |c, _| {
+        .on_packet(0x0020, |c, _, _| {
             // Hold the only worker while the clients connect.
             std::thread::sleep(Duration::from_millis(500));
             c.send_packet(0x0020, &[]);
-            Verdict::Continue
+            Ok(Verdict::Continue)
         })
-        .on_packet(0x0021, |c, pkt| {
+        .on_packet(0x0021, |c, _, pkt| {
             c.send_packet(0x0021, pkt.body());
-            Verdict::Continue
+            Ok(Verdict::Continue)
         });
     let r = Running::start(b);
     let mut busy = connect(r.port);
@@ -688,21 +693,22 @@ fn a_panicking_handler_closes_its_connection_and_the_worker_goes_on() {
             .workers(1)
             .stx(STX)
             .read_timeout(0)
-            .on_connect(move |c| {
+            .on_connect(move |c, _| {
                 if refuse2.swap(false, std::sync::atomic::Ordering::SeqCst) {
                     panic!("connect handler refuses {}", c.peer());
                 }
+                Ok(())
             })
-            .on_packet(ID_ECHO_P, |c, pkt| {
+            .on_packet(ID_ECHO_P, |c, _, pkt| {
                 c.send(pkt.bytes());
-                Verdict::Continue
+                Ok(Verdict::Continue)
             })
-            .on_packet(ID_PANIC, |_, pkt| panic!("boom in packet {:#x}", pkt.id()))
-            .on_packet(ID_PANIC_IN_CLOSE, |c, _| {
+            .on_packet(ID_PANIC, |_, _, pkt| panic!("boom in packet {:#x}", pkt.id()))
+            .on_packet(ID_PANIC_IN_CLOSE, |c, _, _| {
                 c.close(0x0777);
-                Verdict::Continue
+                Ok(Verdict::Continue)
             })
-            .on_close(move |c, reason| {
+            .on_close(move |c, _, reason| {
                 closes2.lock().unwrap().push((c.peer(), reason));
                 if reason == 0x0777 {
                     panic!("close handler fails");

@@ -52,21 +52,24 @@ fn flood_server(ids: Arc<Mutex<Vec<ConnId>>>, closes: Closes) -> ServerBuilder {
         .stx(STX)
         .read_timeout(0)
         .output_limit(64 << 20)
-        .on_connect(move |c| ids.lock().unwrap().push(c.id()))
-        .on_packet(ID_FLOOD, |c, _| {
-            flood(c);
-            Verdict::Continue
+        .on_connect(move |c, _| {
+            ids.lock().unwrap().push(c.id());
+            Ok(())
         })
-        .on_packet(ID_FLOOD_CLOSE, |c, _| {
+        .on_packet(ID_FLOOD, |c, _, _| {
+            flood(c);
+            Ok(Verdict::Continue)
+        })
+        .on_packet(ID_FLOOD_CLOSE, |c, _, _| {
             flood(c);
             c.close(0x0777);
-            Verdict::Continue
+            Ok(Verdict::Continue)
         })
-        .on_packet(ID_FLOOD_STOP, |c, _| {
+        .on_packet(ID_FLOOD_STOP, |c, _, _| {
             flood(c);
-            Verdict::Stop
+            Ok(Verdict::Stop)
         })
-        .on_close(move |c, reason| closes.lock().unwrap().push((c.id(), reason)))
+        .on_close(move |c, _, reason| closes.lock().unwrap().push((c.id(), reason)))
 }
 
 /// Every Rust close initiator delivers all 30,000,000 bytes, then FIN.
@@ -139,7 +142,7 @@ fn writes_by_id_land_in_order_and_closes_by_id_wait_for_the_handler() {
             .workers(1)
             .stx(STX)
             .read_timeout(0)
-            .on_packet(ID_ORDER, move |c, _| {
+            .on_packet(ID_ORDER, move |c, _, _| {
                 let id = c.id();
                 let mut res = r1.lock().unwrap();
                 res.push(("send_to A", mario::send_to(id, &frame(STX, ID_LAST, b"A"))));
@@ -147,9 +150,9 @@ fn writes_by_id_land_in_order_and_closes_by_id_wait_for_the_handler() {
                 res.push(("send_to BYE", mario::send_to(id, &frame(STX, ID_LAST, b"BYE"))));
                 drop(res);
                 c.close(0x0701);
-                Verdict::Continue
+                Ok(Verdict::Continue)
             })
-            .on_packet(ID_CLOSE_BY_ID, move |c, _| {
+            .on_packet(ID_CLOSE_BY_ID, move |c, _, _| {
                 let id = c.id();
                 let mut res = r2.lock().unwrap();
                 res.push(("send before", c.send_packet(ID_LAST, b"before")));
@@ -160,9 +163,9 @@ fn writes_by_id_land_in_order_and_closes_by_id_wait_for_the_handler() {
                     "send_to after close_id",
                     mario::send_to(id, &frame(STX, ID_LAST, b"after")),
                 ));
-                Verdict::Continue
+                Ok(Verdict::Continue)
             })
-            .on_close(move |c, reason| {
+            .on_close(move |c, _, reason| {
                 if reason == 0x0701 || reason == 0x0702 {
                     let mut res = r3.lock().unwrap();
                     res.push((
@@ -219,13 +222,16 @@ fn writes_by_id_from_another_thread_mean_queued() {
             .workers(1)
             .stx(STX)
             .read_timeout(0)
-            .on_packet(ID_STALE, move |_, _| {
+            .on_packet(ID_STALE, move |_, _, _| {
                 let id = s2.lock().unwrap().expect("a stale id");
                 *r2.lock().unwrap() = Some((mario::send_to(id, b"x"), mario::close_id(id, 1)));
-                Verdict::Continue
+                Ok(Verdict::Continue)
             })
-            .on_connect(move |c| i2.lock().unwrap().push((c.id(), c.slot())))
-            .on_close(move |_, _| c2.store(true, Ordering::SeqCst)),
+            .on_connect(move |c, _| {
+                i2.lock().unwrap().push((c.id(), c.slot()));
+                Ok(())
+            })
+            .on_close(move |_, _, _| c2.store(true, Ordering::SeqCst)),
     );
     let mut a = r.connect();
     assert!(common::wait_for(Duration::from_secs(5), || ids
@@ -295,8 +301,11 @@ fn an_over_cap_write_in_a_handler_resets_after_the_handler_returns() {
                 delimiter: b"\n".to_vec(),
                 max_frame: 64,
             })
-            .on_connect(move |c| ids2.lock().unwrap().push(c.id()))
-            .on_frame(move |c, _line| {
+            .on_connect(move |c, _| {
+                ids2.lock().unwrap().push(c.id());
+                Ok(())
+            })
+            .on_frame(move |c, _, _line| {
                 // Blast the other (first) connection until its cap refuses.
                 let victim = ids.lock().unwrap()[0];
                 in2.store(true, Ordering::SeqCst);
@@ -311,9 +320,9 @@ fn an_over_cap_write_in_a_handler_resets_after_the_handler_returns() {
                 assert!(!mario::send_to(victim, b"more"));
                 in2.store(false, Ordering::SeqCst);
                 c.send(format!("refused after {refused_after:?}\n").as_bytes());
-                Verdict::Continue
+                Ok(Verdict::Continue)
             })
-            .on_close(move |_, reason| closes2.lock().unwrap().push((reason, in3.load(Ordering::SeqCst)))),
+            .on_close(move |_, _, reason| closes2.lock().unwrap().push((reason, in3.load(Ordering::SeqCst)))),
     );
     let victim = r.connect();
     assert!(common::wait_for(Duration::from_secs(5), || ids3

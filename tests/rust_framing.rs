@@ -23,18 +23,18 @@ fn a_line_server_gets_each_line_without_its_delimiter() {
                 delimiter: b"\n".to_vec(),
                 max_frame: 64,
             })
-            .on_frame(|c, line| {
+            .on_frame(|c, _, line| {
                 if line == b"quit" {
                     c.close(AKG_CLOSED);
-                    return Verdict::Continue;
+                    return Ok(Verdict::Continue);
                 }
                 let mut reply = b"> ".to_vec();
                 reply.extend_from_slice(line);
                 reply.push(b'\n');
                 c.send(&reply);
-                Verdict::Continue
+                Ok(Verdict::Continue)
             })
-            .on_close(move |_, reason| closes2.lock().unwrap().push(reason)),
+            .on_close(move |_, _, reason| closes2.lock().unwrap().push(reason)),
     );
     let mut s = r.connect();
     // "\r\n" and "\n" endings, an empty line, a line cut in three writes.
@@ -74,11 +74,11 @@ fn a_length_field_server_gets_whole_frames_larger_than_the_read_buffer() {
                 big_endian: true,
                 max_frame: 4 << 20,
             })
-            .on_frame(move |c, f| {
+            .on_frame(move |c, _, f| {
                 sizes2.lock().unwrap().push(f.len());
                 // The frame includes its length field: echo it whole.
                 c.send(f);
-                Verdict::Continue
+                Ok(Verdict::Continue)
             }),
     );
     let mut s = r.connect();
@@ -117,10 +117,10 @@ fn big_endian_head_packets_round_trip_through_send_packet() {
                 big_endian: true,
                 max_frame: 1500,
             })
-            .on_packet(ID, |c, pkt| {
+            .on_packet(ID, |c, _, pkt| {
                 let body = pkt.body().to_vec();
                 c.send_packet(ID + 1, &body);
-                Verdict::Continue
+                Ok(Verdict::Continue)
             }),
     );
     let mut s = r.connect();

@@ -32,8 +32,9 @@ fn blocking_handlers_run_on_the_pool_in_order_with_worker_handlers() {
         .workers(2)
         .pool_threads(3)
         .stx(STX)
-        .on_connect(move |_| {
+        .on_connect(move |_, _| {
             wt2.lock().unwrap().insert(std::thread::current().id());
+            Ok(())
         })
         .on_packet_blocking(0x0201, move |conn, pkt| {
             pt.lock().unwrap().insert(std::thread::current().id());
@@ -42,21 +43,21 @@ fn blocking_handlers_run_on_the_pool_in_order_with_worker_handlers() {
             match pkt.body()[5] {
                 1 => {
                     assert!(conn.close(AKG_CLOSED));
-                    Verdict::Continue
+                    Ok(Verdict::Continue)
                 }
                 2 => panic!("a blocking handler panics"),
                 _ => {
                     assert!(conn.send_packet(pkt.id(), &pkt.body()[..4]));
-                    Verdict::Continue
+                    Ok(Verdict::Continue)
                 }
             }
         })
-        .on_packet(0x0202, move |conn, pkt| {
+        .on_packet(0x0202, move |conn, _, pkt| {
             wt.lock().unwrap().insert(std::thread::current().id());
             conn.send_packet(pkt.id(), &pkt.body()[..4]);
-            Verdict::Continue
+            Ok(Verdict::Continue)
         })
-        .on_close(move |conn, reason| cl.lock().unwrap().push((conn.id(), reason)));
+        .on_close(move |conn, _, reason| cl.lock().unwrap().push((conn.id(), reason)));
     let srv = Running::start(b);
     // Mixed pipelined packets on 8 connections, split at random.
     let clients: Vec<_> = (0..8u64)
@@ -152,11 +153,11 @@ fn on_stall_fires_once_per_stall_off_the_workers() {
         .workers(2)
         .stx(STX)
         .stall_threshold(200)
-        .on_packet(0x0102, move |conn, pkt| {
+        .on_packet(0x0102, move |conn, _, pkt| {
             sl.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(700));
             conn.send_packet(pkt.id(), &[]);
-            Verdict::Continue
+            Ok(Verdict::Continue)
         })
         .on_stall(move |worker, id, ms| {
             let name = std::thread::current().name().unwrap_or("").to_string();
@@ -205,14 +206,14 @@ fn a_panicking_stall_callback_leaves_the_server_running_and_stoppable() {
         .workers(2)
         .stx(STX)
         .stall_threshold(100)
-        .on_packet(0x0102, |conn, pkt| {
+        .on_packet(0x0102, |conn, _, pkt| {
             std::thread::sleep(Duration::from_millis(400));
             conn.send_packet(pkt.id(), &[]);
-            Verdict::Continue
+            Ok(Verdict::Continue)
         })
-        .on_packet(0x0202, |conn, pkt| {
+        .on_packet(0x0202, |conn, _, pkt| {
             conn.send_packet(pkt.id(), &pkt.body()[..4]);
-            Verdict::Continue
+            Ok(Verdict::Continue)
         })
         .on_stall(|_, _, _| panic!("a stall callback panics"));
     let srv = Running::start(b);
@@ -244,7 +245,7 @@ fn stop_from_a_blocking_handler_only_asks() {
                 h.stop();
             }
             *a.lock().unwrap() = Some(t0.elapsed());
-            Verdict::Continue
+            Ok(Verdict::Continue)
         });
     let srv = Running::start(b);
     *slot.lock().unwrap() = Some(srv.server.stop_handle());

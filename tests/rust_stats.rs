@@ -27,19 +27,19 @@ fn builder() -> ServerBuilder {
         .conns_per_worker(2)
         .read_timeout(2)
         .stx(STX)
-        .on_packet(ID_PING, |c, p| {
+        .on_packet(ID_PING, |c, _, p| {
             c.send(p.bytes());
-            Verdict::Continue
+            Ok(Verdict::Continue)
         })
-        .on_packet(ID_STOP, |_, _| Verdict::Stop)
-        .on_packet(ID_BYE, |c, _| {
+        .on_packet(ID_STOP, |_, _, _| Ok(Verdict::Stop))
+        .on_packet(ID_BYE, |c, _, _| {
             c.close(0x0042);
-            Verdict::Continue
+            Ok(Verdict::Continue)
         })
-        .on_packet(ID_WORKER, |c, p| {
+        .on_packet(ID_WORKER, |c, _, p| {
             let w = c.worker_index() as u8;
             c.send_packet(p.id(), &[w]);
-            Verdict::Continue
+            Ok(Verdict::Continue)
         })
 }
 
@@ -195,9 +195,9 @@ fn frames_count_as_packets_and_unhandled_ones_do_not() {
         delimiter: b"\n".to_vec(),
         max_frame: 100,
     };
-    let r = Running::start(Server::builder().workers(1).framing(line()).on_frame(|c, f| {
+    let r = Running::start(Server::builder().workers(1).framing(line()).on_frame(|c, _, f| {
         c.send(f);
-        Verdict::Continue
+        Ok(Verdict::Continue)
     }));
     let mut s = r.connect();
     s.write_all(b"one\ntwo\nthree\n").unwrap();
@@ -232,7 +232,7 @@ fn output_queued_returns_to_zero() {
             .workers(1)
             .output_limit(32 << 20)
             .stx(STX)
-            .on_packet(ID_PING, |c, p| {
+            .on_packet(ID_PING, |c, _, p| {
                 let close = p.body().first() == Some(&1);
                 for _ in 0..N {
                     c.send_packet(ID_PING, &[0u8; 1492]);
@@ -240,7 +240,7 @@ fn output_queued_returns_to_zero() {
                 if close {
                     c.close(AKG_CLOSED);
                 }
-                Verdict::Continue
+                Ok(Verdict::Continue)
             }),
     );
     for close in [0u8, 1] {

@@ -37,17 +37,33 @@ impl Conn {
         with_frame(stx, be, akg_id, body, |f| self.send(f))
     }
 
-    /// Closes the connection gracefully: the close handler runs now with
-    /// `reason` (once; later calls do nothing) and may queue a last reply;
-    /// everything queued is then delivered, followed by FIN, while the slot
-    /// is freed after the current handler returns. A peer that reads
-    /// nothing for the write timeout is reset.
+    /// Closes the connection gracefully with `reason` (once; later calls
+    /// do nothing). From now on the connection is not open
+    /// ([`Conn::is_open`] is false, [`Conn::send`] refuses output) and
+    /// [`Conn::close_reason`] is `reason`; the close handler runs as soon as
+    /// the running handler returns (never inside it, which holds the
+    /// connection's state), once, and may queue a last reply; everything
+    /// queued is then delivered, followed by FIN. A peer that reads nothing
+    /// for the write timeout is reset. Called in the close handler, it does
+    /// nothing.
+    ///
+    /// ```no_run
+    /// use mario::{AKG_CLOSED, HandlerResult, Server, Verdict};
+    /// let server = Server::builder()
+    ///     .on_packet(0x0001, |conn, _, _pkt| -> HandlerResult {
+    ///         conn.send(b"bye");
+    ///         conn.close(AKG_CLOSED); // "bye" is delivered, then FIN
+    ///         Ok(Verdict::Continue)
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn close(&mut self, reason: u16) {
-        worker::with_owner(self, |ctx, c| ctx.close(c as *mut Conn, reason))
+        worker::with_owner(self, |ctx, c| ctx.close_own(c, reason))
     }
 
-    /// True until the connection is closed (or its close, asked for by id
-    /// while a handler runs on it, is pending).
+    /// True until the connection is closed, or its close is pending (asked
+    /// for by [`Conn::close`], or by id, while a handler runs on it).
     pub fn is_open(&self) -> bool {
         let owner = self.owner;
         worker::on_owner(owner, |ctx| ctx.is_open(self.ind)).unwrap_or(false)

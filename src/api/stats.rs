@@ -10,7 +10,7 @@ use super::Server;
 use crate::metrics;
 use crate::stats::Stats;
 
-impl Server {
+impl<S> Server<S> {
     /// The server's statistics now: each worker's counters and their sum
     /// (see [`Counters`](crate::Counters) for each number and its unit).
     /// From any thread, at any time: all zeros before [`Server::run`], the

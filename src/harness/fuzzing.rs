@@ -35,7 +35,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::api::{Packet, Server};
+use crate::api::{HandlerResult, Packet, Server};
 use crate::conn::input::{self, Input};
 use crate::conn::{Conn, ConnId};
 use crate::proto::{
@@ -715,7 +715,7 @@ fn events() -> MutexGuard<'static, Events> {
     EVENTS.0.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn on_packet(conn: &mut Conn, pkt: Packet<'_>) -> Verdict {
+fn on_packet(conn: &mut Conn, _: &mut (), pkt: Packet<'_>) -> HandlerResult {
     let id = conn.id();
     {
         let mut ev = events();
@@ -733,9 +733,9 @@ fn on_packet(conn: &mut Conn, pkt: Packet<'_>) -> Verdict {
             )),
         }
     }
-    // The lock is released: `close` runs the close callback right here.
+    // The lock is released: the close callback runs once this returns.
     let _ = conn.send(pkt.bytes());
-    match pkt.id() {
+    Ok(match pkt.id() {
         ID_CLOSE => {
             conn.close(REASON_CLOSE);
             Verdict::Continue
@@ -746,10 +746,10 @@ fn on_packet(conn: &mut Conn, pkt: Packet<'_>) -> Verdict {
         }
         ID_STOP => Verdict::Stop,
         _ => Verdict::Continue,
-    }
+    })
 }
 
-fn on_connect(conn: &mut Conn) {
+fn on_connect(conn: &mut Conn, _: &mut ()) -> HandlerResult<()> {
     let id = conn.id();
     let mut ev = events();
     if ev.conns.contains_key(&id) || ev.done.contains(&id) {
@@ -758,9 +758,10 @@ fn on_connect(conn: &mut Conn) {
     ev.conns.insert(id, Record::default());
     ev.ports.insert(conn.peer().port(), id);
     EVENTS.1.notify_all();
+    Ok(())
 }
 
-fn on_close(conn: &mut Conn, reason: u16) {
+fn on_close(conn: &mut Conn, _: &mut (), reason: u16) {
     let id = conn.id();
     let mut ev = events();
     let ev = &mut *ev;

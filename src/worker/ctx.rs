@@ -409,6 +409,10 @@ impl Ctx {
         // enclosing callback, not in use while this one runs); read only.
         let slot = unsafe { (*p).ind };
         if self.holds_conn {
+            // Never two callbacks on one connection at once when they make
+            // `&mut` of it (and of its state): ends of a held connection
+            // are put off (`doom`).
+            debug_assert!(!self.is_held(slot), "nested callback on held connection {slot}");
             self.held.borrow_mut().push(slot);
         }
         if self.depth.get() == 0 {
@@ -668,6 +672,24 @@ impl Ctx {
                 d.clear();
                 break;
             }
+        }
+    }
+
+    /// Closes the connection `c`, on which a callback runs now, with
+    /// `reason`, gracefully: `Conn::close`. When a Rust callback holds the
+    /// connection (`holds_conn`), the close is put off until no callback
+    /// runs (as a close by id of a held connection is): its close callback
+    /// never runs inside another callback on the same connection, which
+    /// may hold the connection's state. Meanwhile the connection takes no
+    /// output and is no longer open; its close reason is `reason` at once.
+    /// A connection that is not open is left alone.
+    pub(crate) fn close_own(&self, c: &mut Conn, reason: u16) {
+        if self.is_held(c.ind) {
+            if self.doom(c.id(), reason, Ending::Graceful) {
+                c.err_type = reason;
+            }
+        } else {
+            self.close(c as *mut Conn, reason);
         }
     }
 

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use super::ctx::Ctx;
 use crate::conn::record::Conn;
-use crate::proto::{AKG_ERROR, BadProxy, MAX_PROXY_HEADER, Proxied, parse_proxy};
+use crate::proto::{AKG_ERROR, MAX_PROXY_HEADER, Proxied, parse_proxy};
 use crate::stats;
 use crate::sys::{self, Io};
 
@@ -64,12 +64,7 @@ pub(super) fn read(ctx: &Ctx, p: *mut Conn, hup: bool) -> Header {
             return Header::Closed;
         }
         Err(e) => {
-            let why = match e {
-                BadProxy::Missing => "no PROXY protocol header (the first bytes are not one)".to_string(),
-                BadProxy::Malformed(what) => format!("a malformed PROXY protocol header ({what})"),
-                BadProxy::TooLong => format!("a PROXY protocol header over {MAX_PROXY_HEADER} bytes"),
-            };
-            log::warn!("connection from {from}: {why}: closing");
+            log::warn!("connection from {from}: {e}: closing");
             ctx.drop_unannounced(p, AKG_ERROR);
             return Header::Closed;
         }

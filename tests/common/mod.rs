@@ -557,16 +557,16 @@ pub fn half_close(s: &TcpStream) {
 // A Rust API server running on a thread of this process.
 
 /// A server of the Rust API on a thread of this process.
-pub struct Running {
-    pub server: Arc<mario::Server>,
+pub struct Running<S = ()> {
+    pub server: Arc<mario::Server<S>>,
     thread: Option<std::thread::JoinHandle<io::Result<()>>>,
     pub port: u16,
 }
 
-impl Running {
+impl<S: Send + 'static> Running<S> {
     /// Builds `b` on a free port, runs it on a new thread and waits until
     /// it listens.
-    pub fn start(b: mario::ServerBuilder) -> Running {
+    pub fn start(b: mario::ServerBuilder<S>) -> Running<S> {
         let server = Arc::new(b.port(0).build().expect("build server"));
         let s = server.clone();
         let thread = std::thread::spawn(move || s.run());
@@ -611,7 +611,7 @@ impl Running {
     }
 }
 
-impl Drop for Running {
+impl<S> Drop for Running<S> {
     fn drop(&mut self) {
         if self.thread.is_some() {
             // A failed test: stop without waiting for it here.
