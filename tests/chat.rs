@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -84,23 +84,12 @@ impl Drop for Chat {
     }
 }
 
-/// A telnet-like client: sends "\r\n" lines, reads lines.
-struct Client {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-    name: String,
-}
+use common::lines::LineClient as Client;
 
 impl Client {
-    /// Connects and reads the welcome line.
+    /// Connects and reads the welcome line, which names the member.
     fn join(port: u16) -> Client {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut c = Client {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-            name: String::new(),
-        };
+        let mut c = Client::open("127.0.0.1", port);
         let welcome = c.line();
         let name = welcome
             .strip_prefix("* welcome, ")
@@ -108,37 +97,6 @@ impl Client {
             .unwrap_or_else(|| panic!("welcome line: {welcome:?}"));
         c.name = name.to_string();
         c
-    }
-
-    fn send(&mut self, line: &str) {
-        self.w.write_all(line.as_bytes()).unwrap();
-        self.w.write_all(b"\r\n").unwrap();
-    }
-
-    /// The next line, without "\r\n" (panics at EOF or after 10 s).
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        let n = self.r.read_line(&mut l).expect("read a line");
-        assert!(n > 0, "EOF where a line was expected");
-        assert!(l.ends_with("\r\n"), "line without CRLF: {l:?}");
-        l.truncate(l.len() - 2);
-        l
-    }
-
-    /// Reads lines until one equals `want`, skipping join notices.
-    fn expect(&mut self, want: &str) {
-        loop {
-            let l = self.line();
-            if l == want {
-                return;
-            }
-            assert!(l.ends_with(" joined"), "{}: got {l:?}, want {want:?}", self.name);
-        }
-    }
-
-    /// True if the server closes this connection (EOF or reset) within `d`.
-    fn closed_within(&mut self, d: Duration) -> bool {
-        closed_within(self.r.get_mut(), d)
     }
 }
 

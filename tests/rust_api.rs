@@ -15,7 +15,7 @@ use protocol::*;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mario::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, ConnId, Server, ServerBuilder, Verdict};
@@ -24,37 +24,11 @@ fn local(s: &TcpStream) -> SocketAddr {
     s.local_addr().unwrap()
 }
 
-// ---------------------------------------------------------------------------
-// A `log` sink capturing what the servers of this process log.
+use common::capture::capture_logs;
 
-struct Capture;
-static RECORDS: Mutex<Vec<(log::Level, String)>> = Mutex::new(Vec::new());
-static CAPTURE: Capture = Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        RECORDS.lock().unwrap().push((r.level(), r.args().to_string()));
-    }
-    fn flush(&self) {}
-}
-
-fn capture_logs() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        log::set_logger(&CAPTURE).expect("install the capturing logger");
-        log::set_max_level(log::LevelFilter::Trace);
-    });
-}
-
+/// Whether a captured message of `level` contains `needle`.
 fn logged(level: log::Level, needle: &str) -> bool {
-    RECORDS
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(l, m)| *l == level && m.contains(needle))
+    common::capture::logged_count(level, needle) > 0
 }
 
 // ---------------------------------------------------------------------------
@@ -758,14 +732,7 @@ fn a_panicking_handler_closes_its_connection_and_the_worker_goes_on() {
     echo(&mut a, 3);
     let mut c = connect();
     echo(&mut c, 4);
-    let panics = |needle: &str| {
-        RECORDS
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(l, m)| *l == log::Level::Error && m.contains("panicked") && m.contains(needle))
-            .count()
-    };
+    let panics = |needle: &str| common::capture::logged_with_all(log::Level::Error, &["panicked", needle]);
     assert_eq!(panics("packet 0x0bad"), 1, "one error line with the packet id");
     assert_eq!(panics("boom in packet 0xbad"), 1, "the panic's message is logged");
 

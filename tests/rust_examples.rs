@@ -10,8 +10,7 @@ use common::*;
 use protocol::*;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -145,23 +144,12 @@ impl Drop for Example {
 const WELCOME: &str = "* welcome! your name? (1..20 letters, digits, '_' or '-')";
 const BAD_NAME: &str = "* a name is 1..20 letters, digits, '_' or '-'";
 
-/// A telnet-like client: sends "\r\n" lines, reads lines.
-struct Client {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-    name: String,
-}
+use common::lines::LineClient as Client;
 
 impl Client {
     /// Connects (to `host`) and reads the welcome line.
     fn connect(host: &str, port: u16) -> Client {
-        let s = TcpStream::connect((host, port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut c = Client {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-            name: String::new(),
-        };
+        let mut c = Client::open(host, port);
         assert_eq!(c.line(), WELCOME);
         c
     }
@@ -173,37 +161,6 @@ impl Client {
         assert_eq!(c.line(), format!("* hello, {name} (/who, /quit)"));
         c.name = name.to_string();
         c
-    }
-
-    fn send(&mut self, line: &str) {
-        self.w.write_all(line.as_bytes()).unwrap();
-        self.w.write_all(b"\r\n").unwrap();
-    }
-
-    /// The next line, without "\r\n" (panics at EOF or after 10 s).
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        let n = self.r.read_line(&mut l).expect("read a line");
-        assert!(n > 0, "{}: EOF where a line was expected", self.name);
-        assert!(l.ends_with("\r\n"), "line without CRLF: {l:?}");
-        l.truncate(l.len() - 2);
-        l
-    }
-
-    /// Reads lines until one equals `want`, skipping join notices.
-    fn expect(&mut self, want: &str) {
-        loop {
-            let l = self.line();
-            if l == want {
-                return;
-            }
-            assert!(l.ends_with(" joined"), "{}: got {l:?}, want {want:?}", self.name);
-        }
-    }
-
-    /// True if the server closes this connection (EOF or reset) within `d`.
-    fn closed_within(&mut self, d: Duration) -> bool {
-        closed_within(self.r.get_mut(), d)
     }
 }
 
@@ -236,7 +193,7 @@ fn chat_a_telnet_session_names_say_who_quit() {
     b.expect("alice: hello?there");
     c.expect("alice: hello?there");
     // "\n" alone ends a line too (nc).
-    c.w.write_all(b"/who\n").unwrap();
+    c.write_raw(b"/who\n");
     assert_eq!(c.line(), "* here: alice bob carol");
     // The sender got nothing for its own message: its next line is this.
     b.send("hi alice");
@@ -244,7 +201,7 @@ fn chat_a_telnet_session_names_say_who_quit() {
     assert_eq!(c.line(), "bob: hi alice");
 
     // A line over 512 bytes closes its connection; the others hear it left.
-    c.w.write_all(&[b'x'; 600]).unwrap();
+    c.write_raw(&[b'x'; 600]);
     assert!(c.closed_within(Duration::from_secs(2)), "long line not refused");
     assert_eq!(a.line(), "* carol left");
     assert_eq!(b.line(), "* carol left");

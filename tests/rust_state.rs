@@ -18,43 +18,16 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mario::{AKG_CLOSED, AKG_ERROR, AKG_TIMEOUT, ConnId, HandlerResult, Server, ServerBuilder, Verdict};
 
-// ---------------------------------------------------------------------------
-// A `log` sink capturing what the servers of this process log.
+use common::capture::capture_logs;
 
-struct Capture;
-static RECORDS: Mutex<Vec<(log::Level, String)>> = Mutex::new(Vec::new());
-static CAPTURE: Capture = Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        RECORDS.lock().unwrap().push((r.level(), r.args().to_string()));
-    }
-    fn flush(&self) {}
-}
-
-fn capture_logs() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        log::set_logger(&CAPTURE).expect("install the capturing logger");
-        log::set_max_level(log::LevelFilter::Trace);
-    });
-}
-
+/// How many captured messages of `level` contain `needle`.
 fn logged(level: log::Level, needle: &str) -> usize {
-    RECORDS
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(l, m)| *l == level && m.contains(needle))
-        .count()
+    common::capture::logged_count(level, needle)
 }
 
 // ---------------------------------------------------------------------------

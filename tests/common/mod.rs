@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 pub use mario::Head;
 
+pub mod capture;
+pub mod lines;
+
 /// The stx of maritcp (and of testsrv when started with `TS_STX`).
 pub const STX: u32 = 0x8eb6_9af7;
 /// testsrv packet ids (see tests/c/testsrv.c).
