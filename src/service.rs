@@ -224,6 +224,13 @@ pub(crate) trait Service: Send + Sync + 'static {
     /// no second reference is ever made. C callbacks hold no reference:
     /// their calls by id take effect at once, in order.
     fn holds_conn(&self) -> bool;
+    /// Whether the server announces its start on standard output with
+    /// 0.9.9's `--------------start server ok--------------` line (C
+    /// programs, whose tests and scripts wait for it; not a Rust program,
+    /// whose standard output is its own).
+    fn announces_start(&self) -> bool {
+        true
+    }
     /// A new connection, before any packet.
     fn connected(&self, c: *mut Conn);
     /// One complete, well-formed packet: `pkt` is the whole frame (head

@@ -318,6 +318,13 @@ fn login_server_answers_maritcp_clients() {
     );
     check_many_connections(srv.port, 2, 100, 3);
     check_login_exact(srv.port);
+    // Its standard output is its own: the library prints nothing there
+    // (0.9.9's "start server ok" line is for C programs).
+    assert!(
+        srv.stdout().lines().all(|l| l.starts_with("login_server: ")),
+        "{}",
+        srv.stdout()
+    );
     // It runs until killed.
     let status = srv.signal_and_wait(libc::SIGTERM);
     assert_eq!(

@@ -214,16 +214,19 @@ impl fmt::Display for Chain<'_> {
 }
 
 /// The verdict of a handler's result: an error is logged (`what` names the
-/// handler, `peer` the client) and counts as [`Verdict::Stop`].
-fn verdict(r: HandlerResult, what: impl FnOnce() -> String, peer: SocketAddr) -> Verdict {
+/// handler, `peer` the client; `open`: the connection was still open when
+/// the handler returned, so the error closes it) and counts as
+/// [`Verdict::Stop`].
+fn verdict(r: HandlerResult, what: impl FnOnce() -> String, peer: SocketAddr, open: bool) -> Verdict {
     match r {
         Ok(v) => v,
         Err(e) => {
-            log::error!(
-                "{} failed for {peer}: {}; closing the connection as error",
-                what(),
-                Chain(&e)
-            );
+            let then = if open {
+                "closing the connection as error"
+            } else {
+                "the connection was closing already (its reason stays)"
+            };
+            log::error!("{} failed for {peer}: {}; {then}", what(), Chain(&e));
             Verdict::Stop
         }
     }
@@ -243,6 +246,10 @@ impl<S: Send + 'static> Service for Handlers<S> {
     fn holds_conn(&self) -> bool {
         true
     }
+    fn announces_start(&self) -> bool {
+        // A Rust program's standard output is its own.
+        false
+    }
     fn connected(&self, c: *mut Conn) {
         // SAFETY: a `Service` callback's record (see `conn_mut`).
         let conn = unsafe { conn_mut(c) };
@@ -261,6 +268,7 @@ impl<S: Send + 'static> Service for Handlers<S> {
                 Err(e),
                 || format!("the connect handler ({AKG_CONNECTED:#06x})"),
                 conn.peer(),
+                conn.is_open(),
             );
             conn.close(AKG_ERROR);
         }
@@ -277,7 +285,7 @@ impl<S: Send + 'static> Service for Handlers<S> {
         let conn = unsafe { conn_mut(c) };
         let what = || format!("the handler of packet {id:#06x}");
         match state::with(conn, |conn, s| f(conn, s, Packet { head, bytes: pkt })) {
-            Some(r) => verdict(r, what, conn.peer()),
+            Some(r) => verdict(r, what, conn.peer(), conn.is_open()),
             None => stateless(conn, &what()),
         }
     }
@@ -290,7 +298,7 @@ impl<S: Send + 'static> Service for Handlers<S> {
         let len = frame.len();
         let what = || format!("the frame handler ({len} bytes)");
         match state::with(conn, |conn, s| f(conn, s, frame)) {
-            Some(r) => verdict(r, what, conn.peer()),
+            Some(r) => verdict(r, what, conn.peer(), conn.is_open()),
             None => stateless(conn, &what()),
         }
     }
@@ -331,6 +339,7 @@ impl<S: Send + 'static> Service for Handlers<S> {
             r,
             || format!("the blocking handler of packet {id:#06x}"),
             conn.peer(),
+            true,
         )
     }
     fn stalled(&self, index: usize, _worker: *mut CWorker, akg_id: u16, ms: u32) {
@@ -388,7 +397,11 @@ impl ServerBuilder<()> {
     /// the new connection (its id, address, worker; it may send, or close
     /// it). The state lives in the connection's record, boxed: nothing is
     /// shared between connections, so it needs no lock (for data shared
-    /// between connections, capture an `Arc` in the closures).
+    /// between connections, capture an `Arc` in the closures). `init`
+    /// returns the state by value on the worker's stack (a thread of the
+    /// default 2 MiB) before it is boxed: keep large buffers behind a `Box`
+    /// or a `Vec` in the state (a state of a megabyte or more by value
+    /// overflows that stack, which aborts the process).
     ///
     /// Handlers registered before this call are kept (they ignore the
     /// state), and so are the settings; `state` can be chosen once.

@@ -1552,7 +1552,9 @@ mod tests {
         let record = size_of::<Conn>();
         let slot = size_of::<crate::conn::table::Slot>();
         let per_conn = record + slot + size_of::<u32>();
-        eprintln!("idle connection: {record} byte record + {slot} byte slot + wheel entry = {per_conn} bytes");
+        eprintln!(
+            "idle connection: {record} byte record + {slot} byte slot + wheel entry = {per_conn} bytes"
+        );
         assert!(per_conn <= 200, "idle connection costs {per_conn} bytes");
     }
 }

@@ -141,6 +141,12 @@ pub fn send_to(id: ConnId, data: &[u8]) -> bool {
 /// close handler sees ([`Conn::close_reason`](crate::Conn::close_reason)): an application's own id,
 /// or one of the `AKG_*` reasons.
 ///
+/// Called from a handler for *another* connection of the same worker, the
+/// close happens inside the call: that connection's close handler runs
+/// before `close_id` returns. So a handler must not hold, across this call,
+/// a lock that the close handler takes (it would wait for itself); take
+/// what is needed, unlock, then close.
+///
 /// ```
 /// use mario::{ConnId, close_id, send_to};
 ///
@@ -386,10 +392,12 @@ impl ServerShared {
         // takes the lock of every C stream, stdin's too, so a program
         // thread blocked reading stdin held the start up (and connections
         // waited in the backlog) until a line came in.
-        sys::flush_stdout_stderr();
-        let line = b"--------------start server ok--------------\n";
-        // SAFETY: writes a valid buffer to stdout.
-        unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
+        if self.service.announces_start() {
+            sys::flush_stdout_stderr();
+            let line = b"--------------start server ok--------------\n";
+            // SAFETY: writes a valid buffer to stdout.
+            unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
+        }
         if let Err(e) = epolls
             .iter()
             .try_for_each(|&ep| listener.watch(ep, worker::LISTENER))
