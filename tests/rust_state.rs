@@ -52,6 +52,21 @@ struct Counts {
     ids: Mutex<HashMap<SocketAddr, ConnId>>,
 }
 
+impl Counts {
+    /// `n` states made, `n` dropped, `n` close handlers run, and no handler
+    /// saw a wrong state.
+    fn assert_each_once(&self, n: usize) {
+        assert_eq!(self.created.load(Ordering::SeqCst), n, "states made");
+        assert_eq!(self.dropped.load(Ordering::SeqCst), n, "states dropped");
+        assert_eq!(self.closes.load(Ordering::SeqCst), n, "close handlers run");
+        assert_eq!(
+            self.wrong.load(Ordering::SeqCst),
+            0,
+            "handlers that saw a wrong state"
+        );
+    }
+}
+
 /// How `init` treats the next connection.
 const NORMAL: u8 = 0;
 const INIT_PANICS: u8 = 1;
@@ -412,10 +427,7 @@ fn a_read_timeout_drops_the_state() {
         .load(Ordering::SeqCst)
         == 6));
     r.stop();
-    assert_eq!(counts.created.load(Ordering::SeqCst), 6);
-    assert_eq!(counts.dropped.load(Ordering::SeqCst), 6);
-    assert_eq!(counts.closes.load(Ordering::SeqCst), 6);
-    assert_eq!(counts.wrong.load(Ordering::SeqCst), 0);
+    counts.assert_each_once(6);
 }
 
 /// Behind the PROXY protocol a state is made only once the header is read
@@ -457,10 +469,7 @@ fn proxy_protocol_states_only_for_announced_connections() {
     for s in good.iter_mut() {
         assert!(closed_within(s, Duration::from_secs(2)));
     }
-    assert_eq!(counts.created.load(Ordering::SeqCst), 4);
-    assert_eq!(counts.dropped.load(Ordering::SeqCst), 4);
-    assert_eq!(counts.closes.load(Ordering::SeqCst), 4);
-    assert_eq!(counts.wrong.load(Ordering::SeqCst), 0);
+    counts.assert_each_once(4);
 }
 
 /// A zero-sized state and the unit state need no allocation and work the
