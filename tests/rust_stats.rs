@@ -334,6 +334,14 @@ fn serve_metrics_answers_over_http() {
         assert!(v6.is_ipv6());
         assert_eq!(get(&v6.to_string()).status, 200);
     }
+    // Any `ToSocketAddrs`: a (host, port) pair with a name, a SocketAddr.
+    let named = server.serve_metrics(("localhost", 0)).unwrap();
+    assert!(named.ip().is_loopback(), "{named}");
+    assert_eq!(get(&named.to_string()).status, 200);
+    let typed = server
+        .serve_metrics(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .unwrap();
+    assert_eq!(get(&typed.to_string()).status, 200);
     // Bad and taken addresses are errors naming them.
     let e = server.serve_metrics("nonsense").unwrap_err();
     assert!(e.to_string().contains("\"nonsense\""), "{e}");

@@ -31,8 +31,11 @@ impl<S> Server<S> {
         metrics::prometheus(&self.stats())
     }
 
-    /// Serves [`Server::prometheus`] over HTTP at `addr` (e.g.
-    /// `"127.0.0.1:9100"`, `"[::1]:9100"`; port 0 picks a free one) on a
+    /// Serves [`Server::prometheus`] over HTTP at `addr`, anything
+    /// [`ToSocketAddrs`](std::net::ToSocketAddrs) takes (e.g.
+    /// `"127.0.0.1:9100"`, `"[::1]:9100"`, `("localhost", 9100)`, a
+    /// `SocketAddr`; the first address that binds is used; port 0 picks a
+    /// free one) on a
     /// thread of its own, never a worker: `GET /metrics` gets 200 with
     /// `Content-Type: text/plain; version=0.0.4`, other paths 404, other
     /// methods 405; one request per connection, each connection closed
@@ -42,7 +45,10 @@ impl<S> Server<S> {
     ///
     /// Returns the address bound. Errors: `addr` is not an address or
     /// cannot be bound (the error names it), or the server has stopped.
-    pub fn serve_metrics(&self, addr: &str) -> io::Result<SocketAddr> {
+    pub fn serve_metrics<A: std::net::ToSocketAddrs + std::fmt::Debug>(
+        &self,
+        addr: A,
+    ) -> io::Result<SocketAddr> {
         self.inner.serve_metrics(addr)
     }
 }

@@ -52,8 +52,11 @@ impl Endpoint {
     /// Listens on `addr` (`"127.0.0.1:9100"`, `"[::1]:9100"`, or a host name
     /// and port) and serves on a new thread. Fails (nothing started) when
     /// the address is bad or cannot be bound; the error names it.
-    pub(crate) fn start(addr: &str, body: Body) -> io::Result<Endpoint> {
-        let l = std::net::TcpListener::bind(addr)
+    pub(crate) fn start<A: std::net::ToSocketAddrs + std::fmt::Debug>(
+        addr: A,
+        body: Body,
+    ) -> io::Result<Endpoint> {
+        let l = std::net::TcpListener::bind(&addr)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr:?}: {e}")))?;
         l.set_nonblocking(true)?;
         let bound = l.local_addr()?;

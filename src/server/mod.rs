@@ -310,7 +310,10 @@ impl ServerShared {
     /// Serves [`ServerShared::stats`] as Prometheus text on `addr` (see
     /// `metrics::http`) until the server stops; returns the address bound.
     /// Fails if the address is bad or taken, or the server has stopped.
-    pub(crate) fn serve_metrics(self: &Arc<Self>, addr: &str) -> io::Result<std::net::SocketAddr> {
+    pub(crate) fn serve_metrics<A: std::net::ToSocketAddrs + std::fmt::Debug>(
+        self: &Arc<Self>,
+        addr: A,
+    ) -> io::Result<std::net::SocketAddr> {
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         let Some(list) = endpoints.as_mut() else {
             return Err(io::Error::other("the server has stopped"));
