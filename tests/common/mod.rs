@@ -69,8 +69,33 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     d
 }
 
-/// A port that was free a moment ago.
+/// A port for a server under test: free a moment ago, and below the
+/// kernel's ephemeral range (`ip_local_port_range`, 32768 and up by
+/// default), so no client socket of another test can take it between now
+/// and the server's bind (a port the kernel hands out for `bind(:0)` is in
+/// that range, and was taken that way now and then under load). Ports of
+/// one test process are handed out in turn from a per-process start, each
+/// checked by binding it on every IPv4 address; if that range is too small
+/// here, the kernel's choice.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .min(65_536);
+    if ephemeral > LOW + 1_000 {
+        let span = ephemeral - LOW;
+        let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+        for _ in 0..span {
+            let k = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+            let port = (LOW + (start + k) % span) as u16;
+            if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().unwrap().port()
 }
