@@ -438,82 +438,59 @@ fn table(
         "  {:<22}{:.2} s (after {:.2} s {before})",
         "measured", win.duration_s, win.before_s
     );
-    match cfg.mode {
-        Mode::Rps => {
-            let _ = writeln!(t, "  {:<22}{}", "requests", group(ops));
-            let _ = writeln!(
-                t,
-                "  {:<22}{} req/s",
-                "rate",
-                group(rate(ops, win.duration_s) as u64)
-            );
-            let _ = writeln!(
-                t,
-                "  {:<22}{} received, {} sent (incl. warm-up and drain)",
-                "requests total",
+    {
+        // One "  label  value" row each; the counts per second are over the
+        // measured window.
+        let per_s = |n: u64| group(rate(n, win.duration_s) as u64);
+        let replies_and_sends = || {
+            format!(
+                "{} received, {} sent (incl. warm-up and drain)",
                 group(cnt[C_REPLIES_TOTAL]),
                 group(cnt[C_SENT_TOTAL])
-            );
-        }
-        Mode::Cps => {
-            let _ = writeln!(t, "  {:<22}{}", "connections", group(ops));
-            let _ = writeln!(
-                t,
-                "  {:<22}{} conn/s",
-                "rate",
-                group(rate(ops, win.duration_s) as u64)
-            );
-            let _ = writeln!(
-                t,
-                "  {:<22}{} (incl. warm-up and drain)",
-                "connections total",
-                group(cnt[C_CONNECTS])
-            );
-        }
-        Mode::Hold => {
-            let _ = writeln!(t, "  {:<22}{} of {}", "held at the end", cnt[C_HELD], cfg.conns);
-            let _ = writeln!(
-                t,
-                "  {:<22}{} ({}/s)",
-                "requests answered",
-                group(ops),
-                group(rate(ops, win.duration_s) as u64)
-            );
-            let _ = writeln!(
-                t,
-                "  {:<22}{} ({}/s)",
-                "reconnects",
-                group(cnt[C_RECONNECTS]),
-                group(rate(cnt[C_RECONNECTS], win.duration_s) as u64)
-            );
-            let _ = writeln!(
-                t,
-                "  {:<22}sends {}, churn {}",
-                "skipped (none idle)", cnt[C_SKIPPED_SENDS], cnt[C_SKIPPED_CHURN]
-            );
-        }
-        Mode::Bw => {
-            let _ = writeln!(t, "  {:<22}{}", "packets echoed", group(ops));
-            let _ = writeln!(
-                t,
-                "  {:<22}{} packets/s",
-                "rate",
-                group(rate(ops, win.duration_s) as u64)
-            );
-            let _ = writeln!(
-                t,
-                "  {:<22}{:.3} Gbit/s out (to the server), {:.3} Gbit/s in",
-                "bandwidth",
-                gbit(cnt[C_BYTES_OUT], win.duration_s),
-                gbit(cnt[C_BYTES_IN], win.duration_s)
-            );
-            let _ = writeln!(
-                t,
-                "  {:<22}{} received, {} sent (incl. warm-up and drain)",
-                "packets total",
-                group(cnt[C_REPLIES_TOTAL]),
-                group(cnt[C_SENT_TOTAL])
-            );
+            )
+        };
+        let mut row = |label: &str, value: String| {
+            let _ = writeln!(t, "  {label:<22}{value}");
+        };
+        match cfg.mode {
+            Mode::Rps => {
+                row("requests", group(ops));
+                row("rate", format!("{} req/s", per_s(ops)));
+                row("requests total", replies_and_sends());
+            }
+            Mode::Cps => {
+                row("connections", group(ops));
+                row("rate", format!("{} conn/s", per_s(ops)));
+                row(
+                    "connections total",
+                    format!("{} (incl. warm-up and drain)", group(cnt[C_CONNECTS])),
+                );
+            }
+            Mode::Hold => {
+                row("held at the end", format!("{} of {}", cnt[C_HELD], cfg.conns));
+                row("requests answered", format!("{} ({}/s)", group(ops), per_s(ops)));
+                row(
+                    "reconnects",
+                    format!("{} ({}/s)", group(cnt[C_RECONNECTS]), per_s(cnt[C_RECONNECTS])),
+                );
+                row(
+                    "skipped (none idle)",
+                    format!("sends {}, churn {}", cnt[C_SKIPPED_SENDS], cnt[C_SKIPPED_CHURN]),
+                );
+            }
+            Mode::Bw => {
+                row("packets echoed", group(ops));
+                row("rate", format!("{} packets/s", per_s(ops)));
+                row(
+                    "bandwidth",
+                    format!(
+                        "{:.3} Gbit/s out (to the server), {:.3} Gbit/s in",
+                        gbit(cnt[C_BYTES_OUT], win.duration_s),
+                        gbit(cnt[C_BYTES_IN], win.duration_s)
+                    ),
+                );
+                row("packets total", replies_and_sends());
+            }
         }
     }
     let _ = writeln!(
