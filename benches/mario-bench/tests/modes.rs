@@ -140,6 +140,16 @@ fn bench(args: &[&str]) -> Output {
 }
 
 /// Runs mario-bench, expects exit status 0 and exactly one stdout line: the JSON.
+/// Runs `mario-bench MODE --addr 127.0.0.1:PORT OPTS --json-only --quiet`
+/// (`opts`: space-separated; see [`run_json`]).
+fn run_mode(mode: &str, port: u16, opts: &str) -> BTreeMap<String, Json> {
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec![mode, "--addr", &addr];
+    args.extend(opts.split_whitespace());
+    args.extend_from_slice(&["--json-only", "--quiet"]);
+    run_json(&args)
+}
+
 fn run_json(args: &[&str]) -> BTreeMap<String, Json> {
     let out = bench(args);
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -307,24 +317,11 @@ fn common(m: &BTreeMap<String, Json>, mode: &str) {
 #[test]
 fn rps_counts_every_request() {
     let (port, st) = server(None);
-    let addr = format!("127.0.0.1:{port}");
-    let m = run_json(&[
+    let m = run_mode(
         "rps",
-        "--addr",
-        &addr,
-        "--conns",
-        "20",
-        "--depth",
-        "4",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.5",
-        "--threads",
-        "2",
-        "--json-only",
-        "--quiet",
-    ]);
+        port,
+        "--conns 20 --depth 4 --duration 1 --warmup 0.5 --threads 2",
+    );
     common(&m, "rps");
     assert_eq!(
         (int(&m, "conns"), int(&m, "depth"), int(&m, "threads")),
@@ -359,24 +356,11 @@ fn rps_counts_every_request() {
 fn rps_long_bodies_and_default_depth() {
     // 1000-byte bodies: requests and pipelined replies cross read boundaries
     let (port, st) = server(None);
-    let addr = format!("127.0.0.1:{port}");
-    let m = run_json(&[
+    let m = run_mode(
         "rps",
-        "--addr",
-        &addr,
-        "--conns",
-        "3",
-        "--depth",
-        "8",
-        "--body",
-        "1000",
-        "--duration",
-        "0.5",
-        "--warmup",
-        "0",
-        "--json-only",
-        "--quiet",
-    ]);
+        port,
+        "--conns 3 --depth 8 --body 1000 --duration 0.5 --warmup 0",
+    );
     common(&m, "rps");
     assert_eq!(int(&m, "errors"), 0);
     assert_eq!(int(&m, "requests_total"), st.answered.load(Ordering::SeqCst));
@@ -389,21 +373,7 @@ fn rps_long_bodies_and_default_depth() {
 #[test]
 fn cps_counts_every_connection() {
     let (port, st) = server(None);
-    let addr = format!("127.0.0.1:{port}");
-    let m = run_json(&[
-        "cps",
-        "--addr",
-        &addr,
-        "--concurrency",
-        "10",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.3",
-        "--rst",
-        "--json-only",
-        "--quiet",
-    ]);
+    let m = run_mode("cps", port, "--concurrency 10 --duration 1 --warmup 0.3 --rst");
     common(&m, "cps");
     assert_eq!(int(&m, "concurrency"), 10);
     assert_eq!(int(&m, "errors"), 0);
@@ -423,24 +393,11 @@ fn cps_counts_every_connection() {
 #[test]
 fn hold_keeps_every_connection() {
     let (port, st) = server(None);
-    let addr = format!("127.0.0.1:{port}");
-    let m = run_json(&[
+    let m = run_mode(
         "hold",
-        "--addr",
-        &addr,
-        "--conns",
-        "200",
-        "--churn",
-        "40",
-        "--sends",
-        "100",
-        "--duration",
-        "1.5",
-        "--threads",
-        "2",
-        "--json-only",
-        "--quiet",
-    ]);
+        port,
+        "--conns 200 --churn 40 --sends 100 --duration 1.5 --threads 2",
+    );
     common(&m, "hold");
     assert_eq!(int(&m, "held"), 200);
     assert_eq!(int(&m, "failures_total"), 0);
@@ -472,22 +429,7 @@ fn hold_keeps_every_connection() {
 #[test]
 fn hold_counts_dropped_connections() {
     let (port, st) = server(Some(10));
-    let addr = format!("127.0.0.1:{port}");
-    let m = run_json(&[
-        "hold",
-        "--addr",
-        &addr,
-        "--conns",
-        "100",
-        "--churn",
-        "0",
-        "--sends",
-        "50",
-        "--duration",
-        "1",
-        "--json-only",
-        "--quiet",
-    ]);
+    let m = run_mode("hold", port, "--conns 100 --churn 0 --sends 50 --duration 1");
     common(&m, "hold");
     assert_eq!(st.accepted.load(Ordering::SeqCst), 100);
     assert_eq!(st.dropped.load(Ordering::SeqCst), 10);
@@ -503,26 +445,11 @@ fn hold_counts_dropped_connections() {
 #[test]
 fn bw_counts_every_packet_and_byte() {
     let (port, st) = echo_server(None);
-    let addr = format!("127.0.0.1:{port}");
-    let m = run_json(&[
+    let m = run_mode(
         "bw",
-        "--addr",
-        &addr,
-        "--conns",
-        "6",
-        "--depth",
-        "4",
-        "--size",
-        "600",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.3",
-        "--threads",
-        "2",
-        "--json-only",
-        "--quiet",
-    ]);
+        port,
+        "--conns 6 --depth 4 --size 600 --duration 1 --warmup 0.3 --threads 2",
+    );
     common(&m, "bw");
     assert_eq!(
         (
@@ -564,22 +491,7 @@ fn bw_counts_mismatched_echoes() {
     // One echo in 200 has a byte flipped: each is a failure, its connection is
     // closed and opened again.
     let (port, st) = echo_server(Some(200));
-    let addr = format!("127.0.0.1:{port}");
-    let m = run_json(&[
-        "bw",
-        "--addr",
-        &addr,
-        "--conns",
-        "4",
-        "--size",
-        "100",
-        "--duration",
-        "1",
-        "--warmup",
-        "0",
-        "--json-only",
-        "--quiet",
-    ]);
+    let m = run_mode("bw", port, "--conns 4 --size 100 --duration 1 --warmup 0");
     common(&m, "bw");
     let bad = int(&m, "mismatches");
     assert!(bad > 0, "no mismatch counted");
